@@ -1,0 +1,252 @@
+//! The host ↔ guest-agent protocol.
+//!
+//! Transport: AF_VSOCK stream connections (on the host, through the VMM's Unix-socket
+//! vsock backend). Two agent ports:
+//!
+//! * [`AGENT_CONTROL_PORT`]: request/response. The first exchange on every connection is
+//!   [`Request::Hello`] / [`Response::Hello`], which checks [`PROTOCOL_VERSION`]. After it,
+//!   each request gets exactly one response, in order. A connection may block in
+//!   [`Request::Wait`], so clients open one connection per concurrent concern.
+//! * [`AGENT_STREAM_PORT`]: one connection per stdio stream of one process. The host
+//!   sends a single [`StreamHello`] frame, the agent answers with one [`Response`] frame
+//!   (`Ok` or `Error`), and from then on the connection carries raw bytes. End of input
+//!   is a half-close (shutdown of the write side).
+//!
+//! Every message is a frame: a 4-byte big-endian length followed by that many bytes of
+//! JSON. Frames larger than [`MAX_MESSAGE_SIZE`] are refused on both sides, before any
+//! allocation of that size.
+
+use std::io::{self, Read, Write};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Version of this protocol; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame payload either side sends or accepts.
+pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// Agent port for requests and responses.
+pub const AGENT_CONTROL_PORT: u32 = 1024;
+/// Agent port for per-process stdio streams.
+pub const AGENT_STREAM_PORT: u32 = 1025;
+
+/// A request from the host to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// First request of every control connection.
+    Hello { version: u32 },
+    /// Liveness check; answered with `Ok`.
+    Ping,
+    /// Mount a block device as a root filesystem that processes can be chrooted into.
+    MountRootfs(RootfsSpec),
+    /// Start a process. Its streams must already be attached on the stream port.
+    StartProcess(ProcessSpec),
+    /// Send a signal to a started process.
+    Signal { id: String, signal: i32 },
+    /// Set the window size of a process's terminal.
+    ResizeTty { id: String, rows: u16, cols: u16 },
+    /// Block until the process has exited, then answer `Exited`.
+    Wait { id: String },
+    /// Sync filesystems and power the VM off.
+    Shutdown,
+}
+
+/// A response from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Hello { version: u32, agent_version: String },
+    Ok,
+    Started { pid: u32 },
+    Exited(ExitStatus),
+    Error { message: String },
+}
+
+/// A root filesystem on a guest block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// Name processes refer to in [`ProcessSpec::rootfs`].
+    pub id: String,
+    /// Guest block device, e.g. `/dev/vda`.
+    pub device: String,
+    /// Filesystem type of the device: `erofs` or `ext4`.
+    pub fstype: String,
+    /// Writable view: an overlay with a tmpfs upper layer over the read-only device.
+    pub writable: bool,
+}
+
+/// What to run, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// Caller-chosen unique name of the process (streams and later requests use it).
+    pub id: String,
+    /// argv; `args[0]` is looked up in `PATH` of `env` when it has no slash.
+    pub args: Vec<String>,
+    /// Environment as `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Working directory inside the root.
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// Run on a pseudo-terminal; a single `Tty` stream carries both directions.
+    pub terminal: bool,
+    /// An stdin stream is attached (otherwise stdin is /dev/null).
+    pub stdin: bool,
+    /// Id of a mounted [`RootfsSpec`] to chroot into; `None` runs in the guest's root.
+    pub rootfs: Option<String>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code when the process exited normally.
+    pub code: Option<i32>,
+    /// Signal number when the process was killed by a signal.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// The status a shell (and `docker run`) reports: the code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// Which stdio stream a stream-port connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// Both directions of a terminal.
+    Tty,
+}
+
+/// First (and only) frame the host sends on a stream-port connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHello {
+    pub version: u32,
+    /// [`ProcessSpec::id`] of the process this stream belongs to.
+    pub id: String,
+    pub kind: StreamKind,
+}
+
+/// Errors of framing and decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("agent protocol: i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("agent protocol: frame of {size} bytes exceeds the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("agent protocol: malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("agent protocol: connection closed by peer")]
+    Closed,
+    #[error("agent protocol: version mismatch (ours {ours}, theirs {theirs})")]
+    Version { ours: u32, theirs: u32 },
+}
+
+/// Writes one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, message: &T) -> Result<(), ProtocolError> {
+    let body = serde_json::to_vec(message)?;
+    if body.len() > MAX_MESSAGE_SIZE {
+        return Err(ProtocolError::TooLarge { size: body.len(), max: MAX_MESSAGE_SIZE });
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame. A clean end of stream before the first byte is [`ProtocolError::Closed`].
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, ProtocolError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(ProtocolError::Closed),
+            Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let size = u32::from_be_bytes(len) as usize;
+    if size > MAX_MESSAGE_SIZE {
+        return Err(ProtocolError::TooLarge { size, max: MAX_MESSAGE_SIZE });
+    }
+    let mut body = vec![0u8; size];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(m: T) {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &m).unwrap();
+        let back: T = read_frame(&mut buf.as_slice()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn messages_roundtrip() {
+        roundtrip(Request::Hello { version: PROTOCOL_VERSION });
+        roundtrip(Request::StartProcess(ProcessSpec {
+            id: "p1".into(),
+            args: vec!["echo".into(), "hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            terminal: false,
+            stdin: true,
+            rootfs: Some("root".into()),
+        }));
+        roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9) }));
+        roundtrip(StreamHello { version: 1, id: "p1".into(), kind: StreamKind::Stdout });
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocation() {
+        let mut buf = ((MAX_MESSAGE_SIZE + 1) as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"{}");
+        let err = read_frame::<_, Request>(&mut buf.as_slice()).unwrap_err();
+        assert!(matches!(err, ProtocolError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for body in [&b"not json"[..], b"{\"type\":\"nope\"}", b"{\"type\":\"signal\"}", b"\xff\xfe"] {
+            let mut buf = (body.len() as u32).to_be_bytes().to_vec();
+            buf.extend_from_slice(body);
+            let err = read_frame::<_, Request>(&mut buf.as_slice()).unwrap_err();
+            assert!(matches!(err, ProtocolError::Malformed(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn truncated_frames_are_errors() {
+        assert!(matches!(read_frame::<_, Request>(&mut &b""[..]), Err(ProtocolError::Closed)));
+        assert!(matches!(read_frame::<_, Request>(&mut &b"\0\0"[..]), Err(ProtocolError::Io(_))));
+        assert!(matches!(read_frame::<_, Request>(&mut &b"\0\0\0\x10{}"[..]), Err(ProtocolError::Io(_))));
+    }
+
+    #[test]
+    fn shell_codes_follow_docker() {
+        assert_eq!(ExitStatus { code: Some(7), signal: None }.shell_code(), 7);
+        assert_eq!(ExitStatus { code: None, signal: Some(9) }.shell_code(), 137);
+    }
+}

@@ -1,0 +1,3 @@
+//! The device model: legacy PC devices and virtio devices.
+
+pub mod virtio;

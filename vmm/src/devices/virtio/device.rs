@@ -1,0 +1,96 @@
+//! The contract between the virtio-mmio transport and a virtio device.
+//!
+//! A device is created by the builder as `Arc<Mutex<D>>` where `D: VirtioDevice +
+//! event_manager::MutEventSubscriber`. The transport (on vCPU threads, for MMIO register
+//! accesses) and the event manager (on the event-loop thread, for queue notifications
+//! and backend file descriptors) share it through that mutex.
+//!
+//! Queue notifications: each device owns one `EventFd` per queue ([`VirtioDevice::queue_events`]).
+//! The builder registers each as a KVM ioeventfd on the transport's `QueueNotify` register
+//! (datamatch = queue index), so a guest kick wakes the event loop without a userspace exit.
+//! The device registers the same fds with the event manager in `init` and processes its
+//! queues from `process` once activated (before activation, it just drains the eventfd).
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as every device sees it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// `InterruptStatus` bit: a used buffer was added to a queue.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
+/// `InterruptStatus` bit: the configuration space changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
+
+/// The interrupt line of one virtio-mmio device: the `InterruptStatus` register and the
+/// eventfd registered with KVM as an irqfd for the device's GSI.
+pub struct IrqTrigger {
+    pub status: AtomicU32,
+    pub evt: EventFd,
+}
+
+impl IrqTrigger {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self { status: AtomicU32::new(0), evt: EventFd::new(libc::EFD_NONBLOCK)? })
+    }
+
+    /// Signals "used buffers available" to the guest.
+    pub fn trigger_vring(&self) -> io::Result<()> {
+        self.trigger(VIRTIO_MMIO_INT_VRING)
+    }
+
+    /// Signals "configuration changed" to the guest.
+    pub fn trigger_config(&self) -> io::Result<()> {
+        self.trigger(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    fn trigger(&self, bit: u32) -> io::Result<()> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.evt.write(1)
+    }
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("virtio device {device}: expected {expected} queues, got {got}")]
+    QueueCount { device: &'static str, expected: usize, got: usize },
+    #[error("virtio device {device}: queue {index} is not valid for the guest memory")]
+    InvalidQueue { device: &'static str, index: usize },
+    #[error("virtio device {device}: {reason}")]
+    Backend { device: &'static str, reason: String },
+}
+
+/// What a virtio device implements; the transport does everything register-level.
+pub trait VirtioDevice: Send {
+    /// Short name for logs and errors ("block", "vsock", "rng").
+    fn name(&self) -> &'static str;
+    /// Virtio device ID (2 = block, 4 = rng, 19 = vsock).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver; must include `VIRTIO_F_VERSION_1`.
+    fn avail_features(&self) -> u64;
+    /// Features the driver accepted (a subset of `avail_features`; the transport masks it).
+    fn set_acked_features(&mut self, features: u64);
+    /// Reads the device-specific configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space; writes outside writable fields are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// One eventfd per queue, in queue order.
+    fn queue_events(&self) -> &[EventFd];
+    /// Called when the driver sets DRIVER_OK, with the queues it configured.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        irq: Arc<IrqTrigger>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+    /// Called when the driver writes 0 to `Status`: drop queues, go back to pre-activation.
+    fn reset(&mut self);
+    fn is_activated(&self) -> bool;
+}

@@ -2,8 +2,8 @@
 # Builds the Palisade guest kernel (an uncompressed ELF vmlinux with a PVH entry)
 # from Debian's linux-source-6.12 and the fragment beside this script.
 #
-# The result is cached outside the clone, keyed by a hash of the fragment, this
-# script and the source package version, so only the first build on a machine pays.
+# The result is cached outside the clone, keyed by a hash of the fragment, the
+# recipe version and the source package version, so only the first build on a machine pays.
 # Prints the path of the cached vmlinux on stdout (progress goes to stderr).
 #
 #   kernel-config/build-kernel.sh            build (or find) the kernel, print its path
@@ -34,7 +34,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 src_version=$(dpkg-query -W -f='${Version}' "$src_pkg")
-key=$( { cat "$fragment" "$0"; echo "$src_version"; } | sha256sum | cut -c1-16)
+# Bump when the build recipe below changes what comes out (not for cosmetic edits).
+recipe_version=1
+key=$( { cat "$fragment"; echo "$src_version recipe $recipe_version"; } | sha256sum | cut -c1-16)
 if [ "${1:-}" = "--key" ]; then echo "$key"; exit 0; fi
 
 out_dir="$cache_root/kernel/$key"
@@ -74,7 +76,7 @@ done < "$fragment"
 [ "$missing" = 0 ] || die "kernel config: requested symbols did not stick (see above); fix $fragment"
 
 # Progress: count compiled objects against the count measured for this config.
-expected=${PALISADE_KERNEL_EXPECTED_OBJECTS:-1150}
+expected=${PALISADE_KERNEL_EXPECTED_OBJECTS:-1700}
 start=$(date +%s)
 say "building vmlinux with -j$jobs (several minutes on 2 cores; only the first build on a machine pays)"
 set +e

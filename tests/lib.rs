@@ -1,0 +1,217 @@
+//! Helpers of the end-to-end tests: where the binaries and assets are, whether VMs
+//! boot directly or inside the KVM test host, and running commands with a timeout.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Where things are, from the running test binary (`target/<profile>/deps/<test>-<hash>`).
+pub struct Paths {
+    pub repo: PathBuf,
+    pub profile_dir: PathBuf,
+    pub vmrun: PathBuf,
+    pub palisade_vmm: PathBuf,
+    pub testhost: PathBuf,
+    pub assets: PathBuf,
+}
+
+pub fn paths() -> Paths {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf();
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    Paths {
+        vmrun: profile_dir.join("vmrun"),
+        palisade_vmm: profile_dir.join("palisade-vmm"),
+        testhost: repo.join("scripts/testhost"),
+        assets: profile_dir.parent().expect("target").join("palisade"),
+        profile_dir,
+        repo,
+    }
+}
+
+/// How VMs boot in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// This host's /dev/kvm boots standard guests (VT-x/AMD-V), or we are in the test host.
+    Direct,
+    /// VMs boot only inside the KVM test host (this host's /dev/kvm is PVM, or forced).
+    TestHost,
+}
+
+pub fn inside_testhost() -> bool {
+    std::env::var("PALISADE_INSIDE_TESTHOST").as_deref() == Ok("1")
+}
+
+/// `PALISADE_TESTHOST=always|never|auto` (default auto: the test host when this host
+/// cannot boot a standard guest).
+pub fn mode() -> Mode {
+    if inside_testhost() {
+        return Mode::Direct;
+    }
+    match std::env::var("PALISADE_TESTHOST").as_deref() {
+        Ok("always") => Mode::TestHost,
+        Ok("never") => Mode::Direct,
+        _ => match palisade_vmm::host::probe_kvm_host() {
+            palisade_vmm::host::KvmHostKind::Hardware => Mode::Direct,
+            _ => Mode::TestHost,
+        },
+    }
+}
+
+/// Re-executes the current test binary, with the same arguments, inside the KVM test
+/// host when this host cannot boot the guests; returns when tests should run here.
+pub fn reexec_in_testhost_if_needed() {
+    if mode() == Mode::Direct {
+        return;
+    }
+    let p = paths();
+    let exe = std::env::current_exe().expect("current_exe");
+    eprintln!(
+        "[e2e] this host's /dev/kvm cannot boot a standard guest: running the end-to-end tests inside the KVM test host ({})",
+        p.testhost.display()
+    );
+    let status = Command::new(&p.testhost)
+        .arg("--")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", p.testhost.display()));
+    std::process::exit(status.code().unwrap_or(125));
+}
+
+/// Multiplier for timeouts: emulation (the test host) is 20–50× slower than hardware.
+pub fn timeout_scale() -> u32 {
+    if let Some(v) = std::env::var("PALISADE_TIMEOUT_SCALE").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
+    if inside_testhost() { 10 } else { 1 }
+}
+
+/// A generous bound for one VM run (to catch hangs, not to measure speed).
+pub fn vm_timeout() -> Duration {
+    Duration::from_secs(30 * u64::from(timeout_scale()))
+}
+
+/// What a finished command gave.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Exit code as a shell reports it (128 + signal when killed).
+    pub fn code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.code().unwrap_or_else(|| 128 + self.status.signal().unwrap_or(0))
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// A one-paragraph description for assertion messages.
+    pub fn describe(&self) -> String {
+        let out = self.stdout_str();
+        let out = if out.len() > 2000 { format!("{}… ({} bytes)", &out[..2000], out.len()) } else { out };
+        format!("exit {} after {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code(), self.elapsed, out, self.stderr)
+    }
+}
+
+/// Runs `cmd` feeding `stdin` (or /dev/null), killing it after `timeout`.
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    let start = Instant::now();
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let input = stdin.map(<[u8]>::to_vec);
+    let mut child_stdin = child.stdin.take();
+    let writer = std::thread::spawn(move || {
+        if let (Some(mut s), Some(data)) = (child_stdin.take(), input) {
+            let _ = s.write_all(&data);
+        }
+    });
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+            bail!("{cmd:?} did not finish within {timeout:?}; stderr so far:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Ok(Output { status, stdout, stderr, elapsed: start.elapsed() })
+}
+
+/// `vmrun ARGS…`
+pub fn vmrun<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(paths().vmrun);
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `vmrun ARGS…` with the VM timeout.
+pub fn run_vmrun(args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+    run(vmrun(args), stdin, vm_timeout())
+}
+
+/// Processes whose command name is one of ours, as `pid name` strings.
+pub fn palisade_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if comm == "vmrun" || comm.starts_with("palisade-vmm") {
+            found.push(format!("{pid} {comm}"));
+        }
+    }
+    found
+}
+
+/// Everything a VM run may leave behind: our processes, and the entries of the
+/// directories where runs keep sockets, logs and images.
+pub fn leftovers_snapshot() -> Vec<String> {
+    let mut items = palisade_processes();
+    let mut dirs = vec![std::env::temp_dir(), PathBuf::from("/run/palisade"), PathBuf::from("/run/palisade/vmrun")];
+    if let Ok(x) = std::env::var("XDG_RUNTIME_DIR") {
+        dirs.push(PathBuf::from(x));
+    }
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            items.push(entry.path().display().to_string());
+        }
+    }
+    items.sort();
+    items
+}

@@ -19,6 +19,9 @@ file "$agent" | grep -q 'static' || { echo "build-initramfs: $agent is not stati
 
 stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/dev" "$stage/proc" "$stage/sys" "$stage/run" "$stage/tmp"
+# The kernel opens /dev/console for PID 1's stdio before the agent mounts devtmpfs.
+mknod -m 600 "$stage/dev/console" c 5 1
+mknod -m 666 "$stage/dev/null" c 1 3
 install -m 0755 "$agent" "$stage/init"
 strip "$stage/init" 2>/dev/null || true
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out.tmp"

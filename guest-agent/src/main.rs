@@ -1,1 +1,107 @@
-fn main() {}
+//! `palisade-agent`: PID 1 of a Palisade guest (run as `/init` of the initramfs).
+//!
+//! `palisade-agent --listen-unix DIR` is a test mode for hosts: it serves the same
+//! protocol on `DIR/control.sock` and `DIR/stream.sock`, mounts nothing, runs processes
+//! in the host's root, and exits on `Shutdown`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_agent::conn::{Listener, UnixConnListener, VsockListener};
+use palisade_agent::process::{reaper, table::ProcessTable};
+use palisade_agent::server::{serve, Agent, AgentConfig};
+use palisade_agent::system::{console, mounts, net, power};
+use palisade_protocol::{AGENT_CONTROL_PORT, AGENT_STREAM_PORT};
+
+/// Attempts (100 ms apart) to bind a vsock port before giving up.
+const VSOCK_BIND_ATTEMPTS: u32 = 50;
+
+fn main() {
+    // As PID 1, whatever the arguments: the kernel passes unknown command-line words
+    // to init, and PID 1 must never exit.
+    if std::process::id() == 1 {
+        guest_init();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, dir] if flag == "--listen-unix" => host_test_mode(PathBuf::from(dir)),
+        _ => {
+            eprintln!("palisade-agent: runs as PID 1 of a Palisade guest, or as: palisade-agent --listen-unix DIR");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn guest_init() -> ! {
+    let warnings = match mounts::mount_base() {
+        Ok(w) => w,
+        Err(e) => power::fatal(&e.to_string()),
+    };
+    mounts::ensure_standard_fds();
+    console::init_logging(true);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if let Err(e) = net::loopback_up() {
+        tracing::warn!("loopback interface lo: {e}");
+    }
+    let processes = Arc::new(ProcessTable::new());
+    if let Err(e) = reaper::start(processes.clone()) {
+        power::fatal(&format!("starting the zombie reaper: {e}"));
+    }
+    let config = AgentConfig {
+        mount_rootfs: true,
+        rootfs_base: PathBuf::from("/run/palisade/rootfs"),
+        on_shutdown: Box::new(|| power::reboot()),
+    };
+    // The vsock transport may still be coming up: retry for a few seconds.
+    let listen = |port: u32| -> Box<dyn Listener> {
+        let mut attempt = 0;
+        loop {
+            match VsockListener::bind(port) {
+                Ok(l) => return Box::new(l),
+                Err(e) if attempt < VSOCK_BIND_ATTEMPTS => {
+                    tracing::debug!("listening on vsock port {port}: {e}; retrying");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => power::fatal(&format!("listening on vsock port {port}: {e}")),
+            }
+        }
+    };
+    let (control, streams) = (listen(AGENT_CONTROL_PORT), listen(AGENT_STREAM_PORT));
+    console::say("ready");
+    if let Err(e) = serve(Arc::new(Agent::new(config, processes)), control, streams) {
+        power::fatal(&format!("serving: {e}"));
+    }
+    power::fatal("the server stopped")
+}
+
+fn host_test_mode(dir: PathBuf) -> ! {
+    console::init_logging(false);
+    let processes = Arc::new(ProcessTable::new());
+    let run = || -> anyhow::Result<()> {
+        use anyhow::Context;
+        reaper::start(processes.clone()).context("starting the zombie reaper")?;
+        let bind = |name: &str| -> anyhow::Result<Box<dyn Listener>> {
+            let path = dir.join(name);
+            Ok(Box::new(UnixConnListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?))
+        };
+        let (control, streams) = (bind("control.sock")?, bind("stream.sock")?);
+        let config = AgentConfig {
+            mount_rootfs: false,
+            rootfs_base: dir.join("rootfs"),
+            on_shutdown: Box::new(|| std::process::exit(0)),
+        };
+        serve(Arc::new(Agent::new(config, processes.clone())), control, streams).context("serving")?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("palisade-agent: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -96,6 +96,17 @@ pub struct ProcessSpec {
     pub stdin: bool,
     /// Id of a mounted [`RootfsSpec`] to chroot into; `None` runs in the guest's root.
     pub rootfs: Option<String>,
+    /// Initial window size of the terminal (with `terminal`), so the process sees the
+    /// right size from its first instruction; later changes use [`Request::ResizeTty`].
+    #[serde(default)]
+    pub tty_size: Option<TtySize>,
+}
+
+/// A terminal window size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// How a process ended.
@@ -119,7 +130,7 @@ impl ExitStatus {
 }
 
 /// Which stdio stream a stream-port connection carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamKind {
     Stdin,
@@ -214,6 +225,7 @@ mod tests {
             terminal: false,
             stdin: true,
             rootfs: Some("root".into()),
+            tty_size: Some(TtySize { rows: 24, cols: 80 }),
         }));
         roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9) }));
         roundtrip(StreamHello { version: 1, id: "p1".into(), kind: StreamKind::Stdout });

@@ -1,0 +1,7 @@
+//! Host-side pieces of Palisade's command-line tools.
+//!
+//! [`vmrun`] is the standalone `docker run`-like command: it boots a micro-VM with the
+//! `palisade-vmm` binary, talks to the guest agent through the VMM's vsock Unix socket,
+//! runs one command and relays its stdio, signals and exit status.
+
+pub mod vmrun;

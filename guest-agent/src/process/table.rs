@@ -1,0 +1,200 @@
+//! The table of processes started by the agent: who is running, who has exited, and
+//! waiting for an exit.
+//!
+//! Race-free registration: [`ProcessTable::spawn_registered`] holds the table lock from
+//! fork to registration, and the reaper takes the same lock to record an exit, so an
+//! exit is never recorded for a pid the table does not know yet. Exits of pids that are
+//! not ours (orphans reparented to PID 1) are kept, bounded, as unclaimed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use palisade_protocol::ExitStatus;
+
+/// How many unclaimed exit statuses are kept.
+const MAX_UNCLAIMED: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("process {id}: no such process")]
+    Unknown { id: String },
+    #[error("process {id}: a process with this id was already started")]
+    Duplicate { id: String },
+}
+
+/// One started process.
+#[derive(Debug)]
+pub struct Entry {
+    pub pid: i32,
+    pub status: Option<ExitStatus>,
+    /// The pty master, for window-size changes, when the process runs on a terminal.
+    pub pty_master: Option<Arc<OwnedFd>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Entry>,
+    by_pid: HashMap<i32, String>,
+    unclaimed: VecDeque<(i32, ExitStatus)>,
+    /// Pids of children whose start failed: their exit is of no interest.
+    discard: HashSet<i32>,
+}
+
+/// What a spawn closure reports.
+pub struct Spawned {
+    pub pid: i32,
+    pub pty_master: Option<Arc<OwnedFd>>,
+}
+
+/// The process table; share it in an `Arc`.
+#[derive(Default)]
+pub struct ProcessTable {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means another thread panicked while holding it; the
+        // data is plain maps that stay consistent, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `id` names a started process.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().by_id.contains_key(id)
+    }
+
+    /// Runs `spawn` with the table locked and registers the child under `id`.
+    /// `spawn` returns the child's pid, or an error and the pid of a child that was
+    /// forked but failed to start (its exit will be discarded).
+    pub fn spawn_registered<E, F>(&self, id: &str, spawn: F) -> Result<Result<i32, E>, TableError>
+    where
+        F: FnOnce() -> Result<Spawned, (Option<i32>, E)>,
+    {
+        let mut inner = self.lock();
+        if inner.by_id.contains_key(id) {
+            return Err(TableError::Duplicate { id: id.to_string() });
+        }
+        match spawn() {
+            Ok(spawned) => {
+                inner.by_pid.insert(spawned.pid, id.to_string());
+                inner.by_id.insert(
+                    id.to_string(),
+                    Entry { pid: spawned.pid, status: None, pty_master: spawned.pty_master },
+                );
+                Ok(Ok(spawned.pid))
+            }
+            Err((pid, e)) => {
+                if let Some(pid) = pid {
+                    inner.discard.insert(pid);
+                }
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Records the exit of `pid` (called by the reaper) and wakes waiters.
+    pub fn record_exit(&self, pid: i32, status: ExitStatus) {
+        let mut inner = self.lock();
+        if inner.discard.remove(&pid) {
+            return;
+        }
+        match inner.by_pid.remove(&pid) {
+            Some(id) => {
+                if let Some(entry) = inner.by_id.get_mut(&id) {
+                    entry.status = Some(status);
+                    entry.pty_master = None;
+                }
+            }
+            None => {
+                if inner.unclaimed.len() >= MAX_UNCLAIMED {
+                    inner.unclaimed.pop_front();
+                }
+                inner.unclaimed.push_back((pid, status));
+            }
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// Blocks until process `id` has exited.
+    pub fn wait(&self, id: &str) -> Result<ExitStatus, TableError> {
+        let mut inner = self.lock();
+        loop {
+            match inner.by_id.get(id) {
+                None => return Err(TableError::Unknown { id: id.to_string() }),
+                Some(Entry { status: Some(status), .. }) => return Ok(*status),
+                Some(_) => inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// The pid of `id` while it runs (`None` once it has exited, so that a signal
+    /// never reaches a recycled pid).
+    pub fn running_pid(&self, id: &str) -> Result<Option<i32>, TableError> {
+        let inner = self.lock();
+        let entry = inner.by_id.get(id).ok_or_else(|| TableError::Unknown { id: id.to_string() })?;
+        Ok(if entry.status.is_none() { Some(entry.pid) } else { None })
+    }
+
+    /// The pty master of `id`, if it runs on a terminal and has not exited.
+    pub fn pty_master(&self, id: &str) -> Result<Option<Arc<OwnedFd>>, TableError> {
+        let inner = self.lock();
+        let entry = inner.by_id.get(id).ok_or_else(|| TableError::Unknown { id: id.to_string() })?;
+        Ok(entry.pty_master.clone())
+    }
+
+    /// Exit statuses of children that were never ours (for diagnostics and tests).
+    pub fn unclaimed(&self) -> Vec<(i32, ExitStatus)> {
+        self.lock().unclaimed.iter().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(pid: i32) -> Result<Spawned, (Option<i32>, String)> {
+        Ok(Spawned { pid, pty_master: None })
+    }
+
+    #[test]
+    fn wait_returns_the_recorded_status_to_every_waiter() {
+        let table = Arc::new(ProcessTable::new());
+        table.spawn_registered("p", || ok(4242)).unwrap().unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let t = table.clone();
+                std::thread::spawn(move || t.wait("p").unwrap())
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let status = ExitStatus { code: Some(3), signal: None };
+        table.record_exit(4242, status);
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), status);
+        }
+        assert_eq!(table.running_pid("p").unwrap(), None);
+    }
+
+    #[test]
+    fn duplicates_unknown_and_failed_spawns() {
+        let table = ProcessTable::new();
+        table.spawn_registered("p", || ok(10)).unwrap().unwrap();
+        assert!(matches!(table.spawn_registered("p", || ok(11)), Err(TableError::Duplicate { .. })));
+        assert!(matches!(table.wait("nope"), Err(TableError::Unknown { .. })));
+        let failed = table.spawn_registered("q", || Err((Some(12), "exec failed".to_string()))).unwrap();
+        assert_eq!(failed.unwrap_err(), "exec failed");
+        // The failed child's exit is discarded, a stranger's is kept as unclaimed.
+        table.record_exit(12, ExitStatus { code: Some(127), signal: None });
+        table.record_exit(99, ExitStatus { code: Some(0), signal: None });
+        assert_eq!(table.unclaimed(), vec![(99, ExitStatus { code: Some(0), signal: None })]);
+        assert!(!table.contains("q"));
+    }
+}

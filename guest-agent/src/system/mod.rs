@@ -1,0 +1,8 @@
+//! What PID 1 sets up in the guest before serving: the base mounts ([`mounts`]), the
+//! loopback interface ([`net`]), logging to the serial console ([`console`]), and the
+//! way out ([`power`]).
+
+pub mod console;
+pub mod mounts;
+pub mod net;
+pub mod power;

@@ -1,0 +1,157 @@
+//! Connections to the guest agent through the VMM's vsock Unix socket: connect, send
+//! `CONNECT <port>\n`, read `OK <hostport>\n`, then the stream is the guest's. And the
+//! agent protocol on top: a control client and attached stdio streams.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use palisade_protocol::{
+    read_frame, write_frame, ProtocolError, Request, Response, StreamHello, StreamKind, AGENT_CONTROL_PORT,
+    AGENT_STREAM_PORT, PROTOCOL_VERSION,
+};
+
+/// Longest `OK …` line accepted from the VMM.
+const MAX_HANDSHAKE_LINE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The guest is not listening (yet), or the socket is not there yet: retry.
+    #[error("vsock port {port} via {socket}: not reachable yet: {detail}")]
+    NotYet { socket: String, port: u32, detail: String },
+    #[error("vsock port {port} via {socket}: unexpected handshake answer {answer:?}")]
+    BadAnswer { socket: String, port: u32, answer: String },
+    #[error("agent: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("agent refused {what}: {message}")]
+    Refused { what: String, message: String },
+    #[error("agent answered {what} with an unexpected {answer:?}")]
+    Unexpected { what: String, answer: Box<Response> },
+}
+
+/// Opens a connection to guest port `port`.
+pub fn connect_port(socket: &Path, port: u32, handshake_timeout: Duration) -> Result<UnixStream, ConnectError> {
+    let not_yet = |detail: String| ConnectError::NotYet { socket: socket.display().to_string(), port, detail };
+    let mut stream = UnixStream::connect(socket).map_err(|e| not_yet(e.to_string()))?;
+    stream.set_read_timeout(Some(handshake_timeout)).map_err(|e| not_yet(e.to_string()))?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(|e| not_yet(e.to_string()))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(not_yet("closed by the VMM (the guest is not listening yet)".into())),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if line.len() > MAX_HANDSHAKE_LINE {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(not_yet(e.to_string())),
+        }
+    }
+    let answer = String::from_utf8_lossy(&line).into_owned();
+    let ok = answer.strip_prefix("OK ").is_some_and(|n| n.trim().parse::<u32>().is_ok());
+    if !ok {
+        return Err(ConnectError::BadAnswer { socket: socket.display().to_string(), port, answer });
+    }
+    stream.set_read_timeout(None).map_err(|e| not_yet(e.to_string()))?;
+    Ok(stream)
+}
+
+/// A control connection after a successful Hello.
+pub struct ControlClient {
+    stream: UnixStream,
+}
+
+impl ControlClient {
+    pub fn connect(socket: &Path, handshake_timeout: Duration) -> Result<ControlClient, ConnectError> {
+        let stream = connect_port(socket, AGENT_CONTROL_PORT, handshake_timeout)?;
+        let mut client = ControlClient { stream };
+        match client.call(&Request::Hello { version: PROTOCOL_VERSION })? {
+            Response::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(client),
+            Response::Hello { version, .. } => {
+                Err(ProtocolError::Version { ours: PROTOCOL_VERSION, theirs: version }.into())
+            }
+            Response::Error { message } => Err(ConnectError::Refused { what: "hello".into(), message }),
+            other => Err(ConnectError::Unexpected { what: "hello".into(), answer: Box::new(other) }),
+        }
+    }
+
+    /// Sends one request and reads its response.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ConnectError> {
+        write_frame(&mut self.stream, request)?;
+        Ok(read_frame(&mut self.stream)?)
+    }
+
+    /// Sends a request whose only good answer is `Ok`.
+    pub fn call_ok(&mut self, what: &str, request: &Request) -> Result<(), ConnectError> {
+        match self.call(request)? {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(ConnectError::Refused { what: what.into(), message }),
+            other => Err(ConnectError::Unexpected { what: what.into(), answer: Box::new(other) }),
+        }
+    }
+}
+
+/// Attaches one stdio stream of process `id`; the returned socket then carries raw bytes.
+pub fn attach_stream(socket: &Path, id: &str, kind: StreamKind, handshake_timeout: Duration) -> Result<UnixStream, ConnectError> {
+    let mut stream = connect_port(socket, AGENT_STREAM_PORT, handshake_timeout)?;
+    write_frame(&mut stream, &StreamHello { version: PROTOCOL_VERSION, id: id.into(), kind })?;
+    let what = format!("the {kind:?} stream of {id}");
+    match read_frame(&mut stream)? {
+        Response::Ok => Ok(stream),
+        Response::Error { message } => Err(ConnectError::Refused { what, message }),
+        other => Err(ConnectError::Unexpected { what, answer: Box::new(other) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    /// A fake VMM socket: answers each connection with `answer` (or closes it).
+    fn fake_vmm(answers: Vec<Option<&'static str>>) -> (tempfile::TempDir, std::thread::JoinHandle<Vec<String>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("vsock.sock")).unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for answer in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(conn.try_clone().unwrap()).read_line(&mut line).unwrap();
+                requests.push(line);
+                if let Some(a) = answer {
+                    conn.write_all(a.as_bytes()).unwrap();
+                    conn.write_all(b"payload").unwrap();
+                }
+            }
+            requests
+        });
+        (dir, handle)
+    }
+
+    #[test]
+    fn handshake_ok_then_raw_bytes() {
+        let (dir, vmm) = fake_vmm(vec![Some("OK 1073741824\n")]);
+        let mut s = connect_port(&dir.path().join("vsock.sock"), 1024, Duration::from_secs(5)).unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"payload");
+        assert_eq!(vmm.join().unwrap(), ["CONNECT 1024\n"]);
+    }
+
+    #[test]
+    fn closed_or_missing_is_retryable_and_garbage_is_not() {
+        let (dir, vmm) = fake_vmm(vec![None, Some("NOPE\n")]);
+        let sock = dir.path().join("vsock.sock");
+        assert!(matches!(connect_port(&sock, 1025, Duration::from_secs(5)), Err(ConnectError::NotYet { .. })));
+        assert!(matches!(connect_port(&sock, 1025, Duration::from_secs(5)), Err(ConnectError::BadAnswer { .. })));
+        vmm.join().unwrap();
+        assert!(matches!(connect_port(&dir.path().join("absent"), 1024, Duration::from_secs(1)), Err(ConnectError::NotYet { .. })));
+    }
+}

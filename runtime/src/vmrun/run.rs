@@ -1,0 +1,155 @@
+//! `vmrun` from start to end: check the host and the assets, prepare the run
+//! directory and the rootfs image, start the VMM, drive the session.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use palisade_protocol::{ProcessSpec, RootfsSpec};
+use palisade_vmm::host::{probe_kvm_host, KvmHostKind, PVM_EXPLANATION};
+
+use super::args::{command_env, ArgsError, VmrunArgs};
+use super::assets::{self, AssetError};
+use super::image::{self, ImageError};
+use super::rundir::{candidate_bases, RunDir, RunDirError};
+use super::session::{run_session, HostIo, SessionError, SessionSpec};
+use super::terminal::{self, RawMode};
+use super::vmm::{VmmConfig, VmmError, VmmProcess};
+
+/// Default of `PALISADE_BOOT_TIMEOUT_SECS`.
+pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmrunError {
+    #[error("/dev/kvm: no such device — this host has no KVM")]
+    NoKvm,
+    #[error("/dev/kvm: permission denied — run as root or add the user to the kvm group")]
+    KvmPermission,
+    #[error("/dev/kvm: {0}")]
+    Kvm(std::io::Error),
+    #[error("{PVM_EXPLANATION}")]
+    Pvm,
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error("terminal: {0}")]
+    Terminal(std::io::Error),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl VmrunError {
+    /// vmrun's exit code: 125 for its own failures, 126/127 for a command that cannot
+    /// run, 128+N when interrupted by signal N before the command started.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmrunError::Session(e) => e.exit_code(),
+            _ => 125,
+        }
+    }
+
+    /// Whether the error deserves no message (an interrupt the user caused).
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, VmrunError::Session(SessionError::Interrupted(_)))
+    }
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).map(PathBuf::from)
+}
+
+fn check_kvm() -> Result<KvmHostKind, VmrunError> {
+    let kind = probe_kvm_host();
+    if kind == KvmHostKind::Missing {
+        return Err(VmrunError::NoKvm);
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => Ok(kind),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(VmrunError::KvmPermission),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VmrunError::NoKvm),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) || e.raw_os_error() == Some(libc::ENODEV) => Err(VmrunError::NoKvm),
+        Err(e) => Err(VmrunError::Kvm(e)),
+    }
+}
+
+/// Runs `vmrun`; returns the command's exit code. `signals` comes from
+/// [`super::signals::start`].
+pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError> {
+    let kind = check_kvm()?;
+    if kind == KvmHostKind::Pvm && args.kernel.is_none() {
+        return Err(VmrunError::Pvm);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vmrun"));
+    let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), &exe);
+    let kernel = args.kernel.clone().unwrap_or_else(|| assets_dir.join("vmlinux"));
+    assets::check_kernel(&kernel)?;
+    if kind == KvmHostKind::Pvm {
+        eprintln!("vmrun: warning: {PVM_EXPLANATION}; trying {} anyway", kernel.display());
+    }
+    let initrd = args.initrd.clone().unwrap_or_else(|| assets_dir.join("initramfs.cpio"));
+    assets::require_file("initramfs", &initrd)?;
+    let rootfs = args.rootfs.clone().unwrap_or_else(|| assets_dir.join("busybox.erofs"));
+    let vmm_binary = assets::vmm_binary(env_path("PALISADE_VMM"), &exe);
+    if !vmm_binary.is_file() {
+        return Err(AssetError::NoVmm(vmm_binary).into());
+    }
+    let env = command_env(args, |k| std::env::var(k).ok())?;
+
+    let run_dir = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
+    tracing::debug!(dir = %run_dir.path().display(), "run directory");
+    let (disk, image_kind) = image::prepare(&rootfs, &run_dir.rootfs_image())?;
+
+    let tty_size = if args.tty { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
+    let spec = SessionSpec {
+        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: image_kind.fstype().into(), writable: true },
+        process: ProcessSpec {
+            id: "main".into(),
+            args: args.command.clone(),
+            env,
+            cwd: args.workdir.clone(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            terminal: args.tty,
+            stdin: args.interactive && !args.tty,
+            rootfs: Some("root".into()),
+            tty_size,
+        },
+        boot_timeout: Duration::from_secs(
+            std::env::var("PALISADE_BOOT_TIMEOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BOOT_TIMEOUT_SECS),
+        ),
+    };
+
+    let (serial_log, vmm_stderr) = (run_dir.serial_log(), run_dir.vmm_stderr());
+    let config = VmmConfig {
+        binary: &vmm_binary,
+        kernel: &kernel,
+        initrd: &initrd,
+        disk: &disk,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        vsock_socket: &run_dir.vsock_socket(),
+        serial_log: (!args.console).then_some(serial_log.as_path()),
+        stderr_file: (!args.console).then_some(vmm_stderr.as_path()),
+    };
+    let mut vmm = VmmProcess::spawn(&config)?;
+
+    // Raw mode only once the VM is on its way; restored when this function returns.
+    let _raw = if args.tty { RawMode::enable(0).map_err(VmrunError::Terminal)? } else { None };
+    let io = HostIo {
+        stdin: (args.interactive || args.tty).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+        stdout: Box::new(std::io::stdout()),
+        stderr: Box::new(std::io::stderr()),
+    };
+    let code = run_session(&run_dir.vsock_socket(), &mut vmm, &spec, io, signals)?;
+    drop(vmm);
+    drop(run_dir);
+    Ok(code)
+}

@@ -1,0 +1,324 @@
+//! One command's life in a booted VM, from the host: wait for the agent, mount the
+//! rootfs, attach the streams, start the process, relay stdio and signals, collect
+//! the exit status, shut the VM down.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_protocol::{ExitStatus, ProcessSpec, Request, Response, RootfsSpec, StreamKind};
+
+use super::connect::{attach_stream, ControlClient, ConnectError};
+use super::signals::FORWARDED;
+use super::vmm::Vm;
+
+/// How often the boot loop retries connecting to the agent.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+/// How long the VMM may take to answer one `CONNECT`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the exit status, how long output may stay silent before vmrun stops waiting
+/// for its end (a background process may hold the streams open forever).
+const OUTPUT_IDLE_AFTER_EXIT: Duration = Duration::from_secs(3);
+/// How long the VMM gets to exit after `Shutdown`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub rootfs: RootfsSpec,
+    pub process: ProcessSpec,
+    pub boot_timeout: Duration,
+}
+
+/// The host side of the command's stdio.
+pub struct HostIo {
+    /// Relayed to the command (stdin or terminal input) when present.
+    pub stdin: Option<Box<dyn Read + Send>>,
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("interrupted by signal {0} while the VM was starting")]
+    Interrupted(i32),
+    #[error("the VM failed to boot: {0}")]
+    BootFailed(String),
+    #[error("the guest agent did not answer within {secs} s (PALISADE_BOOT_TIMEOUT_SECS): {last}")]
+    BootTimeout { secs: u64, last: String },
+    #[error("the VM ended before the command finished: {0}")]
+    VmEnded(String),
+    #[error("{0}")]
+    CommandNotFound(String),
+    #[error("{0}")]
+    NotExecutable(String),
+    #[error("starting the command: {0}")]
+    StartFailed(String),
+    #[error("{0}")]
+    Agent(#[from] ConnectError),
+}
+
+impl SessionError {
+    /// vmrun's exit code for this failure (Docker's conventions).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SessionError::Interrupted(sig) => 128 + sig,
+            SessionError::CommandNotFound(_) => 127,
+            SessionError::NotExecutable(_) => 126,
+            _ => 125,
+        }
+    }
+}
+
+/// Classifies the agent's answer to a failed `StartProcess`.
+pub fn start_error(message: String) -> SessionError {
+    if message.ends_with(": command not found") {
+        SessionError::CommandNotFound(message)
+    } else if message.ends_with(": permission denied") || message.contains(": exec failed: ") {
+        SessionError::NotExecutable(message)
+    } else {
+        SessionError::StartFailed(message)
+    }
+}
+
+enum Event {
+    Exited(Result<ExitStatus, ConnectError>),
+    OutputDone,
+}
+
+/// Runs the session; returns the command's shell exit code.
+pub fn run_session(
+    socket: &Path,
+    vm: &mut dyn Vm,
+    spec: &SessionSpec,
+    io: HostIo,
+    signals: &Receiver<i32>,
+) -> Result<i32, SessionError> {
+    let id = spec.process.id.clone();
+    let mut control = wait_for_agent(socket, vm, spec.boot_timeout, signals)?;
+    tracing::info!("the guest agent answered");
+    super::timings::mark("agent_ready_ms");
+    control.call_ok("mounting the rootfs", &Request::MountRootfs(spec.rootfs.clone()))?;
+    let mut side = ControlClient::connect(socket, HANDSHAKE_TIMEOUT)?;
+
+    let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT);
+    let (input, outputs): (Option<UnixStream>, Vec<UnixStream>) = if spec.process.terminal {
+        let tty = attach(StreamKind::Tty)?;
+        (Some(tty.try_clone().map_err(|e| ConnectError::Protocol(e.into()))?), vec![tty])
+    } else {
+        let stdin = if spec.process.stdin { Some(attach(StreamKind::Stdin)?) } else { None };
+        (stdin, vec![attach(StreamKind::Stdout)?, attach(StreamKind::Stderr)?])
+    };
+
+    match control.call(&Request::StartProcess(spec.process.clone()))? {
+        Response::Started { pid } => tracing::info!(pid, "the command started"),
+        Response::Error { message } => return Err(start_error(message)),
+        other => return Err(ConnectError::Unexpected { what: "start process".into(), answer: Box::new(other) }.into()),
+    }
+
+    let (events, event_rx) = channel();
+    let progress = Arc::new(AtomicU64::new(0));
+    let output_count = outputs.len();
+    let mut sinks = vec![io.stdout, io.stderr].into_iter();
+    for stream in outputs {
+        if let Some(sink) = sinks.next() {
+            relay_output(stream, sink, events.clone(), progress.clone());
+        }
+    }
+    if let (Some(stream), Some(source)) = (input, io.stdin) {
+        relay_input(source, stream);
+    }
+    let wait_events = events.clone();
+    let wait_id = id.clone();
+    std::thread::Builder::new()
+        .name("wait".into())
+        .spawn(move || {
+            let result = match control.call(&Request::Wait { id: wait_id }) {
+                Ok(Response::Exited(status)) => Ok(status),
+                Ok(Response::Error { message }) => Err(ConnectError::Refused { what: "wait".into(), message }),
+                Ok(other) => Err(ConnectError::Unexpected { what: "wait".into(), answer: Box::new(other) }),
+                Err(e) => Err(e),
+            };
+            let _ = wait_events.send(Event::Exited(result));
+        })
+        .map_err(|e| ConnectError::Protocol(e.into()))?;
+    drop(events);
+
+    let status = relay_until_done(&id, vm, &mut side, &event_rx, signals, output_count, &progress, spec.process.terminal)?;
+    tracing::info!(?status, "the command exited; shutting the VM down");
+    super::timings::mark("command_exit_ms");
+    if let Some(pid) = vm.pid() {
+        super::timings::mark_vmm_memory(pid);
+    }
+    if let Err(e) = side.call(&Request::Shutdown) {
+        tracing::debug!("shutdown request: {e} (the VM may already be going down)");
+    }
+    let end = vm.finish(SHUTDOWN_TIMEOUT);
+    if !end.clean {
+        tracing::warn!("the VM did not end cleanly after the command: {}", end.reason);
+    }
+    Ok(status.shell_code())
+}
+
+/// Retries connecting until the agent answers Hello, the VM ends, a signal comes or the
+/// boot timeout passes.
+fn wait_for_agent(socket: &Path, vm: &mut dyn Vm, timeout: Duration, signals: &Receiver<i32>) -> Result<ControlClient, SessionError> {
+    let start = Instant::now();
+    loop {
+        if let Some(end) = vm.poll_end() {
+            return Err(SessionError::BootFailed(end.reason));
+        }
+        while let Ok(sig) = signals.try_recv() {
+            if FORWARDED.contains(&sig) {
+                return Err(SessionError::Interrupted(sig));
+            }
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        let last = match ControlClient::connect(socket, HANDSHAKE_TIMEOUT.min(left.max(Duration::from_millis(100)))) {
+            Ok(client) => return Ok(client),
+            Err(e @ ConnectError::NotYet { .. }) => e.to_string(),
+            Err(e) => return Err(e.into()),
+        };
+        if start.elapsed() >= timeout {
+            return Err(SessionError::BootTimeout { secs: timeout.as_secs(), last });
+        }
+        std::thread::sleep(RETRY_INTERVAL);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn relay_until_done(
+    id: &str,
+    vm: &mut dyn Vm,
+    side: &mut ControlClient,
+    events: &Receiver<Event>,
+    signals: &Receiver<i32>,
+    mut outputs_left: usize,
+    progress: &AtomicU64,
+    terminal: bool,
+) -> Result<ExitStatus, SessionError> {
+    let mut status = None;
+    let mut last_progress = (progress.load(Ordering::Relaxed), Instant::now());
+    loop {
+        match events.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Exited(Ok(s))) => status = Some(s),
+            Ok(Event::Exited(Err(e))) => {
+                // The wait connection broke: most likely the VM is going down.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    if let Some(end) = vm.poll_end() {
+                        return Err(SessionError::VmEnded(end.reason));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Err(e.into());
+            }
+            Ok(Event::OutputDone) => outputs_left = outputs_left.saturating_sub(1),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        while let Ok(sig) = signals.try_recv() {
+            forward_signal(id, side, sig, terminal);
+        }
+        match status {
+            Some(s) => {
+                if outputs_left == 0 {
+                    return Ok(s);
+                }
+                let now = progress.load(Ordering::Relaxed);
+                if now != last_progress.0 {
+                    last_progress = (now, Instant::now());
+                } else if last_progress.1.elapsed() > OUTPUT_IDLE_AFTER_EXIT {
+                    tracing::info!("output still open {OUTPUT_IDLE_AFTER_EXIT:?} after the exit; not waiting for it");
+                    return Ok(s);
+                }
+            }
+            None => {
+                if let Some(end) = vm.poll_end() {
+                    return Err(SessionError::VmEnded(end.reason));
+                }
+            }
+        }
+    }
+}
+
+fn forward_signal(id: &str, side: &mut ControlClient, sig: i32, terminal: bool) {
+    let request = if sig == libc::SIGWINCH {
+        if !terminal {
+            return;
+        }
+        match super::terminal::window_size(0).or_else(|| super::terminal::window_size(1)) {
+            Some(size) => Request::ResizeTty { id: id.into(), rows: size.rows, cols: size.cols },
+            None => return,
+        }
+    } else {
+        Request::Signal { id: id.into(), signal: sig }
+    };
+    if let Err(e) = side.call_ok("a signal or window size", &request) {
+        tracing::warn!("forwarding signal {sig}: {e}");
+    }
+}
+
+fn relay_output(mut stream: UnixStream, mut sink: Box<dyn Write + Send>, events: Sender<Event>, progress: Arc<AtomicU64>) {
+    let spawned = std::thread::Builder::new().name("output".into()).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("reading command output: {e}");
+                    break;
+                }
+            };
+            progress.fetch_add(n as u64, Ordering::Relaxed);
+            if sink.write_all(&buf[..n]).and_then(|_| sink.flush()).is_err() {
+                break; // our stdout is gone (e.g. a closed pipe): drop the rest
+            }
+        }
+        let _ = events.send(Event::OutputDone);
+    });
+    if let Err(e) = spawned {
+        tracing::error!("starting an output relay thread: {e}");
+    }
+}
+
+fn relay_input(mut source: Box<dyn Read + Send>, mut stream: UnixStream) {
+    let spawned = std::thread::Builder::new().name("input".into()).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            if stream.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    });
+    if let Err(e) = spawned {
+        tracing::error!("starting the input relay thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_map_to_docker_exit_codes() {
+        assert_eq!(start_error("nope: command not found".into()).exit_code(), 127);
+        assert_eq!(start_error("/etc: permission denied".into()).exit_code(), 126);
+        assert_eq!(start_error("/x: exec failed: Exec format error (os error 8)".into()).exit_code(), 126);
+        assert_eq!(start_error("working directory /nope: No such file".into()).exit_code(), 125);
+        assert_eq!(SessionError::Interrupted(libc::SIGINT).exit_code(), 130);
+        assert_eq!(SessionError::VmEnded("panic".into()).exit_code(), 125);
+    }
+}

@@ -1,0 +1,278 @@
+//! The VMM child process (`palisade-vmm`), and how a VM's end is explained.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The guest kernel command line.
+pub const KERNEL_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
+/// The guest's vsock CID.
+pub const GUEST_CID: u32 = 3;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmEnd {
+    /// The VMM exited 0 (the guest powered off or reset).
+    pub clean: bool,
+    /// One line saying why, for the user.
+    pub reason: String,
+}
+
+/// A running VM as the session sees it.
+pub trait Vm {
+    /// `Some` once the VM has ended.
+    fn poll_end(&mut self) -> Option<VmEnd>;
+    /// Waits up to `timeout` for the VM to end, then kills it.
+    fn finish(&mut self, timeout: Duration) -> VmEnd;
+    /// The VMM's process id, when it is a process of its own.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("palisade-vmm {path}: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Output { path: PathBuf, source: std::io::Error },
+}
+
+/// What the VMM is started with.
+pub struct VmmConfig<'a> {
+    pub binary: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub disk: &'a Path,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub vsock_socket: &'a Path,
+    /// `None`: serial to the VMM's stderr (`--console`).
+    pub serial_log: Option<&'a Path>,
+    /// Where the VMM's own stderr goes (`None`: inherited).
+    pub stderr_file: Option<&'a Path>,
+}
+
+impl VmmConfig<'_> {
+    /// The VMM's arguments.
+    pub fn args(&self) -> Vec<String> {
+        let mut disk = self.disk.display().to_string();
+        disk.push_str(",ro");
+        let serial = match self.serial_log {
+            Some(log) => format!("file:{}", log.display()),
+            None => "stderr".into(),
+        };
+        vec![
+            "--kernel".into(),
+            self.kernel.display().to_string(),
+            "--initrd".into(),
+            self.initrd.display().to_string(),
+            "--cmdline".into(),
+            KERNEL_CMDLINE.into(),
+            "--cpus".into(),
+            self.cpus.to_string(),
+            "--memory".into(),
+            self.memory_mib.to_string(),
+            "--disk".into(),
+            disk,
+            "--vsock-uds".into(),
+            self.vsock_socket.display().to_string(),
+            "--vsock-cid".into(),
+            GUEST_CID.to_string(),
+            "--serial".into(),
+            serial,
+            "--rng".into(),
+        ]
+    }
+}
+
+/// The VMM child; killed and reaped on drop if still running.
+pub struct VmmProcess {
+    child: Child,
+    stderr_file: Option<PathBuf>,
+    serial_log: Option<PathBuf>,
+    ended: Option<VmEnd>,
+}
+
+impl VmmProcess {
+    pub fn spawn(config: &VmmConfig<'_>) -> Result<VmmProcess, VmmError> {
+        let mut cmd = Command::new(config.binary);
+        cmd.args(config.args()).stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(path) = config.stderr_file {
+            let file = std::fs::File::create(path).map_err(|source| VmmError::Output { path: path.into(), source })?;
+            cmd.stderr(file);
+        }
+        // Its own process group: a Ctrl-C on vmrun's terminal is for the command, not
+        // the VMM. And it dies with vmrun even if vmrun is killed outright.
+        cmd.process_group(0);
+        // SAFETY: prctl and pthread_sigmask are async-signal-safe and touch only the
+        // child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                crate::vmrun::signals::unblock_all_in_child()
+            });
+        }
+        tracing::debug!(binary = %config.binary.display(), args = ?config.args(), "starting the VMM");
+        let child = cmd.spawn().map_err(|source| VmmError::Spawn { path: config.binary.into(), source })?;
+        Ok(VmmProcess {
+            child,
+            stderr_file: config.stderr_file.map(Path::to_path_buf),
+            serial_log: config.serial_log.map(Path::to_path_buf),
+            ended: None,
+        })
+    }
+
+    fn explain(&self, status: std::process::ExitStatus) -> VmEnd {
+        let stderr = self.stderr_file.as_deref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        let serial = self.serial_log.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        explain_end(status.success(), &status.to_string(), &stderr, &String::from_utf8_lossy(&serial))
+    }
+}
+
+/// One line saying why a VM ended: the VMM's `palisade-vmm: …` line, else a kernel
+/// panic line from the serial log, else the VMM's status and the last serial line.
+pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) -> VmEnd {
+    let panic_line = serial
+        .lines()
+        .map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
+        .find(|l| l.contains("Kernel panic"))
+        .map(|l| strip_kernel_timestamp(l).to_string());
+    let vmm_line = vmm_stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with("palisade-vmm:"))
+        .or_else(|| vmm_stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()))
+        .map(|l| l.trim_start_matches("palisade-vmm:").trim().to_string());
+    let reason = match (panic_line, vmm_line) {
+        (Some(panic), _) => format!("the guest kernel panicked: {panic}"),
+        (None, Some(line)) => line,
+        (None, None) => {
+            let last = serial.lines().map(str::trim).rev().find(|l| !l.is_empty()).map(strip_kernel_timestamp);
+            match (clean, last) {
+                (true, Some(l)) => format!("the guest powered off (last console line: {l})"),
+                (true, None) => "the guest powered off".to_string(),
+                (false, Some(l)) => format!("palisade-vmm {status} (last console line: {l})"),
+                (false, None) => format!("palisade-vmm {status}"),
+            }
+        }
+    };
+    VmEnd { clean, reason }
+}
+
+fn strip_kernel_timestamp(line: &str) -> &str {
+    match line.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
+        Some((stamp, rest)) if stamp.trim().chars().all(|c| c.is_ascii_digit() || c == '.') => rest.trim(),
+        _ => line,
+    }
+}
+
+impl Vm for VmmProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
+    fn poll_end(&mut self) -> Option<VmEnd> {
+        if self.ended.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.ended = Some(self.explain(status));
+            }
+        }
+        self.ended.clone()
+    }
+
+    fn finish(&mut self, timeout: Duration) -> VmEnd {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(end) = self.poll_end() {
+                return end;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!("the VMM did not exit within {timeout:?} after shutdown; killing it");
+        let _ = self.child.kill();
+        match self.child.wait() {
+            Ok(status) => {
+                let end = self.explain(status);
+                self.ended = Some(end.clone());
+                end
+            }
+            Err(e) => VmEnd { clean: false, reason: format!("waiting for palisade-vmm: {e}") },
+        }
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if self.ended.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_panic_is_named() {
+        let serial = "[    0.1] booting\n[    3.2] Kernel panic - not syncing: sysrq triggered crash\n[    3.3] Rebooting in 1 seconds..\n";
+        let end = explain_end(true, "exit status: 0", "", serial);
+        assert_eq!(end.reason, "the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash");
+    }
+
+    #[test]
+    fn the_vmm_line_is_the_reason() {
+        let end = explain_end(false, "exit status: 1", "palisade-vmm: kernel /k: bad ELF header\n", "");
+        assert_eq!(end, VmEnd { clean: false, reason: "kernel /k: bad ELF header".into() });
+        let end = explain_end(false, "signal: 9 (SIGKILL)", "", "last words\n");
+        assert_eq!(end.reason, "palisade-vmm signal: 9 (SIGKILL) (last console line: last words)");
+    }
+
+    #[test]
+    fn vmm_arguments() {
+        let c = VmmConfig {
+            binary: Path::new("/b/palisade-vmm"),
+            kernel: Path::new("/a/vmlinux"),
+            initrd: Path::new("/a/initramfs.cpio"),
+            disk: Path::new("/a/busybox.erofs"),
+            cpus: 2,
+            memory_mib: 256,
+            vsock_socket: Path::new("/r/vsock.sock"),
+            serial_log: Some(Path::new("/r/serial.log")),
+            stderr_file: None,
+        };
+        let args = c.args().join(" ");
+        assert!(args.contains("--disk /a/busybox.erofs,ro --vsock-uds /r/vsock.sock --vsock-cid 3 --serial file:/r/serial.log --rng"), "{args}");
+        assert!(args.contains("--cpus 2 --memory 256"), "{args}");
+    }
+
+    #[test]
+    fn the_vmm_child_is_reaped_and_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\necho 'palisade-vmm: triple fault' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let stderr = dir.path().join("vmm.stderr");
+        let c = VmmConfig {
+            binary: &script,
+            kernel: Path::new("k"),
+            initrd: Path::new("i"),
+            disk: Path::new("d"),
+            cpus: 1,
+            memory_mib: 64,
+            vsock_socket: Path::new("s"),
+            serial_log: None,
+            stderr_file: Some(&stderr),
+        };
+        let mut vmm = VmmProcess::spawn(&c).unwrap();
+        let end = vmm.finish(Duration::from_secs(10));
+        assert_eq!(end, VmEnd { clean: false, reason: "triple fault".into() });
+    }
+}

@@ -1,5 +1,14 @@
 //! Virtio devices over the virtio-mmio transport.
+//!
+//! `device.rs` is the contract between transport and devices, `mmio.rs` the transport,
+//! `queue.rs` the validated descriptor-chain helpers every device uses, and each device
+//! lives in its own folder.
 
+pub mod block;
 pub mod device;
+pub mod mmio;
+pub mod queue;
+pub mod rng;
+pub mod vsock;
 
 pub use device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};

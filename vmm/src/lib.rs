@@ -1,6 +1,17 @@
 //! Palisade's virtual machine monitor: a KVM micro-VM with a minimal device model.
 //!
 //! This crate knows nothing of containers or OCI: it boots a kernel with devices.
+//! [`run_vm`] takes a [`VmConfig`] and runs the VM to its end ([`VmExit`]).
 
+pub mod arch;
+pub mod builder;
+pub mod config;
 pub mod devices;
+pub mod event_loop;
+pub mod exit;
 pub mod host;
+pub mod memory;
+pub mod vcpu;
+
+pub use builder::{run_vm, VmmError};
+pub use config::{DiskConfig, SerialConfig, VmConfig, VmExit, VsockConfig};

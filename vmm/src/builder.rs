@@ -1,0 +1,217 @@
+//! Assembling and running a VM, in one readable sequence: KVM, memory, kernel, devices,
+//! command line, boot structures, vCPUs, event loop.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+
+use crate::arch::x86_64::boot::{self, BootError};
+use crate::arch::x86_64::layout::{
+    self, I8042_PORT_BASE, I8042_PORT_SIZE, KVM_TSS_ADDRESS, SERIAL_GSI, SERIAL_PORT_BASE,
+    SERIAL_PORT_SIZE, VIRTIO_MMIO_SIZE,
+};
+use crate::arch::x86_64::mptable::{self, MptableError, MAX_VCPUS};
+use crate::arch::x86_64::{cpuid, regs};
+use crate::config::{VmConfig, VmExit};
+use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::devices::legacy::{I8042, Serial, SerialError};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice};
+use crate::event_loop::{EventLoop, EventLoopError};
+use crate::exit::ExitSignal;
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{self, VcpuError};
+
+/// Why a VM could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("--cpus {0}: between 1 and {MAX_VCPUS} vCPUs are supported")]
+    VcpuCount(u8),
+    #[error("no /dev/kvm: this host has no KVM")]
+    NoKvm,
+    #[error("/dev/kvm: {0} — run as root or add the user to the kvm group")]
+    KvmPermission(kvm_ioctls::Error),
+    #[error("/dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("{what}: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    #[error("{what}: {reason}")]
+    Device { what: String, reason: String },
+    #[error("too many virtio devices: at most {max} fit the IOAPIC's interrupt lines")]
+    TooManyDevices { max: usize },
+    #[error("VM exit eventfd: {0}")]
+    ExitEvent(io::Error),
+}
+
+/// Opens /dev/kvm with an error that says what to do.
+fn open_kvm() -> Result<Kvm, VmmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmmError::KvmPermission(e),
+        _ => VmmError::KvmOpen(e),
+    })
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+/// Creates the VM with its in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(kvm_err("KVM_SET_TSS_ADDRESS"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// A virtio-mmio transport on the MMIO bus.
+struct MmioDevice(MmioTransport);
+
+impl BusDevice for MmioDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data)
+    }
+}
+
+/// Wires virtio devices: each gets the next MMIO window and GSI, an irqfd, one ioeventfd per
+/// queue on `QueueNotify`, a transport on the MMIO bus, and a place in the event loop.
+struct VirtioAttacher<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemory,
+    mmio: &'a mut Bus,
+    event_loop: &'a mut EventLoop,
+    /// (MMIO base, GSI) of each attached device, for the kernel command line.
+    slots: Vec<(u64, u32)>,
+}
+
+impl VirtioAttacher<'_> {
+    fn attach<D>(&mut self, device: D) -> Result<(), VmmError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let name = device.name();
+        let device_err = |reason: String| VmmError::Device { what: format!("virtio-{name}"), reason };
+        let (base, gsi) = layout::virtio_slot(self.slots.len())
+            .ok_or(VmmError::TooManyDevices { max: (layout::IOAPIC_LAST_GSI - layout::VIRTIO_GSI_START + 1) as usize })?;
+        let device = Arc::new(Mutex::new(device));
+        let irq = Arc::new(IrqTrigger::new().map_err(|e| device_err(format!("interrupt eventfd: {e}")))?);
+        self.vm
+            .register_irqfd(&irq.evt, gsi)
+            .map_err(|e| device_err(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
+        {
+            let dev = device.lock().unwrap_or_else(|p| p.into_inner());
+            for (queue, evt) in dev.queue_events().iter().enumerate() {
+                let addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+                self.vm
+                    .register_ioevent(evt, &addr, queue as u32)
+                    .map_err(|e| device_err(format!("KVM_IOEVENTFD for queue {queue} at {base:#x}: {e}")))?;
+            }
+        }
+        let transport = MmioTransport::new(self.mem.clone(), device.clone() as Arc<Mutex<dyn VirtioDevice>>, irq);
+        self.mmio.insert(Arc::new(Mutex::new(MmioDevice(transport))), base, VIRTIO_MMIO_SIZE)?;
+        self.event_loop.add(device);
+        tracing::debug!(device = name, base = format_args!("{base:#x}"), gsi, "virtio device attached");
+        self.slots.push((base, gsi));
+        Ok(())
+    }
+}
+
+/// Creates the virtio devices `config` asks for, in a fixed order: disks (so the first is
+/// `/dev/vda`), vsock, rng.
+fn attach_virtio_devices(config: &VmConfig, attacher: &mut VirtioAttacher<'_>) -> Result<(), VmmError> {
+    for disk in &config.disks {
+        let block = Block::new(&disk.path, disk.read_only)
+            .map_err(|e| VmmError::Device { what: format!("disk {}", disk.path.display()), reason: e.to_string() })?;
+        attacher.attach(block)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|e| VmmError::Device {
+            what: format!("vsock socket {}", vsock.uds_path.display()),
+            reason: e.to_string(),
+        })?;
+        attacher.attach(device)?;
+    }
+    if config.rng {
+        let rng = Rng::new().map_err(|e| VmmError::Device { what: "virtio-rng".into(), reason: e.to_string() })?;
+        attacher.attach(rng)?;
+    }
+    Ok(())
+}
+
+/// Boots the VM `config` describes and runs it until it stops; returns why it stopped.
+/// All vCPU threads have ended when this returns, whatever the outcome.
+pub fn run_vm(config: VmConfig) -> Result<VmExit, VmmError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(VmmError::VcpuCount(config.vcpus));
+    }
+    let mem_size = u64::from(config.memory_mib) << 20;
+
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm)?;
+    let mem = memory::create_guest_memory(config.memory_mib)?;
+    memory::register_guest_memory(&vm, &mem)?;
+
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+        None => None,
+    };
+    tracing::debug!(kernel = %config.kernel.display(), format = %kernel.format, entry = ?kernel.entry, "kernel loaded");
+
+    let exit = Arc::new(ExitSignal::new().map_err(VmmError::ExitEvent)?);
+    let mut event_loop = EventLoop::new(exit.clone())?;
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+
+    let serial = Serial::new(&config.serial, exit.clone())?;
+    vm.register_irqfd(serial.irq_evt(), SERIAL_GSI).map_err(kvm_err("KVM_IRQFD for the serial port"))?;
+    pio.insert(Arc::new(Mutex::new(serial)), SERIAL_PORT_BASE, SERIAL_PORT_SIZE)?;
+    pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT_BASE, I8042_PORT_SIZE)?;
+
+    let mut attacher = VirtioAttacher { vm: &vm, mem: &mem, mmio: &mut mmio, event_loop: &mut event_loop, slots: Vec::new() };
+    attach_virtio_devices(&config, &mut attacher)?;
+    let virtio_slots = attacher.slots;
+
+    let cmdline = boot::build_cmdline(&config.cmdline, &virtio_slots)?;
+    boot::configure_boot(&mem, &kernel, &cmdline, initrd, mem_size)?;
+    mptable::setup_mptable(&mem, config.vcpus)?;
+    regs::write_boot_tables(&mem, kernel.entry)?;
+
+    let base_cpuid = cpuid::supported_cpuid(&kvm)?;
+    let vcpus = vcpu::create_vcpus(&vm, &base_cpuid, config.vcpus, kernel.entry, Arc::new(pio), Arc::new(mmio), exit.clone())?;
+    let running = vcpu::start_vcpus(vcpus, exit.clone())?;
+    let outcome = event_loop.run_until_exit(&exit);
+    running.stop();
+    let outcome = outcome?;
+    tracing::info!(%outcome, "VM stopped");
+    Ok(outcome)
+}

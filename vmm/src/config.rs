@@ -1,0 +1,135 @@
+//! What a VM is made of ([`VmConfig`]) and how it ended ([`VmExit`]).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Default kernel command line: serial console, reset through the i8042 on reboot (our
+/// clean power-off), reboot immediately on panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+
+/// A VM to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Virtio block devices, in order (`/dev/vda`, `/dev/vdb`, …).
+    pub disks: Vec<DiskConfig>,
+    pub vsock: Option<VsockConfig>,
+    /// Attach a virtio-rng device.
+    pub rng: bool,
+    pub serial: SerialConfig,
+}
+
+impl VmConfig {
+    /// A configuration with the defaults: 1 vCPU, 128 MiB, [`DEFAULT_CMDLINE`], serial to
+    /// stdout, no devices.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            disks: Vec::new(),
+            vsock: None,
+            rng: false,
+            serial: SerialConfig { log_file: None, to_stdout: true, to_stderr: false },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// The host side: a Unix socket the VMM listens on (`CONNECT <port>\n`).
+    pub uds_path: PathBuf,
+}
+
+/// Where the guest's serial console (COM1) output goes; any combination, or nowhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SerialConfig {
+    pub log_file: Option<PathBuf>,
+    pub to_stdout: bool,
+    pub to_stderr: bool,
+}
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset the machine through the i8042 (`reboot=k`): our clean power-off.
+    Reset,
+    /// The guest asked KVM for a shutdown (a clean power-off).
+    PowerOff,
+    /// The guest kernel panicked; `message` is its "Kernel panic - not syncing" line.
+    Panic { message: String },
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault { vcpu: u8 },
+    /// KVM could not emulate or handle something the guest did.
+    InternalError { vcpu: u8, reason: String },
+    /// KVM failed to enter the guest.
+    FailEntry { vcpu: u8, hardware_reason: u64 },
+    /// A vCPU halted with nothing that could wake it.
+    Halted { vcpu: u8 },
+    /// Running a vCPU failed, or it exited for a reason the VMM does not handle.
+    VcpuError { vcpu: u8, reason: String },
+}
+
+impl VmExit {
+    /// Whether the guest ended the VM on purpose (exit status 0).
+    pub fn is_clean(&self) -> bool {
+        matches!(self, VmExit::Reset | VmExit::PowerOff)
+    }
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmExit::Reset => write!(f, "the guest reset the VM (power-off)"),
+            VmExit::PowerOff => write!(f, "the guest powered off"),
+            VmExit::Panic { message } => write!(f, "guest kernel panic: {message}"),
+            VmExit::TripleFault { vcpu } => {
+                write!(f, "vCPU {vcpu}: triple fault (the guest hit an exception it could not handle)")
+            }
+            VmExit::InternalError { vcpu, reason } => write!(f, "vCPU {vcpu}: KVM internal error: {reason}"),
+            VmExit::FailEntry { vcpu, hardware_reason } => {
+                write!(f, "vCPU {vcpu}: KVM failed to enter the guest (hardware reason {hardware_reason:#x})")
+            }
+            VmExit::Halted { vcpu } => write!(f, "vCPU {vcpu}: halted for good"),
+            VmExit::VcpuError { vcpu, reason } => write!(f, "vCPU {vcpu}: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reset_and_power_off_are_clean() {
+        assert!(VmExit::Reset.is_clean());
+        assert!(VmExit::PowerOff.is_clean());
+        assert!(!VmExit::Panic { message: "x".into() }.is_clean());
+        assert!(!VmExit::TripleFault { vcpu: 0 }.is_clean());
+        assert!(!VmExit::InternalError { vcpu: 0, reason: "emulation failure".into() }.is_clean());
+    }
+
+    #[test]
+    fn exits_display_as_one_line() {
+        let panic = VmExit::Panic { message: "Kernel panic - not syncing: VFS: Unable to mount root fs".into() };
+        assert_eq!(panic.to_string(), "guest kernel panic: Kernel panic - not syncing: VFS: Unable to mount root fs");
+        for exit in [VmExit::Reset, VmExit::TripleFault { vcpu: 1 }, VmExit::FailEntry { vcpu: 0, hardware_reason: 7 }] {
+            assert!(!exit.to_string().contains('\n'));
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Boots tiny PVH guests with the `palisade-vmm` binary on this machine's KVM.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::tiny_guest::{write_guest, Code};
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade-vmm")).args(args).output().expect("running palisade-vmm")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn guest_prints_its_marker_and_resets_cleanly() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = write_guest(dir.path(), "marker", &Code::new().print("palisade-marker-42\n").reset().halt());
+    let out = vmm(&["--kernel", guest.to_str().unwrap()]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stdout), "palisade-marker-42\n");
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn serial_goes_to_a_log_file_and_smp_guests_boot() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = write_guest(dir.path(), "marker", &Code::new().print("to the log\n").reset().halt());
+    let log = dir.path().join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let out = vmm(&["--kernel", guest.to_str().unwrap(), "--serial", &serial, "--cpus", "4", "--memory", "64"]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "to the log\n");
+}
+
+#[test]
+fn virtio_device_registers_are_reachable_over_mmio() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The first virtio device's MagicValue register reads "virt".
+    let code = Code::new().print_if_mmio_equals(0xd000_0000, 0x7472_6976, b'V', b'?').print("\n").reset().halt();
+    let guest = write_guest(dir.path(), "mmio", &code);
+    let out = vmm(&["--kernel", guest.to_str().unwrap(), "--rng"]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stdout), "V\n");
+    // Without a device the window is unclaimed and reads all ones.
+    let out = vmm(&["--kernel", guest.to_str().unwrap()]);
+    assert_eq!(text(&out.stdout), "?\n");
+}
+
+#[test]
+fn a_crashing_guest_fails_with_one_clear_line() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = write_guest(dir.path(), "crash", &Code::new().print("about to crash\n").triple_fault());
+    let started = Instant::now();
+    let out = vmm(&["--kernel", guest.to_str().unwrap()]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "about to crash\n");
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // Hardware KVM reports a triple fault; PVM reports the same crash as an internal error.
+    assert!(
+        stderr.starts_with("palisade-vmm: vCPU 0: triple fault")
+            || stderr.starts_with("palisade-vmm: vCPU 0: KVM internal error"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_panic_then_reset_is_reported_as_the_panic() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = Code::new().print("[    1.000000] Kernel panic - not syncing: No working init found.\n").reset().halt();
+    let guest = write_guest(dir.path(), "panic", &code);
+    let out = vmm(&["--kernel", guest.to_str().unwrap(), "--serial", "none"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "palisade-vmm: guest kernel panic: Kernel panic - not syncing: No working init found.\n");
+}
+
+#[test]
+fn a_guest_hanging_after_a_panic_is_ended_as_that_panic() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = Code::new().print("Kernel panic - not syncing: stuck\n").halt();
+    let guest = write_guest(dir.path(), "hang", &code);
+    let started = Instant::now();
+    let out = vmm(&["--kernel", guest.to_str().unwrap(), "--serial", "none"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "palisade-vmm: guest kernel panic: Kernel panic - not syncing: stuck\n");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(6), "took {took:?}");
+}
+
+#[test]
+fn setup_errors_name_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_kernel = dir.path().join("notes.txt");
+    std::fs::write(&not_kernel, "just some text, long enough to look at").unwrap();
+    let out = vmm(&["--kernel", not_kernel.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    if common::have_kvm() {
+        assert_eq!(
+            stderr,
+            format!("palisade-vmm: kernel {}: is not a Linux kernel (neither ELF vmlinux nor bzImage)\n", not_kernel.display())
+        );
+        let missing = dir.path().join("vmlinux");
+        let out = vmm(&["--kernel", missing.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with(&format!("palisade-vmm: kernel {}: No such file", missing.display())), "{stderr}");
+        let guest = write_guest(dir.path(), "ok", &Code::new().reset());
+        let missing_disk = dir.path().join("disk.img");
+        let out = vmm(&["--kernel", guest.to_str().unwrap(), "--disk", &format!("{},ro", missing_disk.display())]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with(&format!("palisade-vmm: disk {}: ", missing_disk.display())), "{stderr}");
+    } else {
+        assert_eq!(stderr, "palisade-vmm: no /dev/kvm: this host has no KVM\n");
+    }
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let out = vmm(&["--kernel", "/k", "--serial", "tty"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("expected stdout, stderr, file:PATH or none"));
+    let out = vmm(&["--kernel", "/k", "--cpus", "0"]);
+    assert!(!out.status.success());
+    let out = vmm(&["--kernel", "/k", "--vsock-cid", "5"]);
+    assert!(!out.status.success(), "--vsock-cid without --vsock-uds");
+}

@@ -4,6 +4,7 @@
 //! tests on a host, on Unix sockets.
 
 pub mod conn;
+pub mod container;
 pub mod process;
 pub mod rootfs;
 pub mod server;

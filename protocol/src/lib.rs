@@ -47,6 +47,13 @@ pub enum Request {
     ResizeTty { id: String, rows: u16, cols: u16 },
     /// Block until the process has exited, then answer `Exited`.
     Wait { id: String },
+    /// Create an OCI container on a mounted rootfs from its runtime spec. Its init
+    /// waits at the exec barrier (OCI state `created`) until [`Request::StartContainer`].
+    /// Its streams must already be attached on the stream port under the container id.
+    CreateContainer(ContainerSpec),
+    /// Release a created container's exec barrier; answered with `Started`. `Wait`,
+    /// `Signal` and `ResizeTty` then work with the container id as the process id.
+    StartContainer { id: String },
     /// Sync filesystems and power the VM off.
     Shutdown,
 }
@@ -58,6 +65,8 @@ pub enum Response {
     Hello { version: u32, agent_version: String },
     Ok,
     Started { pid: u32 },
+    /// A container was created; `pid` is its init as the guest sees it.
+    Created { pid: u32, warnings: Vec<String> },
     Exited(ExitStatus),
     Error { message: String },
 }
@@ -98,6 +107,23 @@ pub struct ProcessSpec {
     pub rootfs: Option<String>,
     /// Initial window size of the terminal (with `terminal`), so the process sees the
     /// right size from its first instruction; later changes use [`Request::ResizeTty`].
+    #[serde(default)]
+    pub tty_size: Option<TtySize>,
+}
+
+/// An OCI container to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Caller-chosen unique name (streams, `Wait`, `Signal` use it).
+    pub id: String,
+    /// The OCI runtime spec, config.json as text (`root.path` is ignored: the root is
+    /// `rootfs`). Must fit in a frame with the rest: [`MAX_MESSAGE_SIZE`].
+    pub spec_json: String,
+    /// Id of a mounted [`RootfsSpec`] that becomes the container's root.
+    pub rootfs: String,
+    /// An stdin stream is attached (otherwise stdin is /dev/null). A terminal comes
+    /// from `process.terminal` of the spec, and uses a single `Tty` stream.
+    pub stdin: bool,
     #[serde(default)]
     pub tty_size: Option<TtySize>,
 }
@@ -227,6 +253,15 @@ mod tests {
             rootfs: Some("root".into()),
             tty_size: Some(TtySize { rows: 24, cols: 80 }),
         }));
+        roundtrip(Request::CreateContainer(ContainerSpec {
+            id: "c1".into(),
+            spec_json: "{\"ociVersion\":\"1.0.2\"}".into(),
+            rootfs: "root".into(),
+            stdin: false,
+            tty_size: None,
+        }));
+        roundtrip(Request::StartContainer { id: "c1".into() });
+        roundtrip(Response::Created { pid: 42, warnings: vec!["w".into()] });
         roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9) }));
         roundtrip(StreamHello { version: 1, id: "p1".into(), kind: StreamKind::Stdout });
     }

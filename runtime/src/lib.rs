@@ -4,4 +4,5 @@
 //! `palisade-vmm` binary, talks to the guest agent through the VMM's vsock Unix socket,
 //! runs one command and relays its stdio, signals and exit status.
 
+pub mod oci;
 pub mod vmrun;

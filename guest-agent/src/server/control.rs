@@ -83,6 +83,8 @@ pub fn handle_request(agent: &Agent, request: Request) -> Response {
         }
         Request::Signal { id, signal } => send_signal(agent, &id, signal),
         Request::ResizeTty { id, rows, cols } => resize_tty(agent, &id, TtySize { rows, cols }),
+        Request::CreateContainer(spec) => crate::container::agent::create(agent, spec),
+        Request::StartContainer { id } => crate::container::agent::start(agent, &id),
         Request::Wait { id } => match agent.processes.wait(&id) {
             Ok(status) => Response::Exited(status),
             Err(e) => error(e.to_string()),

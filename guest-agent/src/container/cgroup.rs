@@ -1,0 +1,312 @@
+//! cgroup v2 (the guest owns its kernel, so v2 only): the container's own cgroup under
+//! the agent's hierarchy, and `linux.resources` turned into interface-file writes.
+//! [`settings`] is pure (unit-tested); [`Cgroup::create`] applies it.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+
+/// Controllers the agent enables for containers when the kernel has them.
+pub const CONTROLLERS: &[&str] = &["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("linux.resources.{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("linux.cgroupsPath: {0:?} is not a valid cgroup path")]
+    BadPath(String),
+    #[error("cgroup {path}: {what}: {source}")]
+    Io { path: PathBuf, what: String, source: std::io::Error },
+    #[error("cgroup v2 is not available at {0} (container limits need it)")]
+    Unavailable(PathBuf),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> CgroupError {
+    CgroupError::Invalid { field: field.into(), message: message.into() }
+}
+
+fn max_or(v: i64) -> String {
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// cgroup v1 cpu.shares (2–262144) to v2 cpu.weight (1–10000), as runc converts.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// blkio weight (10–1000) to io.weight (1–10000).
+pub fn blkio_to_io_weight(w: u16) -> u64 {
+    let w = u64::from(w.clamp(10, 1000));
+    1 + (w - 10) * 9999 / 990
+}
+
+/// The (file, value) writes that apply `r`, in order, plus warnings for what is not
+/// applied by writes (the device allowlist).
+pub fn settings(r: &LinuxResources) -> Result<(Vec<(String, String)>, Vec<String>), CgroupError> {
+    let mut w: Vec<(String, String)> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut set = |f: &str, v: String| w.push((f.to_string(), v));
+    if let Some(m) = r.memory() {
+        if let Some(limit) = m.limit() {
+            if limit >= 0 && limit < 4096 * 2 {
+                return Err(invalid("memory.limit", format!("{limit} bytes is too small")));
+            }
+            set("memory.max", max_or(limit));
+        }
+        if let Some(res) = m.reservation() {
+            set("memory.low", max_or(res));
+        }
+        if let Some(swap) = m.swap() {
+            // OCI's swap is memory+swap; v2's memory.swap.max is swap alone.
+            let v = match (swap, m.limit()) {
+                (s, _) if s < 0 => "max".to_string(),
+                (s, Some(l)) if l >= 0 => {
+                    if s < l {
+                        return Err(invalid("memory.swap", format!("memory+swap {s} is below the memory limit {l}")));
+                    }
+                    (s - l).to_string()
+                }
+                (s, _) => s.to_string(),
+            };
+            set("memory.swap.max", v);
+        }
+        if m.disable_oom_killer() == Some(true) {
+            warnings.push("linux.resources.memory.disableOOMKiller is not available on cgroup v2; ignored".into());
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if let Some(shares) = c.shares() {
+            set("cpu.weight", shares_to_weight(shares).to_string());
+        }
+        if c.quota().is_some() || c.period().is_some() {
+            let quota = c.quota().map(max_or).unwrap_or_else(|| "max".into());
+            let period = c.period().unwrap_or(100_000);
+            if !(1000..=1_000_000).contains(&period) {
+                return Err(invalid("cpu.period", format!("{period} is outside 1000-1000000 µs")));
+            }
+            set("cpu.max", format!("{quota} {period}"));
+        }
+        if let Some(idle) = c.idle() {
+            set("cpu.idle", idle.to_string());
+        }
+        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+            set("cpuset.cpus", cpus.to_string());
+        }
+        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+            set("cpuset.mems", mems.to_string());
+        }
+    }
+    if let Some(p) = r.pids() {
+        set("pids.max", if p.limit() <= 0 { "max".into() } else { p.limit().to_string() });
+    }
+    if let Some(b) = r.block_io() {
+        if let Some(weight) = b.weight() {
+            set("io.weight", format!("default {}", blkio_to_io_weight(weight)));
+        }
+        for d in b.weight_device().iter().flatten() {
+            if let Some(weight) = d.weight() {
+                set("io.weight", format!("{}:{} {}", d.major(), d.minor(), blkio_to_io_weight(weight)));
+            }
+        }
+        let throttles = [
+            ("rbps", b.throttle_read_bps_device()),
+            ("wbps", b.throttle_write_bps_device()),
+            ("riops", b.throttle_read_iops_device()),
+            ("wiops", b.throttle_write_iops_device()),
+        ];
+        for (key, list) in throttles {
+            for d in list.iter().flatten() {
+                set("io.max", format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()));
+            }
+        }
+    }
+    for (i, h) in r.hugepage_limits().iter().flatten().enumerate() {
+        let size = h.page_size();
+        if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid(&format!("hugepageLimits[{i}].pageSize"), format!("{size:?} is not a page size like 2MB")));
+        }
+        set(&format!("hugetlb.{size}.max"), h.limit().to_string());
+    }
+    if let Some(unified) = r.unified() {
+        let mut keys: Vec<_> = unified.keys().collect();
+        keys.sort();
+        for k in keys {
+            let ok = !k.is_empty() && !k.contains('/') && k.contains('.') && !k.starts_with("cgroup.");
+            if !ok {
+                return Err(invalid(&format!("unified.{k}"), "not a controller interface file"));
+            }
+            set(k, unified[k].clone());
+        }
+    }
+    if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        warnings.push("linux.resources.devices: the eBPF device allowlist is not applied yet; only the nodes created in /dev are reachable".into());
+    }
+    if r.network().is_some() || r.rdma().is_some() {
+        warnings.push("linux.resources.network/rdma have no cgroup v2 equivalent here; ignored".into());
+    }
+    Ok((w, warnings))
+}
+
+/// Where the container's cgroup goes under the hierarchy root: `linux.cgroupsPath`
+/// when given (absolute paths are taken relative to the root), else `palisade/<id>`.
+pub fn relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
+    let p = match cgroups_path {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from("palisade").join(id),
+    };
+    let s = p.to_str().ok_or_else(|| CgroupError::BadPath(p.display().to_string()))?;
+    // systemd-style "slice:prefix:name" paths mean nothing without systemd.
+    if s.contains(':') || s.split('/').any(|c| c == "..") || s.trim_matches('/').is_empty() {
+        return Err(CgroupError::BadPath(s.to_string()));
+    }
+    Ok(PathBuf::from(s.trim_start_matches('/')))
+}
+
+/// Whether `root` is a cgroup v2 hierarchy with controllers available.
+pub fn available(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("cgroup.controllers")).map(|c| !c.trim().is_empty()).unwrap_or(false)
+}
+
+/// A container's cgroup.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+fn write(path: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path.join(file), value).map_err(|source| CgroupError::Io {
+        path: path.to_path_buf(),
+        what: format!("writing {value:?} to {file}"),
+        source,
+    })
+}
+
+impl Cgroup {
+    /// Creates `root/rel`, enabling the controllers on the way, and applies `resources`.
+    /// Returns warnings for settings that are not applied.
+    pub fn create(root: &Path, rel: &Path, resources: Option<&LinuxResources>) -> Result<(Cgroup, Vec<String>), CgroupError> {
+        if !available(root) {
+            return Err(CgroupError::Unavailable(root.to_path_buf()));
+        }
+        let (writes, warnings) = match resources {
+            Some(r) => settings(r)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let offered = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<String> =
+            CONTROLLERS.iter().filter(|c| offered.split_whitespace().any(|o| o == **c)).map(|c| format!("+{c}")).collect();
+        let mut dir = root.to_path_buf();
+        for component in rel.components() {
+            // Enable the controllers for the children of each ancestor.
+            for e in &enable {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), e);
+            }
+            dir.push(component);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(CgroupError::Io { path: dir, what: "creating it".into(), source }),
+            }
+        }
+        let cgroup = Cgroup { path: dir };
+        for (file, value) in &writes {
+            write(&cgroup.path, file, value)?;
+        }
+        Ok((cgroup, warnings))
+    }
+
+    /// Moves `pid` into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        write(&self.path, "cgroup.procs", &pid.to_string())
+    }
+
+    /// How many times the OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.path.join("memory.events"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
+            .unwrap_or(0)
+    }
+
+    /// Removes the (empty) cgroup.
+    pub fn remove(&self) -> std::io::Result<()> {
+        std::fs::remove_dir(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(json: &str) -> LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn memory_cpu_pids_io_and_hugetlb() {
+        let r = resources(
+            r#"{"memory":{"limit":67108864,"swap":134217728,"reservation":1048576},
+                "cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"0-1","mems":"0"},
+                "pids":{"limit":20},
+                "blockIO":{"weight":500,"throttleReadBpsDevice":[{"major":254,"minor":0,"rate":1048576}]},
+                "hugepageLimits":[{"pageSize":"2MB","limit":4194304}],
+                "unified":{"memory.high":"50000000"}}"#,
+        );
+        let (w, warnings) = settings(&r).unwrap();
+        let get = |f: &str| w.iter().filter(|(k, _)| k == f).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("memory.max"), ["67108864"]);
+        assert_eq!(get("memory.swap.max"), ["67108864"]);
+        assert_eq!(get("memory.low"), ["1048576"]);
+        assert_eq!(get("cpu.weight"), ["39"]);
+        assert_eq!(get("cpu.max"), ["50000 100000"]);
+        assert_eq!(get("cpuset.cpus"), ["0-1"]);
+        assert_eq!(get("pids.max"), ["20"]);
+        assert_eq!(get("io.weight"), ["default 4950"]);
+        assert_eq!(get("io.max"), ["254:0 rbps=1048576"]);
+        assert_eq!(get("hugetlb.2MB.max"), ["4194304"]);
+        assert_eq!(get("memory.high"), ["50000000"]);
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn unlimited_values_are_max() {
+        let (w, _) = settings(&resources(r#"{"memory":{"limit":-1,"swap":-1},"pids":{"limit":-1},"cpu":{"quota":-1}}"#)).unwrap();
+        assert!(w.contains(&("memory.max".into(), "max".into())));
+        assert!(w.contains(&("memory.swap.max".into(), "max".into())));
+        assert!(w.contains(&("pids.max".into(), "max".into())));
+        assert!(w.contains(&("cpu.max".into(), "max 100000".into())));
+    }
+
+    #[test]
+    fn bad_resources_name_the_field() {
+        let e = settings(&resources(r#"{"memory":{"limit":104857600,"swap":1048576}}"#)).unwrap_err();
+        assert!(e.to_string().starts_with("linux.resources.memory.swap"), "{e}");
+        let e = settings(&resources(r#"{"unified":{"../escape":"1"}}"#)).unwrap_err();
+        assert!(e.to_string().contains("unified"), "{e}");
+        let e = settings(&resources(r#"{"cpu":{"quota":1000,"period":10}}"#)).unwrap_err();
+        assert!(e.to_string().contains("cpu.period"), "{e}");
+    }
+
+    #[test]
+    fn device_rules_are_reported_until_enforced() {
+        let (_, warnings) = settings(&resources(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#)).unwrap();
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(relative_path(None, "c1").unwrap(), Path::new("palisade/c1"));
+        assert_eq!(relative_path(Some(Path::new("/pods/a")), "c1").unwrap(), Path::new("pods/a"));
+        assert!(relative_path(Some(Path::new("/a/../../b")), "c1").is_err());
+        assert!(relative_path(Some(Path::new("system.slice:docker:x")), "c1").is_err());
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10000);
+    }
+}

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::tiny_guest::{write_guest, Code};
+use common::tiny_guest::{write_guest, write_linux64_guest, Code};
 
 fn vmm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palisade-vmm")).args(args).output().expect("running palisade-vmm")
@@ -26,6 +26,25 @@ fn guest_prints_its_marker_and_resets_cleanly() {
     assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
     assert_eq!(text(&out.stdout), "palisade-marker-42\n");
     assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn an_elf_without_a_pvh_note_boots_through_the_linux_64_bit_entry() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The same code prints the mode it runs in: 6 for long mode, 3 for protected mode.
+    let code = Code::new().print("mode ").print_cpu_mode().print("\n").reset().halt();
+    let plain = write_linux64_guest(dir.path(), "vmlinux-no-pvh", &code);
+    let out = vmm(&["--kernel", plain.to_str().unwrap()]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stdout), "mode 6\n");
+    assert_eq!(text(&out.stderr), "");
+    let pvh = write_guest(dir.path(), "vmlinux-pvh", &code);
+    let out = vmm(&["--kernel", pvh.to_str().unwrap()]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stdout), "mode 3\n");
 }
 
 #[test]
@@ -136,6 +155,50 @@ fn setup_errors_name_what_failed() {
         assert!(stderr.starts_with(&format!("palisade-vmm: disk {}: ", missing_disk.display())), "{stderr}");
     } else {
         assert_eq!(stderr, "palisade-vmm: no /dev/kvm: this host has no KVM\n");
+    }
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = vmm(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for flag in
+        ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--disk", "--vsock-uds", "--vsock-cid", "--serial", "--rng", "--help", "--version"]
+    {
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    }
+    assert!(help.contains("bzImage") && help.contains("PVH"), "{help}");
+}
+
+#[test]
+fn usage_errors_and_missing_files_are_one_line() {
+    let one_line = |out: &Output| {
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("palisade-vmm: "), "{stderr}");
+        stderr
+    };
+    let out = vmm(&["--kernel", "/k", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("'--no-such-flag'"));
+    let out = vmm(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("--kernel <PATH>"));
+    let out = vmm(&["--kernel", "/k", "--memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("'lots'"));
+    if common::have_kvm() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = write_guest(dir.path(), "ok", &Code::new().reset());
+        let initrd = dir.path().join("initrd.cpio");
+        let out = vmm(&["--kernel", guest.to_str().unwrap(), "--initrd", initrd.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(one_line(&out).starts_with(&format!("palisade-vmm: initrd {}: No such file", initrd.display())));
+        let missing = dir.path().join("vmlinuz");
+        let out = vmm(&["--kernel", missing.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        one_line(&out);
     }
 }
 

@@ -263,6 +263,73 @@ mod tests {
         assert!(err.contains("No such file"), "{err}");
     }
 
+    /// A distribution bzImage: `$PALISADE_TEST_BZIMAGE`, else the newest `/boot/vmlinuz-*`.
+    fn distro_bzimage() -> Option<std::path::PathBuf> {
+        if let Some(path) = std::env::var_os("PALISADE_TEST_BZIMAGE") {
+            return Some(path.into());
+        }
+        let mut found: Vec<_> = std::fs::read_dir("/boot")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+            .collect();
+        found.sort();
+        found.pop()
+    }
+
+    #[test]
+    fn a_distribution_bzimage_loads_for_the_64_bit_entry() {
+        let Some(path) = distro_bzimage() else {
+            eprintln!("skipped: no /boot/vmlinuz-* (apt-get install linux-image-amd64, or set PALISADE_TEST_BZIMAGE)");
+            return;
+        };
+        let mem_size = 256u64 << 20;
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+        let kernel = load_kernel(&mem, &path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kernel.format, KernelFormat::BzImage);
+        let header = kernel.setup_header.expect("a bzImage has a setup header");
+        assert_eq!({ header.header }, HDRS_MAGIC);
+        // Loaded at code32_start (1 MiB), entered at startup_64 0x200 past it.
+        assert_eq!(kernel.entry, BootEntry::Linux64(HIMEM_START + BZIMAGE_64BIT_ENTRY_OFFSET));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(kernel.end > HIMEM_START && kernel.end < HIMEM_START + size, "end {:#x}", kernel.end);
+        // The protected-mode kernel's first bytes are now in guest memory.
+        let setup_len = (u64::from(header.setup_sects) + 1) * 512;
+        let mut file_bytes = [0u8; 64];
+        let mut guest_bytes = [0u8; 64];
+        let mut file = File::open(&path).unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(setup_len)).unwrap();
+        file.read_exact(&mut file_bytes).unwrap();
+        mem.read_slice(&mut guest_bytes, GuestAddress(HIMEM_START)).unwrap();
+        assert_eq!(file_bytes, guest_bytes);
+        // The zero page gets the kernel's setup header plus ours.
+        let cmdline = build_cmdline("console=ttyS0", &[]).unwrap();
+        configure_boot(&mem, &kernel, &cmdline, None, mem_size).unwrap();
+        let zp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!(({ zp.hdr.version }, { zp.hdr.type_of_loader }), ({ header.version }, LOADER_TYPE_UNDEFINED));
+        assert_eq!({ zp.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+    }
+
+    #[test]
+    fn broken_kernels_fail_with_one_line_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        // Looks like an ELF, is not one.
+        let elf = dir.path().join("truncated-vmlinux");
+        std::fs::write(&elf, b"\x7fELF\x02\x01\x01 and then nothing useful").unwrap();
+        // Looks like a bzImage (the "HdrS" magic), but its header is nonsense.
+        let bz = dir.path().join("broken-bzImage");
+        let mut bytes = vec![0u8; 0x400];
+        bytes[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&bz, &bytes).unwrap();
+        for (path, format) in [(&elf, "ELF vmlinux"), (&bz, "bzImage")] {
+            let err = load_kernel(&mem, path).unwrap_err().to_string();
+            let prefix = format!("kernel {}: loading the {format} into guest memory: ", path.display());
+            assert!(err.starts_with(&prefix), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+
     #[test]
     fn cmdline_gets_one_virtio_mmio_entry_per_device() {
         let cmdline = build_cmdline("console=ttyS0 reboot=k panic=-1", &[(0xd000_0000, 5), (0xd000_1000, 6)]).unwrap();

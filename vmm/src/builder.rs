@@ -2,6 +2,7 @@
 //! command line, boot structures, vCPUs, event loop.
 
 use std::io;
+use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
@@ -25,6 +26,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::ExitSignal;
+use crate::jail::seccomp::{SeccompError, StartGate, ThreadFilters};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{self, VcpuError};
 
@@ -65,6 +67,8 @@ pub enum VmmError {
     TooManyDevices { max: usize },
     #[error("VM exit eventfd: {0}")]
     ExitEvent(io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Opens /dev/kvm with an error that says what to do.
@@ -147,14 +151,22 @@ impl VirtioAttacher<'_> {
 
 /// Creates the virtio devices `config` asks for, in a fixed order: disks (so the first is
 /// `/dev/vda`), vsock, rng.
-fn attach_virtio_devices(config: &VmConfig, attacher: &mut VirtioAttacher<'_>) -> Result<(), VmmError> {
+fn attach_virtio_devices(
+    config: &VmConfig,
+    vsock_listener: Option<UnixListener>,
+    attacher: &mut VirtioAttacher<'_>,
+) -> Result<(), VmmError> {
     for disk in &config.disks {
         let block = Block::new(&disk.path, disk.read_only)
             .map_err(|e| VmmError::Device { what: format!("disk {}", disk.path.display()), reason: e.to_string() })?;
         attacher.attach(block)?;
     }
     if let Some(vsock) = &config.vsock {
-        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|e| VmmError::Device {
+        let device = match vsock_listener {
+            Some(listener) => Vsock::with_listener(vsock.guest_cid, &vsock.uds_path, listener),
+            None => Vsock::new(vsock.guest_cid, &vsock.uds_path),
+        };
+        let device = device.map_err(|e| VmmError::Device {
             what: format!("vsock socket {}", vsock.uds_path.display()),
             reason: e.to_string(),
         })?;
@@ -167,9 +179,26 @@ fn attach_virtio_devices(config: &VmConfig, attacher: &mut VirtioAttacher<'_>) -
     Ok(())
 }
 
+/// What the host jail ([`crate::jail`]) adds to a run; the default adds nothing.
+#[derive(Default)]
+pub struct RunOptions {
+    /// The vsock device's listening socket, bound by the caller (the jail binds it at the
+    /// caller's path before entering a root that does not contain it).
+    pub vsock_listener: Option<UnixListener>,
+    /// Seccomp filters: each vCPU thread installs its own as it starts, this thread the
+    /// event loop's once the vCPU threads are started; only then does any vCPU enter the
+    /// guest.
+    pub seccomp: Option<ThreadFilters>,
+}
+
 /// Boots the VM `config` describes and runs it until it stops; returns why it stopped.
 /// All vCPU threads have ended when this returns, whatever the outcome.
 pub fn run_vm(config: VmConfig) -> Result<VmExit, VmmError> {
+    run_vm_with(config, RunOptions::default())
+}
+
+/// [`run_vm`], with what the host jail adds.
+pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmError> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(VmmError::VcpuCount(config.vcpus));
     }
@@ -198,7 +227,7 @@ pub fn run_vm(config: VmConfig) -> Result<VmExit, VmmError> {
     pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT_BASE, I8042_PORT_SIZE)?;
 
     let mut attacher = VirtioAttacher { vm: &vm, mem: &mem, mmio: &mut mmio, event_loop: &mut event_loop, slots: Vec::new() };
-    attach_virtio_devices(&config, &mut attacher)?;
+    attach_virtio_devices(&config, options.vsock_listener, &mut attacher)?;
     let virtio_slots = attacher.slots;
 
     let cmdline = boot::build_cmdline(&config.cmdline, &virtio_slots)?;
@@ -208,7 +237,20 @@ pub fn run_vm(config: VmConfig) -> Result<VmExit, VmmError> {
 
     let base_cpuid = cpuid::supported_cpuid(&kvm)?;
     let vcpus = vcpu::create_vcpus(&vm, &base_cpuid, config.vcpus, kernel.entry, Arc::new(pio), Arc::new(mmio), exit.clone())?;
-    let running = vcpu::start_vcpus(vcpus, exit.clone())?;
+    let gate = Arc::new(StartGate::default());
+    let sandbox = options.seccomp.as_ref().map(|filters| filters.vcpu_sandbox(gate.clone()));
+    let vcpu_count = vcpus.len();
+    let running = vcpu::start_vcpus(vcpus, exit.clone(), sandbox)?;
+    if let Some(filters) = &options.seccomp {
+        if let Err(e) = filters.apply_event_loop() {
+            running.stop();
+            return Err(e.into());
+        }
+    }
+    if options.seccomp.is_some() {
+        // Once every thread is filtered, the guest may run.
+        gate.open_when_arrived(vcpu_count, || exit.is_stopping());
+    }
     let outcome = event_loop.run_until_exit(&exit);
     running.stop();
     let outcome = outcome?;

@@ -10,8 +10,10 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod host;
+pub mod jail;
 pub mod memory;
+pub mod testing;
 pub mod vcpu;
 
-pub use builder::{run_vm, VmmError};
+pub use builder::{run_vm, run_vm_with, RunOptions, VmmError};
 pub use config::{DiskConfig, SerialConfig, VmConfig, VmExit, VsockConfig};

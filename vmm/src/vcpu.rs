@@ -6,7 +6,7 @@
 //! ended, so a kick that lands just before the thread enters `KVM_RUN` is not lost) and
 //! joins it: once [`RunningVcpus::stop`] returns no vCPU thread is left.
 
-use std::sync::{Arc, Once};
+use std::sync::{mpsc, Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::arch::x86_64::{cpuid, msr};
 use crate::config::VmExit;
 use crate::devices::bus::Bus;
 use crate::exit::ExitSignal;
+use crate::jail::seccomp::VcpuSandbox;
 
 /// Local APIC register offsets and delivery modes for LINT0/LINT1.
 const APIC_LVT0: usize = 0x350;
@@ -113,7 +114,8 @@ pub fn create_vcpus(
         .collect()
 }
 
-fn kick_signal() -> libc::c_int {
+/// The signal that kicks a vCPU thread out of `KVM_RUN` (its seccomp filter allows sending it).
+pub(crate) fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
@@ -144,9 +146,19 @@ fn internal_error_reason(fd: &mut VcpuFd) -> String {
 }
 
 impl Vcpu {
-    /// Runs until the VM stops or this vCPU ends it.
-    fn run(mut self) {
+    /// Runs until the VM stops or this vCPU ends it. With a `sandbox`, the thread installs
+    /// its seccomp filter before it first enters the guest.
+    fn run(mut self, sandbox: Option<VcpuSandbox>) {
         let id = self.id;
+        if let Some(sandbox) = sandbox {
+            if let Err(e) = sandbox.enter(id) {
+                self.exit.request(VmExit::VcpuError { vcpu: id, reason: e.to_string() });
+                return;
+            }
+            if !sandbox.wait_for_start(|| self.exit.is_stopping()) {
+                return;
+            }
+        }
         // The thread inherits the creator's signal mask: make sure kicks get through.
         if let Err(e) = unblock_signal(kick_signal()) {
             tracing::warn!(vcpu = id, "unblocking the kick signal: {e}");
@@ -202,21 +214,28 @@ impl Vcpu {
 
 /// The vCPU threads of a running VM. Dropping it stops them.
 pub struct RunningVcpus {
-    threads: Vec<(u8, JoinHandle<()>)>,
+    /// Each thread, and the receiving end of a channel whose sender the thread drops as it
+    /// ends (so stopping waits for exactly as long as the thread takes, not a poll period).
+    threads: Vec<(u8, JoinHandle<()>, mpsc::Receiver<()>)>,
     exit: Arc<ExitSignal>,
 }
 
-/// Starts one thread per vCPU.
-pub fn start_vcpus(vcpus: Vec<Vcpu>, exit: Arc<ExitSignal>) -> Result<RunningVcpus, VcpuError> {
+/// Starts one thread per vCPU; with a `sandbox`, each installs its seccomp filter first.
+pub fn start_vcpus(vcpus: Vec<Vcpu>, exit: Arc<ExitSignal>, sandbox: Option<VcpuSandbox>) -> Result<RunningVcpus, VcpuError> {
     install_kick_handler()?;
     let mut running = RunningVcpus { threads: Vec::with_capacity(vcpus.len()), exit };
     for vcpu in vcpus {
         let id = vcpu.id;
+        let (ended_tx, ended_rx) = mpsc::channel::<()>();
+        let sandbox = sandbox.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run())
+            .spawn(move || {
+                let _ended = ended_tx;
+                vcpu.run(sandbox)
+            })
             .map_err(|source| VcpuError::Spawn { id, source })?;
-        running.threads.push((id, handle));
+        running.threads.push((id, handle, ended_rx));
     }
     Ok(running)
 }
@@ -234,12 +253,16 @@ impl RunningVcpus {
         if !self.exit.is_stopping() {
             self.exit.request(VmExit::VcpuError { vcpu: 0, reason: "the VMM stopped the VM".into() });
         }
-        for (id, handle) in self.threads.drain(..) {
+        for (id, handle, ended) in self.threads.drain(..) {
             while !handle.is_finished() {
                 if let Err(e) = handle.kill(kick_signal()) {
                     tracing::warn!("kicking vCPU {id}: {e}");
                 }
-                std::thread::sleep(KICK_INTERVAL);
+                // Returns as soon as the thread drops its sender, or after KICK_INTERVAL
+                // to kick again.
+                if let Err(mpsc::RecvTimeoutError::Disconnected) = ended.recv_timeout(KICK_INTERVAL) {
+                    break;
+                }
             }
             if handle.join().is_err() {
                 tracing::error!("vCPU {id} thread panicked");

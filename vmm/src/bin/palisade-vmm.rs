@@ -1,14 +1,16 @@
 //! `palisade-vmm`: boots one micro-VM and exits when it stops.
 //!
 //! Exit status 0 when the guest resets through the i8042 (how our guests power off:
-//! `reboot=k`); otherwise 1, with one line `palisade-vmm: <reason>` on stderr.
+//! `reboot=k`); otherwise 1, with one line `palisade-vmm: <reason>` on stderr (2 for a
+//! command-line error, also one line).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use palisade_vmm::config::{DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
-use palisade_vmm::{run_vm, DiskConfig, SerialConfig, VmConfig, VsockConfig};
+use palisade_vmm::jail::{JailConfig, Jailed, PathMap, Role, DEFAULT_BASE_DIR, DEFAULT_MEMORY_OVERHEAD_MIB};
+use palisade_vmm::{run_vm, run_vm_with, DiskConfig, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
 
 /// Boot a KVM micro-VM: a Linux kernel with a serial console, an i8042 reset line and
 /// optional virtio-mmio block, vsock and rng devices.
@@ -46,6 +48,25 @@ struct Args {
     /// Add a virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// Run without the host jail (namespaces, pivot_root, unprivileged uid, no capabilities,
+    /// seccomp, cgroups). For debugging only: the VMM then runs with all of the caller's rights.
+    #[arg(long)]
+    no_jail: bool,
+    /// The jailed VMM's uid [default: 900000 + this process's pid: one uid per VM].
+    #[arg(long, value_name = "UID", conflicts_with = "no_jail")]
+    jail_uid: Option<u32>,
+    /// The jailed VMM's gid [default: the same number as its uid].
+    #[arg(long, value_name = "GID", conflicts_with = "no_jail")]
+    jail_gid: Option<u32>,
+    /// Where the per-VM jail directories go (each removed when its VM ends).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE_DIR)]
+    jail_dir: PathBuf,
+    /// The jailed VMM's cgroup memory limit is guest memory plus this.
+    #[arg(long, value_name = "MiB", default_value_t = DEFAULT_MEMORY_OVERHEAD_MIB)]
+    jail_memory_overhead: u32,
+    /// The jailed VMM's CPU time limit, in CPUs [default: one more than --cpus].
+    #[arg(long, value_name = "CPUS", conflicts_with = "no_jail")]
+    jail_cpus: Option<f64>,
 }
 
 fn parse_disk(value: &str) -> Result<DiskConfig, String> {
@@ -76,6 +97,21 @@ fn parse_serial(value: &str) -> Result<SerialConfig, String> {
 }
 
 impl Args {
+    /// How to jail the VMM; `None` with --no-jail.
+    fn jail_config(&self) -> Option<JailConfig> {
+        if self.no_jail {
+            return None;
+        }
+        Some(JailConfig {
+            base_dir: self.jail_dir.clone(),
+            uid: self.jail_uid,
+            gid: self.jail_gid,
+            memory_overhead_mib: self.jail_memory_overhead,
+            cpus: self.jail_cpus,
+            seccomp_selftest: seccomp_selftest_requested(),
+        })
+    }
+
     fn into_config(self) -> VmConfig {
         VmConfig {
             kernel: self.kernel,
@@ -91,23 +127,95 @@ impl Args {
     }
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+/// Logs to stderr, filtered by `RUST_LOG` (`LEVEL` or `target=LEVEL,…`; default `warn`).
+///
+/// A `Targets` filter rather than an `EnvFilter`: it has no regex engine, which keeps about
+/// 250 KB of code out of the binary and its resident set.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let default = || Targets::new().with_default(LevelFilter::WARN);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse().unwrap_or_else(|e| {
+            eprintln!("palisade-vmm: RUST_LOG={spec:?} ignored ({e}): expected LEVEL or target=LEVEL,…");
+            default()
+        }),
+        _ => default(),
+    };
+    // The builder's own level cap (INFO by default) would hide debug and trace: `filter` decides.
+    tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE).with_writer(std::io::stderr).finish().with(filter).init();
+}
 
-    match run_vm(args.into_config()) {
-        Ok(exit) if exit.is_clean() => ExitCode::SUCCESS,
-        Ok(exit) => {
-            eprintln!("palisade-vmm: {exit}");
-            ExitCode::FAILURE
+/// A command-line error as one line: clap's message with its continuation lines joined, its
+/// usage and tips left out (they are in `--help`).
+fn one_line_usage_error(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim())
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("palisade-vmm: {message} (see palisade-vmm --help)")
+}
+
+/// Exit status for command-line errors, as clap (and runc) use.
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            // --help or --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
         }
+        Err(e) => {
+            eprintln!("{}", one_line_usage_error(&e));
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    init_logging();
+
+    let jail = args.jail_config();
+    let config = args.into_config();
+    let Some(jail) = jail else {
+        eprintln!("palisade-vmm: warning: --no-jail: the VMM runs unconfined (no namespaces, seccomp, cgroups or privilege drop); use it for debugging only");
+        return report(run_vm(config), &PathMap::default());
+    };
+    match palisade_vmm::jail::enter(config, &jail) {
+        // The jailed VMM has ended (its message, if any, is printed) and its jail is gone.
+        Ok(Role::Supervisor(code)) => ExitCode::from(code),
+        Ok(Role::Jailed(Jailed { config, options, paths })) => report(run_vm_with(config, options), &paths),
         Err(e) => {
             eprintln!("palisade-vmm: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The exit status for how the VM ended, with one line on stderr unless it ended cleanly;
+/// paths in the line are the caller's, not the jail's.
+fn report(outcome: Result<VmExit, VmmError>, paths: &PathMap) -> ExitCode {
+    match outcome {
+        Ok(exit) if exit.is_clean() => ExitCode::SUCCESS,
+        Ok(exit) => {
+            eprintln!("palisade-vmm: {}", paths.host_text(&exit.to_string()));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("palisade-vmm: {}", paths.host_text(&e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `PALISADE_VMM_SECCOMP_SELFTEST=1` makes vCPU 0 attempt a forbidden system call once its
+/// seccomp filter is in, which must kill the VMM with SIGSYS. Debug builds only: a release
+/// VMM ignores the variable (and has no such code).
+fn seccomp_selftest_requested() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("PALISADE_VMM_SECCOMP_SELFTEST").is_some_and(|v| v == "1")
 }
 
 #[cfg(test)]
@@ -130,6 +238,30 @@ mod tests {
         assert_eq!(parse_serial("file:/tmp/x").unwrap().log_file, Some("/tmp/x".into()));
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn every_flag_has_help_text() {
+        for arg in Args::command_for_tests().get_arguments() {
+            assert!(arg.get_help().is_some(), "--{} has no help text", arg.get_id());
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for argv in [
+            &["palisade-vmm", "--kernel", "/k", "--no-such-flag"][..],
+            &["palisade-vmm"],
+            &["palisade-vmm", "--kernel", "/k", "--cpus", "many"],
+            &["palisade-vmm", "--kernel", "/k", "--serial", "tty"],
+        ] {
+            let e = Args::try_parse_from(argv).unwrap_err();
+            let line = one_line_usage_error(&e);
+            assert_eq!(line.lines().count(), 1, "{line}");
+            assert!(line.starts_with("palisade-vmm: ") && !line.contains("error:"), "{line}");
+        }
+        let e = Args::try_parse_from(["palisade-vmm"]).unwrap_err();
+        assert!(one_line_usage_error(&e).contains("--kernel <PATH>"), "{}", one_line_usage_error(&e));
     }
 
     #[test]

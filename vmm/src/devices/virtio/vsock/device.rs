@@ -1,6 +1,7 @@
 //! The virtio side of the vsock device: its queues, packet parsing and the `VirtioDevice`
 //! contract. Everything about host sockets lives in [`super::unix`].
 
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -53,6 +54,26 @@ impl Vsock {
     /// A device for a guest with CID `guest_cid`, listening on the Unix socket `uds_path`
     /// (a stale socket file there is replaced; the file is removed when the device is dropped).
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Vsock, VsockError> {
+        Self::with_backend(guest_cid, || UnixBackend::new(guest_cid, uds_path))
+    }
+
+    /// A device whose host clients arrive on `listener`, already bound by the caller (the
+    /// host jail binds it at the caller's path, outside the VMM's root); `uds_path` is the
+    /// prefix of guest-initiated `<uds_path>_<port>` connections, as seen by the VMM.
+    pub fn with_listener(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+    ) -> Result<Vsock, VsockError> {
+        Self::with_backend(guest_cid, || {
+            UnixBackend::with_listener(guest_cid, uds_path, listener)
+        })
+    }
+
+    fn with_backend(
+        guest_cid: u64,
+        backend: impl FnOnce() -> Result<UnixBackend, VsockError>,
+    ) -> Result<Vsock, VsockError> {
         if guest_cid <= super::HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidGuestCid(guest_cid));
         }
@@ -65,7 +86,7 @@ impl Vsock {
             new_evt("event queue")?,
         ];
         let reset_evt = new_evt("reset")?;
-        let backend = UnixBackend::new(guest_cid, uds_path)?;
+        let backend = backend()?;
         Ok(Vsock {
             guest_cid,
             acked_features: 0,

@@ -44,6 +44,8 @@ const ACCEPT_BATCH: usize = 64;
 
 pub struct UnixBackend {
     uds_path: PathBuf,
+    /// The backend bound `uds_path` itself and removes the file when dropped.
+    owns_socket_file: bool,
     guest_cid: u64,
     listener: UnixListener,
     timer: TimerFd,
@@ -73,8 +75,27 @@ impl UnixBackend {
             source,
         };
         let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
-        listener.set_nonblocking(true).map_err(listen_err)?;
+        let mut backend = Self::with_listener(guest_cid, uds_path, listener)?;
+        backend.owns_socket_file = true;
+        Ok(backend)
+    }
+
+    /// A backend accepting host clients on `listener`, a socket someone else bound (the host
+    /// jail binds it outside the VMM's jail, whose root does not contain it). The socket file
+    /// is left alone; `uds_path` is only the prefix of guest-initiated `<uds_path>_<port>`.
+    pub fn with_listener(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+    ) -> Result<Self, VsockError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| VsockError::Listen {
+                path: uds_path.to_owned(),
+                source,
+            })?;
         Ok(Self {
+            owns_socket_file: false,
             uds_path: uds_path.to_owned(),
             guest_cid,
             listener,
@@ -566,6 +587,9 @@ impl UnixBackend {
 
 impl Drop for UnixBackend {
     fn drop(&mut self) {
+        if !self.owns_socket_file {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.uds_path) {
             if e.kind() != ErrorKind::NotFound {
                 tracing::warn!(path = %self.uds_path.display(), "vsock: cannot remove the socket file: {e}");

@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::packet::Header;
+use super::packet::read_tx_chain;
 use super::unix::connection::MAX_PKT_DATA;
 use super::unix::UnixBackend;
 use super::VsockError;
@@ -117,11 +117,8 @@ impl Vsock {
         let mut handled = 0;
         while let Some(mut chain) = active.tx.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA as u32) {
-                Ok(pkt) => {
-                    let hdr = Header::from_packet(&pkt);
-                    self.backend.on_guest_packet(&hdr, pkt.data_slice());
-                }
+            match read_tx_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok((hdr, data)) => self.backend.on_guest_packet(&hdr, &data),
                 Err(e) => tracing::warn!("vsock: dropping a malformed tx packet: {e}"),
             }
             if let Err(e) = active.tx.add_used(mem, head, 0) {

@@ -1,10 +1,12 @@
 //! The virtio-vsock wire format: the 44-byte packet header, operations and flags.
 //!
-//! Descriptor-chain validation is done by `virtio_vsock::packet::VsockPacket`; this module
-//! only gives names to the header's values and a plain copy of the header the backend can keep.
+//! Rx buffers are validated by `virtio_vsock::packet::VsockPacket`. Tx chains are read by
+//! [`read_tx_chain`], which accepts any split of header and data over descriptors (the
+//! spec allows it and Linux guests do split large packets), with every length checked.
 
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::bitmap::BitmapSlice;
+use virtio_queue::desc::split::Descriptor;
+use virtio_vsock::packet::PKT_HEADER_SIZE;
+use vm_memory::{Bytes, GuestMemory};
 
 /// The only socket type this device supports.
 pub const TYPE_STREAM: u16 = 1;
@@ -42,22 +44,6 @@ pub struct Header {
 }
 
 impl Header {
-    /// The header of a packet the guest put on the tx queue, as read (once) by `VsockPacket`.
-    pub fn from_packet<B: BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
-        Self {
-            src_cid: pkt.src_cid(),
-            dst_cid: pkt.dst_cid(),
-            src_port: pkt.src_port(),
-            dst_port: pkt.dst_port(),
-            len: pkt.len(),
-            type_: pkt.type_(),
-            op: pkt.op(),
-            flags: pkt.flags(),
-            buf_alloc: pkt.buf_alloc(),
-            fwd_cnt: pkt.fwd_cnt(),
-        }
-    }
-
     /// The little-endian wire form.
     pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
@@ -100,6 +86,63 @@ impl Header {
             fwd_cnt: u32_at(40),
         }
     }
+}
+
+/// Why a tx chain from the guest was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TxChainError {
+    #[error("a tx descriptor is device-writable")]
+    WriteOnlyDescriptor,
+    #[error("the tx chain holds {0} bytes, fewer than the {HEADER_SIZE}-byte header")]
+    TooShort(usize),
+    #[error("the tx chain holds more than the {limit} bytes a packet may have")]
+    TooLong { limit: usize },
+    #[error("the header announces {announced} data bytes but the chain holds {held}")]
+    LengthMismatch { announced: u32, held: usize },
+    #[error("a tx descriptor points outside guest memory ({addr:#x}, {len} bytes)")]
+    OutOfMemory { addr: u64, len: u32 },
+}
+
+/// Reads one tx packet: the header and up to `max_data` bytes of data, gathered from every
+/// readable descriptor of `chain` in order. Data beyond what the header's `len` announces
+/// is an error, so is less.
+pub fn read_tx_chain<M: GuestMemory + ?Sized>(
+    mem: &M,
+    chain: impl Iterator<Item = Descriptor>,
+    max_data: usize,
+) -> Result<(Header, Vec<u8>), TxChainError> {
+    let limit = HEADER_SIZE + max_data;
+    let mut bytes = Vec::new();
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err(TxChainError::WriteOnlyDescriptor);
+        }
+        let len = desc.len() as usize;
+        if bytes.len() + len > limit {
+            return Err(TxChainError::TooLong { limit });
+        }
+        let at = bytes.len();
+        bytes.resize(at + len, 0);
+        mem.read_slice(&mut bytes[at..], desc.addr())
+            .map_err(|_| TxChainError::OutOfMemory { addr: desc.addr().0, len: desc.len() })?;
+    }
+    if bytes.len() < HEADER_SIZE {
+        return Err(TxChainError::TooShort(bytes.len()));
+    }
+    let mut raw = [0u8; HEADER_SIZE];
+    raw.copy_from_slice(&bytes[..HEADER_SIZE]);
+    let hdr = Header::from_bytes(&raw);
+    let held = bytes.len() - HEADER_SIZE;
+    if hdr.len as usize != held {
+        // Drivers may hand a header-only chain with a bigger buffer; only the announced
+        // length counts, but it must be there.
+        if (hdr.len as usize) > held {
+            return Err(TxChainError::LengthMismatch { announced: hdr.len, held });
+        }
+    }
+    bytes.drain(..HEADER_SIZE);
+    bytes.truncate(hdr.len as usize);
+    Ok((hdr, bytes))
 }
 
 /// A readable name of an operation, for logs.

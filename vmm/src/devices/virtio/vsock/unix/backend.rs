@@ -20,7 +20,6 @@ use event_manager::{EventOps, EventSet, Events};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::VolatileSlice;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::super::packet::{
@@ -312,12 +311,9 @@ impl UnixBackend {
         }
     }
 
-    /// A valid tx packet from the guest (the chain itself was validated by `VsockPacket`).
-    pub fn on_guest_packet<B: BitmapSlice>(
-        &mut self,
-        hdr: &Header,
-        data: Option<&VolatileSlice<'_, B>>,
-    ) {
+    /// A tx packet from the guest (the chain itself was validated by
+    /// [`read_tx_chain`](super::super::packet::read_tx_chain)); `data` is its payload.
+    pub fn on_guest_packet(&mut self, hdr: &Header, data: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
             tracing::warn!(
                 src_cid = hdr.src_cid,
@@ -389,7 +385,7 @@ impl UnixBackend {
             OP_RW => {
                 if !conn.is_established() {
                     conn.set_close(Close::Reset("guest sent data before RESPONSE"));
-                } else if let Some(data) = data {
+                } else if !data.is_empty() {
                     if let Err(reason) = conn.on_guest_data(data) {
                         conn.set_close(Close::Reset(reason));
                     }

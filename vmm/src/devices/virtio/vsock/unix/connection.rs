@@ -20,7 +20,7 @@ use event_manager::EventSet;
 use nix::sys::socket::{send, MsgFlags};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice};
+use vm_memory::{ReadVolatile, VolatileMemoryError};
 
 use super::super::packet::{
     Header, HEADER_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
@@ -234,10 +234,7 @@ impl Connection {
 
     /// Guest data (OP_RW) for the host socket: written at once as far as the socket takes it,
     /// the rest buffered. `Err` names the broken rule or the failed write.
-    pub fn on_guest_data<B: BitmapSlice>(
-        &mut self,
-        data: &VolatileSlice<'_, B>,
-    ) -> Result<(), &'static str> {
+    pub fn on_guest_data(&mut self, data: &[u8]) -> Result<(), &'static str> {
         if self.guest_shut_send {
             return Err("guest sent data after shutting down its send side");
         }
@@ -246,14 +243,12 @@ impl Connection {
         if buffered.saturating_add(len) > CONN_BUF_ALLOC as usize {
             return Err("guest sent more data than its credit allows");
         }
-        let mut bytes = vec![0u8; len];
-        let copied = data.copy_to(&mut bytes[..]);
-        bytes.truncate(copied);
-        self.rx_cnt = self.rx_cnt.wrapping_add(copied as u32);
+        let bytes = data;
+        self.rx_cnt = self.rx_cnt.wrapping_add(len as u32);
 
         let mut written = 0;
         if self.reply.is_empty() && self.to_host.is_empty() && !self.host_write_shut {
-            written = send_nonblocking(&self.stream, &bytes).map_err(|e| {
+            written = send_nonblocking(&self.stream, bytes).map_err(|e| {
                 tracing::debug!(
                     port = self.key.local_port,
                     "vsock: write to host socket: {e}"

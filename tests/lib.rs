@@ -121,48 +121,63 @@ impl Output {
     }
 }
 
-/// Runs `cmd` feeding `stdin` (or /dev/null), killing it after `timeout`.
+/// Runs `cmd` feeding `stdin` (or /dev/null), killing it (and its process group) after
+/// `timeout`. Never waits forever: output still held open by a stray descendant is
+/// reported as an error a few seconds after the command ended.
 pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
     let start = Instant::now();
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let input = stdin.map(<[u8]>::to_vec);
     let mut child_stdin = child.stdin.take();
-    let writer = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         if let (Some(mut s), Some(data)) = (child_stdin.take(), input) {
             let _ = s.write_all(&data);
         }
     });
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let reader = |mut from: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = from.read_to_end(&mut v);
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let out_rx = reader(Box::new(child.stdout.take().expect("stdout piped")));
+    let err_rx = reader(Box::new(child.stderr.take().expect("stderr piped")));
+    let pgid = child.id() as i32;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
+            // SAFETY: kill(2) on the process group this function created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = child.wait();
-            let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-            bail!("{cmd:?} did not finish within {timeout:?}; stderr so far:\n{stderr}");
+            let stderr = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+            bail!("{cmd:?} did not finish within {timeout:?}; stderr so far:\n{}", String::from_utf8_lossy(&stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _ = writer.join();
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    Ok(Output { status, stdout, stderr, elapsed: start.elapsed() })
+    let grace = Duration::from_secs(10);
+    let stdout = out_rx.recv_timeout(grace);
+    let stderr = err_rx.recv_timeout(grace);
+    match (stdout, stderr) {
+        (Ok(stdout), Ok(stderr)) => {
+            Ok(Output { status, stdout, stderr: String::from_utf8_lossy(&stderr).into_owned(), elapsed: start.elapsed() })
+        }
+        _ => {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            bail!("{cmd:?} exited ({status}) but its stdout/stderr stayed open {grace:?} later: a process it started is still running")
+        }
+    }
 }
 
 /// `vmrun ARGS…`
@@ -201,9 +216,39 @@ pub fn palisade_processes() -> Vec<String> {
 
 /// Everything a VM run may leave behind: our processes, and the entries of the
 /// directories where runs keep sockets, logs and images.
+/// This process's cgroup under the hierarchy mounted at `root`, from /proc/self/cgroup.
+fn own_cgroup(root: &str) -> Option<PathBuf> {
+    let controller = root.rsplit('/').next()?;
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = match controller {
+            "cgroup" => controllers.is_empty(),
+            "unified" => controllers.is_empty(),
+            c => controllers.split(',').any(|x| x == c),
+        };
+        matches.then(|| Path::new(root).join(path.trim_start_matches('/')))
+    })
+}
+
 pub fn leftovers_snapshot() -> Vec<String> {
     let mut items = palisade_processes();
-    let mut dirs = vec![std::env::temp_dir(), PathBuf::from("/run/palisade"), PathBuf::from("/run/palisade/vmrun")];
+    let mut dirs = vec![
+        std::env::temp_dir(),
+        PathBuf::from("/run/palisade"),
+        PathBuf::from("/run/palisade/vmrun"),
+        // The VMM's jails and their cgroups (pure v2, the v2 tree of a hybrid host, and
+        // the v1 controllers).
+        PathBuf::from("/run/palisade/jail"),
+    ];
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu"] {
+        dirs.push(Path::new(root).join("palisade"));
+        // On v1 the VM's cgroup is made under the caller's own cgroup.
+        if let Some(own) = own_cgroup(root) {
+            dirs.push(own.join("palisade"));
+        }
+    }
     if let Ok(x) = std::env::var("XDG_RUNTIME_DIR") {
         dirs.push(PathBuf::from(x));
     }

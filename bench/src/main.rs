@@ -36,6 +36,7 @@ struct VmSample {
     total_ms: f64,
     vmm_rss_kib: f64,
     vmm_overhead_rss_kib: f64,
+    supervisor_rss_kib: f64,
 }
 
 fn parse_timings(stderr: &str) -> Result<VmSample> {
@@ -52,6 +53,7 @@ fn parse_timings(stderr: &str) -> Result<VmSample> {
             "command_exit_ms" => s.command_exit_ms = v,
             "vmm_rss_kib" => s.vmm_rss_kib = v,
             "vmm_overhead_rss_kib" => s.vmm_overhead_rss_kib = v,
+            "supervisor_rss_kib" => s.supervisor_rss_kib = v,
             _ => {}
         }
     }
@@ -135,7 +137,8 @@ fn main() -> Result<()> {
          | vmrun: start → command exit status | {:.0} ms | {:.1}× |\n\
          | vmrun: start → vmrun exit (VM gone) | {:.0} ms | {:.1}× |\n\n\
          VMM resident memory at command exit: {:.1} MiB in all, of which {:.1} MiB is the VMM's own \
-         (everything but the guest RAM mapping; guest memory {} MiB).\n",
+         (everything but the guest RAM mapping; guest memory {} MiB); the jail's supervisor \
+         process beside it: {:.1} MiB.\n",
         kernel.trim(),
         args.rounds,
         m(|s| s.agent_ready_ms),
@@ -147,6 +150,7 @@ fn main() -> Result<()> {
         m(|s| s.vmm_rss_kib) / 1024.0,
         m(|s| s.vmm_overhead_rss_kib) / 1024.0,
         args.memory,
+        m(|s| s.supervisor_rss_kib) / 1024.0,
     );
     print!("{report}");
     if let Some(path) = args.output {

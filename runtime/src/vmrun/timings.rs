@@ -33,15 +33,23 @@ pub fn mark(name: &'static str) {
 }
 
 /// Records the VMM's resident memory: in all, and without the guest RAM mappings.
+/// `pid` is the process vmrun started: the jail's supervisor, whose one child is the
+/// jailed VMM (or, with `--no-jail`, the VMM itself). The supervisor's own RSS is
+/// recorded as `supervisor_rss_kib`.
 pub fn mark_vmm_memory(pid: u32) {
     if !enabled() {
         return;
     }
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return };
-    let (total, overhead) = rss_split(&smaps);
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let vmm = children.split_whitespace().next().and_then(|c| c.parse::<u32>().ok());
+    let rss = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok().map(|s| rss_split(&s));
+    let Some((total, overhead)) = rss(vmm.unwrap_or(pid)) else { return };
     if let Ok(mut marks) = MARKS.lock() {
         marks.push(("vmm_rss_kib", total.to_string()));
         marks.push(("vmm_overhead_rss_kib", overhead.to_string()));
+        if let Some((supervisor, _)) = vmm.and_then(|_| rss(pid)) {
+            marks.push(("supervisor_rss_kib", supervisor.to_string()));
+        }
     }
 }
 

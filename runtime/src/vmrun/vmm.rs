@@ -111,7 +111,9 @@ impl VmmProcess {
         // child's own state.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                // SIGTERM, not SIGKILL: the jailed VMM's supervisor then still removes
+                // its jail directory and cgroups.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 crate::vmrun::signals::unblock_all_in_child()
@@ -194,9 +196,8 @@ impl Vm for VmmProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        tracing::warn!("the VMM did not exit within {timeout:?} after shutdown; killing it");
-        let _ = self.child.kill();
-        match self.child.wait() {
+        tracing::warn!("the VMM did not exit within {timeout:?} after shutdown; stopping it");
+        match self.stop() {
             Ok(status) => {
                 let end = self.explain(status);
                 self.ended = Some(end.clone());
@@ -207,11 +208,33 @@ impl Vm for VmmProcess {
     }
 }
 
+/// How long the jailed VMM's supervisor gets to kill the VMM and remove its jail after
+/// SIGTERM before it is killed outright (its jail is then swept by the next run).
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+impl VmmProcess {
+    /// SIGTERM (the supervisor then kills the VMM and removes the jail directory and
+    /// cgroups), SIGKILL if that does not end it within [`STOP_GRACE`]; then reaps it.
+    fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Some(status) = self.child.try_wait()? {
+                    return Ok(status);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = self.child.kill();
+        self.child.wait()
+    }
+}
+
 impl Drop for VmmProcess {
     fn drop(&mut self) {
         if self.ended.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = self.stop();
         }
     }
 }

@@ -73,7 +73,12 @@ pub fn reexec_in_testhost_if_needed() {
         "[e2e] this host's /dev/kvm cannot boot a standard guest: running the end-to-end tests inside the KVM test host ({})",
         p.testhost.display()
     );
+    // A bound well inside CI's 90 minutes, so a wedged test host fails the run instead of
+    // eating it (PALISADE_TESTHOST_TIMEOUT overrides).
+    let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "2700".into());
     let status = Command::new(&p.testhost)
+        .arg("--timeout")
+        .arg(timeout)
         .arg("--")
         .arg(exe)
         .args(std::env::args_os().skip(1))

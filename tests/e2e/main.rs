@@ -22,14 +22,7 @@ macro_rules! ensure {
 
 fn main() {
     palisade_e2e::reexec_in_testhost_if_needed();
-    let mut args = Arguments::from_args();
-    if palisade_e2e::inside_testhost() && args.test_threads.is_none() {
-        // Nested virtualization under emulation (QEMU TCG's AMD-V) is fragile when
-        // several guests run heavy I/O at once: seen here as guest triple faults and even
-        // test-host kernel crashes. One VM test at a time there; the leak test still
-        // boots its 5 VMs in parallel.
-        args.test_threads = Some(1);
-    }
+    let args = Arguments::from_args();
     let mut tests = Vec::new();
     tests.extend(kvm::tests());
     tests.extend(vmrun::tests());

@@ -142,6 +142,9 @@ pub struct ExitStatus {
     pub code: Option<i32>,
     /// Signal number when the process was killed by a signal.
     pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (its container's cgroup counted an `oom_kill`).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitStatus {
@@ -262,7 +265,7 @@ mod tests {
         }));
         roundtrip(Request::StartContainer { id: "c1".into() });
         roundtrip(Response::Created { pid: 42, warnings: vec!["w".into()] });
-        roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9) }));
+        roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9), oom_killed: false }));
         roundtrip(StreamHello { version: 1, id: "p1".into(), kind: StreamKind::Stdout });
     }
 
@@ -293,7 +296,7 @@ mod tests {
 
     #[test]
     fn shell_codes_follow_docker() {
-        assert_eq!(ExitStatus { code: Some(7), signal: None }.shell_code(), 7);
-        assert_eq!(ExitStatus { code: None, signal: Some(9) }.shell_code(), 137);
+        assert_eq!(ExitStatus { code: Some(7), signal: None, oom_killed: false }.shell_code(), 7);
+        assert_eq!(ExitStatus { code: None, signal: Some(9), oom_killed: false }.shell_code(), 137);
     }
 }

@@ -14,6 +14,12 @@ use palisade_protocol::{
 
 /// Longest `OK …` line accepted from the VMM.
 const MAX_HANDSHAKE_LINE: usize = 64;
+/// Once the agent has answered it is listening, so a connection the VMM closes before
+/// `OK` means the guest did not answer within the VMM's connect timeout (2 s; seen under
+/// emulation with several VMs at once): such connections are retried for this long.
+pub const READY_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between those retries.
+const READY_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -61,14 +67,38 @@ pub fn connect_port(socket: &Path, port: u32, handshake_timeout: Duration) -> Re
     Ok(stream)
 }
 
+/// Opens a connection to guest port `port` of an agent known to be listening: retries
+/// what [`connect_port`] calls [`ConnectError::NotYet`] for up to `patience`.
+pub fn connect_ready_port(socket: &Path, port: u32, handshake_timeout: Duration, patience: Duration) -> Result<UnixStream, ConnectError> {
+    let start = std::time::Instant::now();
+    loop {
+        match connect_port(socket, port, handshake_timeout) {
+            Err(ConnectError::NotYet { .. }) if start.elapsed() + READY_RETRY_INTERVAL < patience => {
+                tracing::debug!(port, "the guest did not take the connection in time; retrying");
+                std::thread::sleep(READY_RETRY_INTERVAL);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A control connection after a successful Hello.
 pub struct ControlClient {
     stream: UnixStream,
 }
 
 impl ControlClient {
+    /// One attempt (the boot loop retries it while the guest comes up).
     pub fn connect(socket: &Path, handshake_timeout: Duration) -> Result<ControlClient, ConnectError> {
-        let stream = connect_port(socket, AGENT_CONTROL_PORT, handshake_timeout)?;
+        Self::hello(connect_port(socket, AGENT_CONTROL_PORT, handshake_timeout)?)
+    }
+
+    /// A further control connection to an agent that already answered.
+    pub fn connect_ready(socket: &Path, handshake_timeout: Duration) -> Result<ControlClient, ConnectError> {
+        Self::hello(connect_ready_port(socket, AGENT_CONTROL_PORT, handshake_timeout, READY_PATIENCE)?)
+    }
+
+    fn hello(stream: UnixStream) -> Result<ControlClient, ConnectError> {
         let mut client = ControlClient { stream };
         match client.call(&Request::Hello { version: PROTOCOL_VERSION })? {
             Response::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(client),
@@ -96,9 +126,10 @@ impl ControlClient {
     }
 }
 
-/// Attaches one stdio stream of process `id`; the returned socket then carries raw bytes.
+/// Attaches one stdio stream of process `id` (the agent has answered already); the
+/// returned socket then carries raw bytes.
 pub fn attach_stream(socket: &Path, id: &str, kind: StreamKind, handshake_timeout: Duration) -> Result<UnixStream, ConnectError> {
-    let mut stream = connect_port(socket, AGENT_STREAM_PORT, handshake_timeout)?;
+    let mut stream = connect_ready_port(socket, AGENT_STREAM_PORT, handshake_timeout, READY_PATIENCE)?;
     write_frame(&mut stream, &StreamHello { version: PROTOCOL_VERSION, id: id.into(), kind })?;
     let what = format!("the {kind:?} stream of {id}");
     match read_frame(&mut stream)? {
@@ -153,5 +184,21 @@ mod tests {
         assert!(matches!(connect_port(&sock, 1025, Duration::from_secs(5)), Err(ConnectError::BadAnswer { .. })));
         vmm.join().unwrap();
         assert!(matches!(connect_port(&dir.path().join("absent"), 1024, Duration::from_secs(1)), Err(ConnectError::NotYet { .. })));
+    }
+
+    #[test]
+    fn a_ready_agent_is_retried_when_the_guest_was_slow_but_not_forever() {
+        // The VMM closed the first two connections (the guest did not answer in time).
+        let (dir, vmm) = fake_vmm(vec![None, None, Some("OK 1073741825\n")]);
+        let sock = dir.path().join("vsock.sock");
+        let mut s = connect_ready_port(&sock, 1025, Duration::from_secs(5), Duration::from_secs(10)).unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"payload");
+        assert_eq!(vmm.join().unwrap().len(), 3);
+        let start = std::time::Instant::now();
+        let gone = connect_ready_port(&dir.path().join("absent"), 1025, Duration::from_secs(1), Duration::from_millis(300));
+        assert!(matches!(gone, Err(ConnectError::NotYet { .. })), "gives up: {gone:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 }

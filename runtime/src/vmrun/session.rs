@@ -103,7 +103,7 @@ pub fn run_session(
     tracing::info!("the guest agent answered");
     super::timings::mark("agent_ready_ms");
     control.call_ok("mounting the rootfs", &Request::MountRootfs(spec.rootfs.clone()))?;
-    let mut side = ControlClient::connect(socket, HANDSHAKE_TIMEOUT)?;
+    let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT)?;
 
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT);
     let (input, outputs): (Option<UnixStream>, Vec<UnixStream>) = if spec.process.terminal {

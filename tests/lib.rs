@@ -21,7 +21,9 @@ pub struct Paths {
 pub fn paths() -> Paths {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf();
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    // Test binaries live in target/<profile>/deps, binaries (the benchmarks) in target/<profile>.
+    let bin_dir = exe.parent().expect("the executable's directory");
+    let profile_dir = if bin_dir.file_name().is_some_and(|n| n == "deps") { bin_dir.parent().expect("target/<profile>") } else { bin_dir }.to_path_buf();
     Paths {
         vmrun: profile_dir.join("vmrun"),
         palisade_vmm: profile_dir.join("palisade-vmm"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use palisade_agent::conn::{Listener, UnixConnListener, VsockListener};
 use palisade_agent::process::{reaper, table::ProcessTable};
 use palisade_agent::server::{serve, Agent, AgentConfig};
-use palisade_agent::system::{console, mounts, net, power};
+use palisade_agent::system::{console, mounts, net, power, switch_root};
 use palisade_protocol::{AGENT_CONTROL_PORT, AGENT_STREAM_PORT};
 
 /// Attempts (100 ms apart) to bind a vsock port before giving up.
@@ -34,6 +34,19 @@ fn main() {
 }
 
 fn guest_init() -> ! {
+    // First leave the initramfs (rootfs cannot be pivoted away from); this re-executes
+    // /init on a tmpfs root, where the check below is false.
+    match switch_root::on_initramfs() {
+        Ok(true) => {
+            let argv: Vec<std::ffi::CString> =
+                std::env::args_os().filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok()).collect();
+            match switch_root::switch_to_tmpfs(&argv) {
+                Err(e) => power::fatal(&e.to_string()),
+            }
+        }
+        Ok(false) => {}
+        Err(e) => power::fatal(&e.to_string()),
+    }
     let warnings = match mounts::mount_base() {
         Ok(w) => w,
         Err(e) => power::fatal(&e.to_string()),
@@ -43,6 +56,7 @@ fn guest_init() -> ! {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    tracing::info!("not on the initramfs: containers are entered with pivot_root");
     if let Err(e) = net::loopback_up() {
         tracing::warn!("loopback interface lo: {e}");
     }

@@ -13,7 +13,7 @@ use palisade_agent::container::{self, CreateOptions, Status};
 use serde_json::{json, Value};
 
 const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "hostname", "mkdir", "uname", "unshare", "ls", "wc", "id", "touch", "head", "tail", "seq", "sleep", "grep", "true", "sync",
+    "sh", "cat", "echo", "hostname", "mkdir", "uname", "unshare", "ls", "wc", "id", "touch", "head", "tail", "seq", "sleep", "grep", "true", "sync", "mknod",
 ];
 
 fn need_root() -> bool {
@@ -25,8 +25,14 @@ fn need_root() -> bool {
     true
 }
 
+/// Held while a busybox copy is being written and while a container's init lives
+/// between clone and exec: an init cloned by another test thread meanwhile would
+/// inherit the copy's write descriptor and make exec of that busybox fail ETXTBSY.
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A busybox root filesystem in a temporary directory.
 fn busybox_rootfs() -> tempfile::TempDir {
+    let _forks = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::Builder::new().prefix("palisade-ct-").tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -115,6 +121,7 @@ fn run_with(spec: &Value, rootfs: &Path, cgroup_root: Option<&Path>, between: im
         stdio: [null.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()],
         cgroup_root,
     };
+    let forks = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = container::create(&spec, &opts)?;
     drop(out_w);
     assert_eq!(c.status(), Status::Created);
@@ -123,6 +130,7 @@ fn run_with(spec: &Value, rootfs: &Path, cgroup_root: Option<&Path>, between: im
         wait(c.pid);
         return Err(e);
     }
+    drop(forks);
     assert_eq!(c.status(), Status::Running);
     let mut output = String::new();
     std::fs::File::from(out_r).read_to_string(&mut output).unwrap();
@@ -328,4 +336,36 @@ fn cgroup_limits_memory_and_pids() {
     let r = run_with(&s, root.path(), Some(&cg), |_| {}).unwrap();
     assert!(r.output.contains("can't fork") || r.output.contains("Resource temporarily unavailable"), "{}", r.output);
     let _ = std::fs::remove_dir(cg.join("palisade-test/pids"));
+}
+
+#[test]
+fn device_allowlist_is_enforced_in_the_container() {
+    if !need_root() {
+        return;
+    }
+    // The allowlist is a BPF program, not a controller: any cgroup v2 tree will do.
+    let Some(cg) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| container::cgroup::is_v2(p)) else {
+        println!("SKIP: no cgroup v2 hierarchy");
+        return;
+    };
+    let root = busybox_rootfs();
+    let script = "echo hi > /dev/null && echo null-ok; head -c 1 /dev/zero > /dev/null && echo zero-ok; \
+                  mknod /dev/tun c 10 200 && echo mknod-ok; head -c 0 /dev/tun && echo tun-ok";
+    let mut s = spec(script);
+    let cgroups_path = format!("/palisade-test-devices-{}", std::process::id());
+    s["linux"]["cgroupsPath"] = json!(cgroups_path);
+    // runc's default: deny all; the standard /dev nodes stay usable.
+    s["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let denied = run_with(&s, root.path(), Some(&cg), |_| {}).unwrap();
+    let _ = std::fs::remove_dir(cg.join(cgroups_path.trim_start_matches('/')));
+    println!("--- deny all ---\n{}", denied.output);
+    assert!(denied.output.contains("null-ok") && denied.output.contains("zero-ok"), "{}", denied.output);
+    assert!(!denied.output.contains("mknod-ok") && denied.output.contains("Operation not permitted"), "{}", denied.output);
+
+    // A rule for /dev/net/tun (10:200) after the deny lets the container make and open it.
+    s["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]);
+    let allowed = run_with(&s, root.path(), Some(&cg), |_| {}).unwrap();
+    let _ = std::fs::remove_dir(cg.join(cgroups_path.trim_start_matches('/')));
+    println!("--- allow 10:200 ---\n{}", allowed.output);
+    assert!(allowed.output.contains("mknod-ok") && allowed.output.contains("tun-ok"), "{}", allowed.output);
 }

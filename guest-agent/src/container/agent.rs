@@ -99,8 +99,9 @@ fn create_inner(agent: &Agent, req: &ContainerSpec) -> Response {
     let result = agent.processes.spawn_registered(id, || match super::create(&spec, &opts) {
         Ok(c) => {
             let pid = c.pid;
+            let cgroup = c.cgroup.as_ref().map(|cg| cg.path.clone());
             created = Some(c);
-            Ok(Spawned { pid, pty_master: pty_master.clone() })
+            Ok(Spawned { pid, pty_master: pty_master.clone(), cgroup })
         }
         Err(e) => Err((None, e)),
     });

@@ -47,15 +47,18 @@ pub fn blkio_to_io_weight(w: u16) -> u64 {
     1 + (w - 10) * 9999 / 990
 }
 
+/// Interface-file writes (file, value) and warnings.
+pub type Settings = (Vec<(String, String)>, Vec<String>);
+
 /// The (file, value) writes that apply `r`, in order, plus warnings for what is not
-/// applied by writes (the device allowlist).
-pub fn settings(r: &LinuxResources) -> Result<(Vec<(String, String)>, Vec<String>), CgroupError> {
+/// applied. The device allowlist is not a write: see [`super::cgroup_devices`].
+pub fn settings(r: &LinuxResources) -> Result<Settings, CgroupError> {
     let mut w: Vec<(String, String)> = Vec::new();
     let mut warnings = Vec::new();
     let mut set = |f: &str, v: String| w.push((f.to_string(), v));
     if let Some(m) = r.memory() {
         if let Some(limit) = m.limit() {
-            if limit >= 0 && limit < 4096 * 2 {
+            if (0..4096 * 2).contains(&limit) {
                 return Err(invalid("memory.limit", format!("{limit} bytes is too small")));
             }
             set("memory.max", max_or(limit));
@@ -145,9 +148,6 @@ pub fn settings(r: &LinuxResources) -> Result<(Vec<(String, String)>, Vec<String
             set(k, unified[k].clone());
         }
     }
-    if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        warnings.push("linux.resources.devices: the eBPF device allowlist is not applied yet; only the nodes created in /dev are reachable".into());
-    }
     if r.network().is_some() || r.rdma().is_some() {
         warnings.push("linux.resources.network/rdma have no cgroup v2 equivalent here; ignored".into());
     }
@@ -174,6 +174,22 @@ pub fn available(root: &Path) -> bool {
     std::fs::read_to_string(root.join("cgroup.controllers")).map(|c| !c.trim().is_empty()).unwrap_or(false)
 }
 
+/// Whether `root` is a cgroup v2 hierarchy, with or without controllers (enough for
+/// the device allowlist, which is a BPF program, not a controller).
+pub fn is_v2(root: &Path) -> bool {
+    nix::sys::statfs::statfs(root).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// The `oom_kill` count of a `memory.events` file (0 when absent or malformed).
+pub fn parse_oom_kills(memory_events: &str) -> u64 {
+    memory_events.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// The `oom_kill` count of the cgroup directory `path` (0 without a memory controller).
+pub fn oom_kills(path: &Path) -> u64 {
+    std::fs::read_to_string(path.join("memory.events")).map(|s| parse_oom_kills(&s)).unwrap_or(0)
+}
+
 /// A container's cgroup.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
@@ -192,13 +208,13 @@ impl Cgroup {
     /// Creates `root/rel`, enabling the controllers on the way, and applies `resources`.
     /// Returns warnings for settings that are not applied.
     pub fn create(root: &Path, rel: &Path, resources: Option<&LinuxResources>) -> Result<(Cgroup, Vec<String>), CgroupError> {
-        if !available(root) {
-            return Err(CgroupError::Unavailable(root.to_path_buf()));
-        }
         let (writes, warnings) = match resources {
             Some(r) => settings(r)?,
             None => (Vec::new(), Vec::new()),
         };
+        if !(available(root) || writes.is_empty() && is_v2(root)) {
+            return Err(CgroupError::Unavailable(root.to_path_buf()));
+        }
         let offered = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let enable: Vec<String> =
             CONTROLLERS.iter().filter(|c| offered.split_whitespace().any(|o| o == **c)).map(|c| format!("+{c}")).collect();
@@ -227,12 +243,14 @@ impl Cgroup {
         write(&self.path, "cgroup.procs", &pid.to_string())
     }
 
-    /// How many times the OOM killer killed a process of this cgroup.
+    /// How many times the OOM killer killed a process of this cgroup (or below it).
     pub fn oom_kills(&self) -> u64 {
-        std::fs::read_to_string(self.path.join("memory.events"))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
-            .unwrap_or(0)
+        oom_kills(&self.path)
+    }
+
+    /// Attaches the device allowlist (see [`super::cgroup_devices`]).
+    pub fn restrict_devices(&self, rules: &[super::cgroup_devices::Rule]) -> Result<(), super::cgroup_devices::DeviceRulesError> {
+        super::cgroup_devices::attach(&self.path, rules)
     }
 
     /// Removes the (empty) cgroup.
@@ -295,9 +313,19 @@ mod tests {
     }
 
     #[test]
-    fn device_rules_are_reported_until_enforced() {
-        let (_, warnings) = settings(&resources(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#)).unwrap();
-        assert_eq!(warnings.len(), 1);
+    fn device_rules_are_no_writes_and_no_warnings() {
+        let (w, warnings) = settings(&resources(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#)).unwrap();
+        assert!(w.is_empty() && warnings.is_empty(), "{w:?} {warnings:?}");
+    }
+
+    #[test]
+    fn memory_events_oom_kill_count() {
+        let events = "low 0\nhigh 12\nmax 40\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(events), 2);
+        // "oom" alone (the limit was hit) and "oom_group_kill" are not kills of a process.
+        assert_eq!(parse_oom_kills("oom 5\noom_group_kill 1\noom_kill 0\n"), 0);
+        assert_eq!(parse_oom_kills(""), 0);
+        assert_eq!(parse_oom_kills("oom_kill x\n"), 0);
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl InRoot {
     /// Splits an absolute container path; `None` for `/` itself or `..` components.
     pub fn new(path: &str) -> Option<InRoot> {
         let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
-        if components.is_empty() || components.iter().any(|c| *c == "..") || path.contains('\0') {
+        if components.is_empty() || components.contains(&"..") || path.contains('\0') {
             return None;
         }
         let c = |s: &str| CString::new(s).ok();
@@ -127,8 +127,7 @@ pub enum Action {
     Mount(MountStep),
     Device(DeviceStep),
     Symlink { target: CString, link: InRoot },
-    /// pivot_root into the root and detach the old one (MS_MOVE + chroot where the
-    /// current root cannot be pivoted, e.g. an initramfs).
+    /// pivot_root into the root and detach the old one.
     PivotRoot { root: CString },
     /// After the pivot: hide a path (tmpfs over a directory, /dev/null over a file).
     Mask { path: CString },
@@ -440,16 +439,11 @@ fn pivot_root(root: &CString) -> Result<(), Errno> {
     unsafe {
         check(libc::chdir(root.as_ptr()) as libc::c_long)?;
         let dot = c".".as_ptr();
-        if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
-            // The old root is now stacked under "/": detach it.
-            check(libc::umount2(dot, libc::MNT_DETACH) as libc::c_long)?;
-        } else if Errno::last() == Errno::EINVAL {
-            // The current root is an initramfs (rootfs), which cannot be pivoted.
-            mount_raw(dot, c"/".as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())?;
-            check(libc::chroot(dot) as libc::c_long)?;
-        } else {
-            return Err(Errno::last());
-        }
+        // No MS_MOVE + chroot fallback: the agent leaves the initramfs at boot
+        // (system::switch_root), so pivot_root works in the guest as on any host.
+        check(libc::syscall(libc::SYS_pivot_root, dot, dot))?;
+        // The old root is now stacked under "/": detach it.
+        check(libc::umount2(dot, libc::MNT_DETACH) as libc::c_long)?;
         check(libc::chdir(c"/".as_ptr()) as libc::c_long).map(drop)
     }
 }

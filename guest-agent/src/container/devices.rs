@@ -27,6 +27,7 @@ pub const DEFAULT_LINKS: &[(&str, &str)] = &[
     ("/dev/ptmx", "pts/ptmx"),
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn step(path: &str, kind: libc::mode_t, major: u32, minor: u32, mode: u32, uid: u32, gid: u32, bind: bool) -> Result<DeviceStep, String> {
     let p = InRoot::new(path).filter(|p| p.display.starts_with("/dev/")).ok_or_else(|| format!("{path:?} is not a path under /dev"))?;
     Ok(DeviceStep {

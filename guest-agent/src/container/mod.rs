@@ -1,7 +1,7 @@
 //! OCI containers inside the guest: everything runc or crun would apply, from an OCI
 //! runtime spec. One file per concern: [`spec`] (load and check), [`namespaces`],
 //! [`rootfs`] (mounts), [`devices`], [`capabilities`], [`seccomp`], [`rlimits`],
-//! [`cgroup`] (v2), [`process`] (user, caps, exec), [`state`]; [`child`] runs the
+//! [`cgroup`] (v2) with its device allowlist [`cgroup_devices`], [`process`] (user, caps, exec), [`state`]; [`child`] runs the
 //! prepared steps in the container's init.
 //!
 //! [`create`] turns a spec into a list of init actions (all memory prepared up front),
@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod capabilities;
 pub mod cgroup;
+pub mod cgroup_devices;
 pub mod child;
 pub mod devices;
 pub mod namespaces;
@@ -42,6 +43,8 @@ pub enum ContainerError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Devices(#[from] cgroup_devices::DeviceRulesError),
     #[error("namespace {path}: {source}")]
     Namespace { path: PathBuf, source: io::Error },
     #[error("{what}: {source}")]
@@ -304,6 +307,18 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ContainerError {
     move |source| ContainerError::Io { what, source }
 }
 
+/// The (kind, major, minor) of the nodes `linux.devices` creates, for the allowlist
+/// (their numbers were range-checked by [`plan`]).
+fn created_devices(linux: &oci_spec::runtime::Linux) -> Vec<(libc::mode_t, u32, u32)> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let kind = |t| match t {
+        T::B => Some(libc::S_IFBLK),
+        T::C | T::U => Some(libc::S_IFCHR),
+        T::A | T::P => None,
+    };
+    linux.devices().iter().flatten().filter_map(|d| Some((kind(d.typ())?, d.major() as u32, d.minor() as u32))).collect()
+}
+
 /// Creates the container from `spec`: returns when its init waits at the exec barrier.
 pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, ContainerError> {
     spec::validate(spec)?;
@@ -326,12 +341,20 @@ pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, Contai
             let rel = cgroup::relative_path(linux.cgroups_path().as_deref(), opts.id)?;
             let (cg, w) = cgroup::Cgroup::create(root, &rel, resources)?;
             warnings.extend(w);
+            // Default deny, the spec's rules, then what every container needs.
+            let rules = cgroup_devices::container_rules(resources.and_then(|r| r.devices().as_deref()).unwrap_or_default(), &created_devices(linux))?;
+            cg.restrict_devices(&rules)?;
             Some(cg)
         }
         None if resources.is_some_and(|r| r.memory().is_some() || r.pids().is_some() || r.cpu().is_some()) => {
             return Err(cgroup::CgroupError::Unavailable(PathBuf::from("/sys/fs/cgroup")).into())
         }
-        None => None,
+        None => {
+            if resources.and_then(|r| r.devices().as_ref()).is_some_and(|d| !d.is_empty()) {
+                warnings.push("linux.resources.devices: not applied (the container has no cgroup)".into());
+            }
+            None
+        }
     };
     let descriptions: Vec<String> = plan.actions.iter().map(Action::describe).collect();
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("report pipe")(e.into()))?;

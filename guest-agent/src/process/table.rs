@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use palisade_protocol::ExitStatus;
@@ -30,6 +31,9 @@ pub struct Entry {
     pub status: Option<ExitStatus>,
     /// The pty master, for window-size changes, when the process runs on a terminal.
     pub pty_master: Option<Arc<OwnedFd>>,
+    /// The cgroup of a container's init: its `memory.events` tells whether a SIGKILL
+    /// came from the OOM killer.
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -45,6 +49,8 @@ struct Inner {
 pub struct Spawned {
     pub pid: i32,
     pub pty_master: Option<Arc<OwnedFd>>,
+    /// See [`Entry::cgroup`].
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The process table; share it in an `Arc`.
@@ -86,7 +92,7 @@ impl ProcessTable {
                 inner.by_pid.insert(spawned.pid, id.to_string());
                 inner.by_id.insert(
                     id.to_string(),
-                    Entry { pid: spawned.pid, status: None, pty_master: spawned.pty_master },
+                    Entry { pid: spawned.pid, status: None, pty_master: spawned.pty_master, cgroup: spawned.cgroup },
                 );
                 Ok(Ok(spawned.pid))
             }
@@ -99,8 +105,10 @@ impl ProcessTable {
         }
     }
 
-    /// Records the exit of `pid` (called by the reaper) and wakes waiters.
-    pub fn record_exit(&self, pid: i32, status: ExitStatus) {
+    /// Records the exit of `pid` (called by the reaper) and wakes waiters. A container
+    /// init killed by SIGKILL whose cgroup counted an `oom_kill` is marked
+    /// `oom_killed` (read now, while the cgroup still exists).
+    pub fn record_exit(&self, pid: i32, mut status: ExitStatus) {
         let mut inner = self.lock();
         if inner.discard.remove(&pid) {
             return;
@@ -108,6 +116,9 @@ impl ProcessTable {
         match inner.by_pid.remove(&pid) {
             Some(id) => {
                 if let Some(entry) = inner.by_id.get_mut(&id) {
+                    if let (Some(libc::SIGKILL), Some(cgroup)) = (status.signal, &entry.cgroup) {
+                        status.oom_killed = crate::container::cgroup::oom_kills(cgroup) > 0;
+                    }
                     entry.status = Some(status);
                     entry.pty_master = None;
                 }
@@ -161,7 +172,7 @@ mod tests {
     use super::*;
 
     fn ok(pid: i32) -> Result<Spawned, (Option<i32>, String)> {
-        Ok(Spawned { pid, pty_master: None })
+        Ok(Spawned { pid, pty_master: None, cgroup: None })
     }
 
     #[test]
@@ -175,7 +186,7 @@ mod tests {
             })
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let status = ExitStatus { code: Some(3), signal: None };
+        let status = ExitStatus { code: Some(3), signal: None, oom_killed: false };
         table.record_exit(4242, status);
         for w in waiters {
             assert_eq!(w.join().unwrap(), status);
@@ -192,9 +203,36 @@ mod tests {
         let failed = table.spawn_registered("q", || Err((Some(12), "exec failed".to_string()))).unwrap();
         assert_eq!(failed.unwrap_err(), "exec failed");
         // The failed child's exit is discarded, a stranger's is kept as unclaimed.
-        table.record_exit(12, ExitStatus { code: Some(127), signal: None });
-        table.record_exit(99, ExitStatus { code: Some(0), signal: None });
-        assert_eq!(table.unclaimed(), vec![(99, ExitStatus { code: Some(0), signal: None })]);
+        table.record_exit(12, ExitStatus { code: Some(127), signal: None, oom_killed: false });
+        table.record_exit(99, ExitStatus { code: Some(0), signal: None, oom_killed: false });
+        assert_eq!(table.unclaimed(), vec![(99, ExitStatus { code: Some(0), signal: None, oom_killed: false })]);
         assert!(!table.contains("q"));
+    }
+
+    #[test]
+    fn a_sigkilled_container_init_is_oom_killed_when_its_cgroup_says_so() {
+        let cgroups = tempfile::tempdir().unwrap();
+        let (oom, plain) = (cgroups.path().join("oom"), cgroups.path().join("plain"));
+        for (dir, kills) in [(&oom, 1), (&plain, 0)] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("memory.events"), format!("low 0\nhigh 0\nmax 7\noom 1\noom_kill {kills}\n")).unwrap();
+        }
+        let table = ProcessTable::new();
+        let spawn = |id: &str, pid: i32, cgroup: Option<&PathBuf>| {
+            table.spawn_registered(id, || Ok::<_, (Option<i32>, String)>(Spawned { pid, pty_master: None, cgroup: cgroup.cloned() })).unwrap().unwrap();
+        };
+        spawn("oom", 20, Some(&oom));
+        spawn("oom-but-exited", 21, Some(&oom));
+        spawn("killed", 22, Some(&plain));
+        spawn("not-a-container", 23, None);
+        let killed = ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false };
+        table.record_exit(20, killed);
+        table.record_exit(21, ExitStatus { code: Some(1), signal: None, oom_killed: false });
+        table.record_exit(22, killed);
+        table.record_exit(23, killed);
+        assert_eq!(table.wait("oom").unwrap(), ExitStatus { oom_killed: true, ..killed });
+        assert!(!table.wait("oom-but-exited").unwrap().oom_killed);
+        assert_eq!(table.wait("killed").unwrap(), killed);
+        assert_eq!(table.wait("not-a-container").unwrap(), killed);
     }
 }

@@ -180,7 +180,7 @@ fn start_process(agent: &Agent, spec: ProcessSpec) -> Response {
     };
     let result = agent
         .processes
-        .spawn_registered(id, || spawn(&request).map(|pid| Spawned { pid, pty_master: pty_master.clone() }));
+        .spawn_registered(id, || spawn(&request).map(|pid| Spawned { pid, pty_master: pty_master.clone(), cgroup: None }));
     match result {
         Ok(Ok(pid)) => {
             child_stdio.start_relays(id, streams);

@@ -14,7 +14,7 @@ use palisade_agent::conn::UnixConnListener;
 use palisade_agent::process::{reaper, table::ProcessTable};
 use palisade_agent::server::{serve, Agent, AgentConfig};
 use palisade_protocol::{ProcessSpec, RootfsSpec, TtySize};
-use palisade_runtime::vmrun::session::{run_session, HostIo, SessionError, SessionSpec};
+use palisade_runtime::vmrun::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
 use palisade_runtime::vmrun::vmm::{Vm, VmEnd};
 
 /// One process table (and reaper) per test process.
@@ -137,10 +137,13 @@ impl Sink {
     }
 }
 
+/// A plain process (containers need a real rootfs, which this fake guest has not).
 fn spec(id: &str, args: &[&str]) -> SessionSpec {
-    SessionSpec {
-        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: "erofs".into(), writable: true },
-        process: ProcessSpec {
+    spec_with(id, args, |_| {})
+}
+
+fn spec_with(id: &str, args: &[&str], patch: impl FnOnce(&mut ProcessSpec)) -> SessionSpec {
+    let mut process = ProcessSpec {
             id: id.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/usr/bin:/bin".into(), "GREETING=from-host".into()],
@@ -152,8 +155,13 @@ fn spec(id: &str, args: &[&str]) -> SessionSpec {
             stdin: false,
             rootfs: None,
             tty_size: None,
-        },
+    };
+    patch(&mut process);
+    SessionSpec {
+        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: "erofs".into(), writable: true },
+        launch: Launch::Process(process),
         boot_timeout: Duration::from_secs(20),
+        quiet_warnings: vec![],
     }
 }
 
@@ -170,7 +178,7 @@ fn run(guest: &FakeGuest, spec: &SessionSpec, stdin: Option<&'static [u8]>, sign
         stdout: Box::new(out.clone()),
         stderr: Box::new(err.clone()),
     };
-    let result = run_session(&guest.socket(), &mut guest.vm(), spec, io, signals);
+    let result = run_session(&guest.socket(), &mut guest.vm(), spec, io, signals).map(|s| s.shell_code());
     Outcome { result, stdout: out.text(), stderr: err.text() }
 }
 
@@ -181,8 +189,7 @@ fn no_signals() -> (Sender<i32>, Receiver<i32>) {
 #[test]
 fn a_command_runs_with_env_workdir_and_exit_status_and_the_vm_is_shut_down() {
     let guest = FakeGuest::start(true);
-    let mut s = spec("env", &["sh", "-c", "echo $GREETING; pwd; echo oops >&2; exit 7"]);
-    s.process.cwd = "/tmp".into();
+    let s = spec_with("env", &["sh", "-c", "echo $GREETING; pwd; echo oops >&2; exit 7"], |p| p.cwd = "/tmp".into());
     let (_tx, rx) = no_signals();
     let o = run(&guest, &s, None, &rx);
     assert_eq!(o.result.unwrap(), 7);
@@ -194,8 +201,7 @@ fn a_command_runs_with_env_workdir_and_exit_status_and_the_vm_is_shut_down() {
 #[test]
 fn stdin_reaches_the_command_and_large_output_arrives_intact() {
     let guest = FakeGuest::start(true);
-    let mut s = spec("cat", &["cat"]);
-    s.process.stdin = true;
+    let s = spec_with("cat", &["cat"], |p| p.stdin = true);
     let (_tx, rx) = no_signals();
     let o = run(&guest, &s, Some(b"abc"), &rx);
     assert_eq!((o.result.unwrap(), o.stdout.as_str()), (0, "abc"));
@@ -283,11 +289,27 @@ fn signals_are_forwarded_to_the_command() {
 #[test]
 fn a_terminal_has_the_host_window_size() {
     let guest = FakeGuest::start(true);
-    let mut s = spec("tty", &["sh", "-c", "stty size; tty"]);
-    s.process.terminal = true;
-    s.process.tty_size = Some(TtySize { rows: 33, cols: 77 });
+    let s = spec_with("tty", &["sh", "-c", "stty size; tty"], |p| {
+        p.terminal = true;
+        p.tty_size = Some(TtySize { rows: 33, cols: 77 });
+    });
     let (_tx, rx) = no_signals();
     let o = run(&guest, &s, Some(b""), &rx);
     assert_eq!(o.result.unwrap(), 0);
     assert!(o.stdout.contains("33 77") && o.stdout.contains("/dev/pts/"), "{:?}", o.stdout);
+}
+
+#[test]
+fn a_guest_reboot_while_the_command_runs_is_named() {
+    let guest = FakeGuest::start(true);
+    let ended = guest.ended.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        *ended.lock().unwrap() = Some(VmEnd { clean: true, reason: "the VM reset (last console line: sysrq: Resetting)".into() });
+    });
+    let (_tx, rx) = no_signals();
+    let err = run(&guest, &spec("reboots", &["sleep", "3"]), None, &rx).result.unwrap_err();
+    assert!(matches!(err, SessionError::GuestRebooted(_)), "{err}");
+    assert_eq!(err.exit_code(), 125);
+    assert!(err.to_string().starts_with("the guest rebooted while the command was running"), "{err}");
 }

@@ -3,6 +3,7 @@
 //! On a host whose /dev/kvm cannot boot a standard guest (PVM, like the project's
 //! build machines), this binary re-executes itself inside the KVM test host first.
 
+mod container;
 mod kvm;
 mod vmrun;
 
@@ -26,6 +27,7 @@ fn main() {
     let mut tests = Vec::new();
     tests.extend(kvm::tests());
     tests.extend(vmrun::tests());
+    tests.extend(container::tests());
     libtest_mimic::run(&args, tests).exit();
 }
 

@@ -15,7 +15,7 @@ use crate::{ensure, trial, TestResult};
 /// VM tests share the machine; the leak test needs it to itself.
 static MACHINE: RwLock<()> = RwLock::new(());
 
-fn shared() -> RwLockReadGuard<'static, ()> {
+pub fn shared() -> RwLockReadGuard<'static, ()> {
     MACHINE.read().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -70,7 +70,7 @@ fn stdin_reaches_the_command() -> TestResult {
 
 fn sixteen_mib_of_stdout_arrive_intact() -> TestResult {
     let script = "head -c 16777216 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob";
-    let out = vm(&["--memory", "256", "--", "sh", "-c", script], None)?;
+    let out = vm(&["--vm-memory", "256", "--", "sh", "-c", script], None)?;
     ensure!(out.code() == 0, "{}", out.stderr);
     ensure!(out.stdout.len() == 16 << 20, "got {} bytes of stdout, expected 16 MiB; stderr: {}", out.stdout.len(), out.stderr);
     let ours = format!("{:x}", Sha256::digest(&out.stdout));
@@ -80,7 +80,9 @@ fn sixteen_mib_of_stdout_arrive_intact() -> TestResult {
 }
 
 fn cpus_and_memory_are_what_was_asked() -> TestResult {
-    let out = vm(&["--cpus", "2", "--memory", "256", "--", "sh", "-c", "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo"], None)?;
+    // --memory is the container's limit; the VM gets 64 MiB more.
+    let script = "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo; cat /sys/fs/cgroup/memory.max";
+    let out = vm(&["--cpus", "2", "--memory", "192", "--", "sh", "-c", script], None)?;
     ensure!(out.code() == 0, "{}", out.describe());
     let stdout = out.stdout_str();
     let mut lines = stdout.lines();
@@ -92,11 +94,17 @@ fn cpus_and_memory_are_what_was_asked() -> TestResult {
         .ok_or_else(|| format!("no MemTotal: {}", out.describe()))?;
     // MemTotal is RAM minus what the kernel keeps for itself: a little under 256 MiB.
     ensure!((200 * 1024..=256 * 1024).contains(&kib), "MemTotal {kib} kB is not ~256 MiB");
+    ensure!(lines.next() == Some("201326592"), "the container's memory.max is not 192 MiB: {}", out.describe());
+    // --vm-memory sizes the VM itself.
+    let out = vm(&["--vm-memory", "384", "--", "grep", "MemTotal", "/proc/meminfo"], None)?;
+    let kib: u64 = out.stdout_str().split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("no MemTotal: {}", out.describe()))?;
+    ensure!((320 * 1024..=384 * 1024).contains(&kib), "MemTotal {kib} kB is not ~384 MiB");
     Ok(())
 }
 
 fn guest_kernel_panic_is_reported() -> TestResult {
-    let out = vm(&["--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600"], None)?;
+    // /proc/sysrq-trigger is read-only in a container unless it is privileged.
+    let out = vm(&["--privileged", "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600"], None)?;
     ensure!(out.code() != 0, "a guest panic must fail vmrun: {}", out.describe());
     ensure!(out.stderr.to_lowercase().contains("panic"), "stderr must say the guest kernel panicked: {}", out.describe());
     Ok(())

@@ -98,28 +98,55 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, Defa
 /// `linux.seccomp` of the default profile for a container whose bounding set is `caps`.
 pub fn default_seccomp(caps: &[String]) -> Result<Value, DefaultsError> {
     let profile: Value = serde_json::from_str(DEFAULT_SECCOMP_PROFILE).map_err(|e| DefaultsError::Profile(e.to_string()))?;
+    seccomp_for_caps(&profile, caps).map_err(DefaultsError::Profile)
+}
+
+/// A seccomp profile in Docker's form (or already in OCI `linux.seccomp` form) turned
+/// into `linux.seccomp` for a container whose bounding set is `caps`: rules whose
+/// `includes.caps` are not all held or whose `excludes.caps` are are left out, `comment`,
+/// `includes` and `excludes` are dropped, and Docker's `archMap` becomes `architectures`.
+/// Errors name the field.
+pub fn seccomp_for_caps(profile: &Value, caps: &[String]) -> Result<Value, String> {
+    let obj = profile.as_object().ok_or("the profile is not a JSON object")?;
+    if !obj.get("defaultAction").is_some_and(Value::is_string) {
+        return Err("defaultAction: missing or not a string".into());
+    }
     let has = |c: &Value| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c));
     let mut syscalls = Vec::new();
-    for rule in profile["syscalls"].as_array().ok_or_else(|| DefaultsError::Profile("syscalls is not a list".into()))? {
+    let rules = match obj.get("syscalls") {
+        None | Some(Value::Null) => &Vec::new(),
+        Some(Value::Array(rules)) => rules,
+        Some(_) => return Err("syscalls: not a list".into()),
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let r = rule.as_object().ok_or_else(|| format!("syscalls[{i}]: not an object"))?;
         let includes = rule["includes"]["caps"].as_array().map(|l| l.iter().all(has)).unwrap_or(true);
         let excludes = rule["excludes"]["caps"].as_array().map(|l| l.iter().any(has)).unwrap_or(false);
         if !includes || excludes {
             continue;
         }
-        let mut r = rule.clone();
-        if let Some(o) = r.as_object_mut() {
-            for k in ["comment", "includes", "excludes"] {
-                o.remove(k);
-            }
+        let mut r = r.clone();
+        for k in ["comment", "includes", "excludes"] {
+            r.remove(k);
         }
-        syscalls.push(r);
+        syscalls.push(Value::Object(r));
     }
-    Ok(json!({
-        "defaultAction": profile["defaultAction"],
-        "defaultErrnoRet": profile["defaultErrnoRet"],
-        "architectures": profile["architectures"],
-        "syscalls": syscalls,
-    }))
+    let mut out = obj.clone();
+    for k in ["comment", "includes", "excludes", "archMap"] {
+        out.remove(k);
+    }
+    if !out.contains_key("architectures") {
+        if let Some(map) = obj.get("archMap").and_then(Value::as_array) {
+            let mut archs = Vec::new();
+            for entry in map {
+                archs.extend(entry.get("architecture").cloned());
+                archs.extend(entry.get("subArchitectures").and_then(Value::as_array).cloned().unwrap_or_default());
+            }
+            out.insert("architectures".into(), Value::Array(archs));
+        }
+    }
+    out.insert("syscalls".into(), Value::Array(syscalls));
+    Ok(Value::Object(out))
 }
 
 /// How the user's seccomp option reads.
@@ -153,7 +180,8 @@ pub struct SpecOptions {
     pub pids_limit: Option<i64>,
     /// Map container root to this unprivileged guest uid/gid (65536 ids).
     pub userns: Option<u32>,
-    /// With --privileged: the guest's devices to expose, as OCI `linux.devices` entries.
+    /// With --privileged: device nodes to create besides the guest's /dev, which a
+    /// privileged container gets whole, as OCI `linux.devices` entries.
     pub devices: Vec<Value>,
 }
 
@@ -197,6 +225,14 @@ pub fn default_spec(o: &SpecOptions) -> Result<Value, DefaultsError> {
         linux["devices"] = json!(o.devices);
     }
     let mut resources = serde_json::Map::new();
+    if o.privileged {
+        // Every guest device: the guest's own /dev (devtmpfs) instead of a tmpfs with
+        // the default nodes, and a device cgroup that allows them all.
+        for m in mounts.iter_mut().filter(|m| m["destination"] == "/dev") {
+            *m = json!({"destination": "/dev", "type": "bind", "source": "/dev", "options": ["bind", "nosuid"]});
+        }
+        resources.insert("devices".into(), json!([{"allow": true, "access": "rwm"}]));
+    }
     if let Some(m) = o.memory {
         resources.insert("memory".into(), json!({"limit": m, "swap": m}));
     }
@@ -292,6 +328,9 @@ mod tests {
         assert_eq!(p["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 41);
         assert_eq!(p["linux"]["maskedPaths"], json!([]));
         assert!(p["mounts"].as_array().unwrap().iter().any(|m| m["type"] == "sysfs" && m["options"].as_array().unwrap().contains(&json!("rw"))));
+        assert!(p["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/dev" && m["type"] == "bind" && m["source"] == "/dev"));
+        assert_eq!(p["linux"]["resources"]["devices"], json!([{"allow": true, "access": "rwm"}]));
+        spec::parse(&p.to_string()).unwrap();
         let r = default_spec(&SpecOptions { read_only: true, no_new_privileges: true, uid: 1000, gid: 1000, ..opts() }).unwrap();
         assert_eq!(r["root"]["readonly"], true);
         assert_eq!(r["process"]["noNewPrivileges"], true);
@@ -301,5 +340,25 @@ mod tests {
         spec::parse(&u.to_string()).unwrap();
         let un = default_spec(&SpecOptions { seccomp: SeccompChoice::Unconfined, ..opts() }).unwrap();
         assert!(un["linux"].get("seccomp").is_none());
+    }
+
+    #[test]
+    fn docker_profiles_become_oci_seccomp() {
+        let docker = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+            "syscalls": [
+                {"names": ["mkdir"], "action": "SCMP_ACT_KILL_PROCESS", "comment": "no"},
+                {"names": ["mount"], "action": "SCMP_ACT_ERRNO", "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["reboot"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["CAP_SYS_BOOT"]}}
+            ]
+        });
+        let s = seccomp_for_caps(&docker, &["CAP_CHOWN".to_string()]).unwrap();
+        assert_eq!(s["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
+        assert!(s.get("archMap").is_none());
+        assert_eq!(s["syscalls"], json!([{"names": ["mkdir"], "action": "SCMP_ACT_KILL_PROCESS"}, {"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]));
+        seccomp::compile(&serde_json::from_value(s).unwrap()).unwrap();
+        assert!(seccomp_for_caps(&json!({"syscalls": []}), &[]).unwrap_err().contains("defaultAction"));
+        assert!(seccomp_for_caps(&json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [1]}), &[]).unwrap_err().contains("syscalls[0]"));
     }
 }

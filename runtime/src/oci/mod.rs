@@ -1,4 +1,6 @@
-//! OCI runtime specs written on the host: the defaults `vmrun` uses when it is not
-//! given a bundle ([`defaults`]). The agent receives the finished spec as JSON.
+//! OCI runtime specs on the host: the defaults `vmrun` writes when it is not given a
+//! bundle ([`defaults`]), and the checks of a bundle it is given ([`bundle`]). The
+//! agent receives the finished spec as JSON.
 
+pub mod bundle;
 pub mod defaults;

@@ -1,6 +1,6 @@
 //! `vmrun`: one command in one micro-VM, like `docker run`.
 //!
-//! The flow, in [`run::run`]: check the host and the assets ([`assets`], [`image`]),
+//! The flow, in [`run::run`]: write the container's spec ([`container`]), check the host and the assets ([`assets`], [`image`]),
 //! make a per-run directory ([`rundir`]), start the VMM child ([`vmm`]), then drive the
 //! agent session ([`session`]) over vsock-through-Unix-socket connections ([`connect`]),
 //! with the host terminal ([`terminal`]) and signals ([`signals`]) wired in.
@@ -8,6 +8,7 @@
 pub mod args;
 pub mod assets;
 pub mod connect;
+pub mod container;
 pub mod image;
 pub mod run;
 pub mod rundir;

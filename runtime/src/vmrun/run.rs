@@ -1,23 +1,29 @@
-//! `vmrun` from start to end: check the host and the assets, prepare the run
-//! directory and the rootfs image, start the VMM, drive the session.
+//! `vmrun` from start to end: write and check the container's spec, check the host
+//! and the assets, prepare the run directory and the rootfs image, start the VMM,
+//! drive the session, report the container's end.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use palisade_protocol::{ProcessSpec, RootfsSpec};
+use palisade_protocol::{ContainerSpec, ExitStatus, RootfsSpec};
 use palisade_vmm::host::{probe_kvm_host, KvmHostKind, PVM_EXPLANATION};
 
-use super::args::{command_env, ArgsError, VmrunArgs};
+use super::args::{vm_memory_mib, ArgsError, VmrunArgs};
 use super::assets::{self, AssetError};
+use super::container::{self, ContainerError};
 use super::image::{self, ImageError};
 use super::rundir::{candidate_bases, RunDir, RunDirError};
-use super::session::{run_session, HostIo, SessionError, SessionSpec};
+use super::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
 use super::terminal::{self, RawMode};
 use super::vmm::{VmmConfig, VmmError, VmmProcess};
 
 /// Default of `PALISADE_BOOT_TIMEOUT_SECS`.
 pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
+/// The container's id in the guest.
+pub const CONTAINER_ID: &str = "main";
+/// vmrun's exit code when the OOM killer ended the container (Docker's: 128 + SIGKILL).
+pub const OOM_EXIT_CODE: i32 = 137;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmrunError {
@@ -31,6 +37,8 @@ pub enum VmrunError {
     Pvm,
     #[error(transparent)]
     Args(#[from] ArgsError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     #[error(transparent)]
     Asset(#[from] AssetError),
     #[error(transparent)]
@@ -79,9 +87,21 @@ fn check_kvm() -> Result<KvmHostKind, VmrunError> {
     }
 }
 
+/// The line vmrun prints when the OOM killer ended the container.
+pub fn oom_message(limit_mib: Option<u32>, vm_mib: u32) -> String {
+    match limit_mib {
+        Some(l) => format!("the container was killed by the OOM killer (memory limit {l} MiB)"),
+        None => format!("the container was killed by the OOM killer (no memory limit of its own; the VM has {vm_mib} MiB)"),
+    }
+}
+
 /// Runs `vmrun`; returns the command's exit code. `signals` comes from
 /// [`super::signals::start`].
 pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError> {
+    // The container first: a bad option or bundle fails here, before any VM.
+    let plan = container::plan(args, |k| std::env::var(k).ok())?;
+    let memory_mib = vm_memory_mib(args.vm_memory, plan.memory_limit_mib)?;
+
     let kind = check_kvm()?;
     if kind == KvmHostKind::Pvm && args.kernel.is_none() {
         return Err(VmrunError::Pvm);
@@ -95,36 +115,33 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     }
     let initrd = args.initrd.clone().unwrap_or_else(|| assets_dir.join("initramfs.cpio"));
     assets::require_file("initramfs", &initrd)?;
-    let rootfs = args.rootfs.clone().unwrap_or_else(|| assets_dir.join("busybox.erofs"));
+    let rootfs = plan.rootfs.clone().unwrap_or_else(|| assets_dir.join("busybox.erofs"));
     let vmm_binary = assets::vmm_binary(env_path("PALISADE_VMM"), &exe);
     if !vmm_binary.is_file() {
         return Err(AssetError::NoVmm(vmm_binary).into());
     }
-    let env = command_env(args, |k| std::env::var(k).ok())?;
 
     let run_dir = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
     tracing::debug!(dir = %run_dir.path().display(), "run directory");
     let (disk, image_kind) = image::prepare(&rootfs, &run_dir.rootfs_image())?;
 
-    let tty_size = if args.tty { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
+    let tty_size = if plan.terminal { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
     let spec = SessionSpec {
-        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: image_kind.fstype().into(), writable: true },
-        process: ProcessSpec {
-            id: "main".into(),
-            args: args.command.clone(),
-            env,
-            cwd: args.workdir.clone(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            terminal: args.tty,
-            stdin: args.interactive && !args.tty,
-            rootfs: Some("root".into()),
-            tty_size,
+        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: image_kind.fstype().into(), writable: !plan.read_only },
+        launch: Launch::Container {
+            spec: ContainerSpec {
+                id: CONTAINER_ID.into(),
+                spec_json: plan.spec_json.clone(),
+                rootfs: "root".into(),
+                stdin: args.interactive && !plan.terminal,
+                tty_size,
+            },
+            terminal: plan.terminal,
         },
         boot_timeout: Duration::from_secs(
             std::env::var("PALISADE_BOOT_TIMEOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BOOT_TIMEOUT_SECS),
         ),
+        quiet_warnings: plan.quiet_warnings.clone(),
     };
 
     let (serial_log, vmm_stderr) = (run_dir.serial_log(), run_dir.vmm_stderr());
@@ -134,7 +151,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         initrd: &initrd,
         disk: &disk,
         cpus: args.cpus,
-        memory_mib: args.memory,
+        memory_mib,
         vsock_socket: &run_dir.vsock_socket(),
         serial_log: (!args.console).then_some(serial_log.as_path()),
         stderr_file: (!args.console).then_some(vmm_stderr.as_path()),
@@ -142,14 +159,39 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     let mut vmm = VmmProcess::spawn(&config)?;
 
     // Raw mode only once the VM is on its way; restored when this function returns.
-    let _raw = if args.tty { RawMode::enable(0).map_err(VmrunError::Terminal)? } else { None };
+    let _raw = if plan.terminal { RawMode::enable(0).map_err(VmrunError::Terminal)? } else { None };
     let io = HostIo {
-        stdin: (args.interactive || args.tty).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+        stdin: (args.interactive || plan.terminal).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
         stdout: Box::new(std::io::stdout()),
         stderr: Box::new(std::io::stderr()),
     };
-    let code = run_session(&run_dir.vsock_socket(), &mut vmm, &spec, io, signals)?;
+    let status = run_session(&run_dir.vsock_socket(), &mut vmm, &spec, io, signals)?;
+    drop(_raw);
     drop(vmm);
     drop(run_dir);
-    Ok(code)
+    Ok(exit_code(&status, plan.memory_limit_mib, memory_mib))
+}
+
+/// vmrun's exit code for the container's status, saying so on stderr when the OOM
+/// killer ended it.
+fn exit_code(status: &ExitStatus, limit_mib: Option<u32>, vm_mib: u32) -> i32 {
+    if status.oom_killed {
+        eprintln!("vmrun: {}", oom_message(limit_mib, vm_mib));
+        return OOM_EXIT_CODE;
+    }
+    status.shell_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_kill_is_137_whatever_the_status() {
+        let oom = ExitStatus { code: Some(1), signal: None, oom_killed: true };
+        assert_eq!(exit_code(&oom, Some(64), 128), 137);
+        assert_eq!(exit_code(&ExitStatus { code: Some(3), signal: None, oom_killed: false }, None, 128), 3);
+        assert_eq!(oom_message(Some(64), 128), "the container was killed by the OOM killer (memory limit 64 MiB)");
+        assert!(oom_message(None, 128).contains("the VM has 128 MiB"));
+    }
 }

@@ -1,6 +1,6 @@
 //! One command's life in a booted VM, from the host: wait for the agent, mount the
-//! rootfs, attach the streams, start the process, relay stdio and signals, collect
-//! the exit status, shut the VM down.
+//! rootfs, attach the streams, create and start the container (or start a plain
+//! process), relay stdio and signals, collect the exit status, shut the VM down.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,7 +10,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_protocol::{ExitStatus, ProcessSpec, Request, Response, RootfsSpec, StreamKind};
+use palisade_protocol::{ContainerSpec, ExitStatus, ProcessSpec, Request, Response, RootfsSpec, StreamKind};
 
 use super::connect::{attach_stream, ControlClient, ConnectError};
 use super::signals::FORWARDED;
@@ -26,12 +26,50 @@ const OUTPUT_IDLE_AFTER_EXIT: Duration = Duration::from_secs(3);
 /// How long the VMM gets to exit after `Shutdown`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What to run on the mounted rootfs.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// An OCI container: `CreateContainer`, then `StartContainer`. `terminal` is the
+    /// spec's `process.terminal`.
+    Container { spec: ContainerSpec, terminal: bool },
+    /// A plain process chrooted into the rootfs (`StartProcess`).
+    Process(ProcessSpec),
+}
+
+impl Launch {
+    /// The id its streams, `Wait` and `Signal` use.
+    pub fn id(&self) -> &str {
+        match self {
+            Launch::Container { spec, .. } => &spec.id,
+            Launch::Process(p) => &p.id,
+        }
+    }
+
+    pub fn terminal(&self) -> bool {
+        match self {
+            Launch::Container { terminal, .. } => *terminal,
+            Launch::Process(p) => p.terminal,
+        }
+    }
+
+    /// Whether an stdin stream is attached (without a terminal).
+    pub fn stdin(&self) -> bool {
+        match self {
+            Launch::Container { spec, .. } => spec.stdin,
+            Launch::Process(p) => p.stdin,
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
     pub rootfs: RootfsSpec,
-    pub process: ProcessSpec,
+    pub launch: Launch,
     pub boot_timeout: Duration,
+    /// Warnings of `CreateContainer` that start with one of these are expected and
+    /// only logged; the others are shown on stderr as `vmrun: warning: …`.
+    pub quiet_warnings: Vec<String>,
 }
 
 /// The host side of the command's stdio.
@@ -52,6 +90,8 @@ pub enum SessionError {
     BootTimeout { secs: u64, last: String },
     #[error("the VM ended before the command finished: {0}")]
     VmEnded(String),
+    #[error("the guest rebooted while the command was running, which ends the VM ({0})")]
+    GuestRebooted(String),
     #[error("{0}")]
     CommandNotFound(String),
     #[error("{0}")]
@@ -74,7 +114,8 @@ impl SessionError {
     }
 }
 
-/// Classifies the agent's answer to a failed `StartProcess`.
+/// Classifies the agent's answer to a failed `StartProcess`, `CreateContainer` or
+/// `StartContainer` (without the agent's `container ID: ` prefix).
 pub fn start_error(message: String) -> SessionError {
     if message.ends_with(": command not found") {
         SessionError::CommandNotFound(message)
@@ -90,15 +131,27 @@ enum Event {
     OutputDone,
 }
 
-/// Runs the session; returns the command's shell exit code.
+/// How the VM's end while the command ran is reported: a clean end that is not a
+/// kernel panic is the guest resetting the VM, i.e. a reboot (vmrun had not asked
+/// for a shutdown yet).
+fn ended_early(end: super::vmm::VmEnd) -> SessionError {
+    if end.clean && !end.reason.contains("panicked") {
+        SessionError::GuestRebooted(end.reason)
+    } else {
+        SessionError::VmEnded(end.reason)
+    }
+}
+
+/// Runs the session; returns the command's exit status.
 pub fn run_session(
     socket: &Path,
     vm: &mut dyn Vm,
     spec: &SessionSpec,
     io: HostIo,
     signals: &Receiver<i32>,
-) -> Result<i32, SessionError> {
-    let id = spec.process.id.clone();
+) -> Result<ExitStatus, SessionError> {
+    let id = spec.launch.id().to_string();
+    let terminal = spec.launch.terminal();
     let mut control = wait_for_agent(socket, vm, spec.boot_timeout, signals)?;
     tracing::info!("the guest agent answered");
     super::timings::mark("agent_ready_ms");
@@ -106,24 +159,47 @@ pub fn run_session(
     let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT)?;
 
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT);
-    let (input, outputs): (Option<UnixStream>, Vec<UnixStream>) = if spec.process.terminal {
+    let (input, outputs): (Option<UnixStream>, Vec<UnixStream>) = if terminal {
         let tty = attach(StreamKind::Tty)?;
         (Some(tty.try_clone().map_err(|e| ConnectError::Protocol(e.into()))?), vec![tty])
     } else {
-        let stdin = if spec.process.stdin { Some(attach(StreamKind::Stdin)?) } else { None };
+        let stdin = if spec.launch.stdin() { Some(attach(StreamKind::Stdin)?) } else { None };
         (stdin, vec![attach(StreamKind::Stdout)?, attach(StreamKind::Stderr)?])
     };
 
-    match control.call(&Request::StartProcess(spec.process.clone()))? {
+    let mut stderr = io.stderr;
+    let prefix = format!("container {id}: ");
+    let failed = |message: String| start_error(message.strip_prefix(&prefix).map(str::to_string).unwrap_or(message));
+    let start = match &spec.launch {
+        Launch::Container { spec: container, .. } => {
+            match control.call(&Request::CreateContainer(container.clone()))? {
+                Response::Created { pid, warnings } => {
+                    tracing::info!(pid, "the container was created");
+                    for w in warnings {
+                        if spec.quiet_warnings.iter().any(|q| w.starts_with(q.as_str())) {
+                            tracing::info!("container warning: {w}");
+                        } else {
+                            let _ = writeln!(stderr, "vmrun: warning: {w}");
+                        }
+                    }
+                }
+                Response::Error { message } => return Err(failed(message)),
+                other => return Err(ConnectError::Unexpected { what: "create container".into(), answer: Box::new(other) }.into()),
+            }
+            Request::StartContainer { id: id.clone() }
+        }
+        Launch::Process(p) => Request::StartProcess(p.clone()),
+    };
+    match control.call(&start)? {
         Response::Started { pid } => tracing::info!(pid, "the command started"),
-        Response::Error { message } => return Err(start_error(message)),
-        other => return Err(ConnectError::Unexpected { what: "start process".into(), answer: Box::new(other) }.into()),
+        Response::Error { message } => return Err(failed(message)),
+        other => return Err(ConnectError::Unexpected { what: "start".into(), answer: Box::new(other) }.into()),
     }
 
     let (events, event_rx) = channel();
     let progress = Arc::new(AtomicU64::new(0));
     let output_count = outputs.len();
-    let mut sinks = vec![io.stdout, io.stderr].into_iter();
+    let mut sinks = vec![io.stdout, stderr].into_iter();
     for stream in outputs {
         if let Some(sink) = sinks.next() {
             relay_output(stream, sink, events.clone(), progress.clone());
@@ -148,7 +224,7 @@ pub fn run_session(
         .map_err(|e| ConnectError::Protocol(e.into()))?;
     drop(events);
 
-    let status = relay_until_done(&id, vm, &mut side, &event_rx, signals, output_count, &progress, spec.process.terminal)?;
+    let status = relay_until_done(&id, vm, &mut side, &event_rx, signals, output_count, &progress, terminal)?;
     tracing::info!(?status, "the command exited; shutting the VM down");
     super::timings::mark("command_exit_ms");
     if let Some(pid) = vm.pid() {
@@ -161,7 +237,7 @@ pub fn run_session(
     if !end.clean {
         tracing::warn!("the VM did not end cleanly after the command: {}", end.reason);
     }
-    Ok(status.shell_code())
+    Ok(status)
 }
 
 /// Retries connecting until the agent answers Hello, the VM ends, a signal comes or the
@@ -211,7 +287,7 @@ fn relay_until_done(
                 let deadline = Instant::now() + Duration::from_secs(2);
                 while Instant::now() < deadline {
                     if let Some(end) = vm.poll_end() {
-                        return Err(SessionError::VmEnded(end.reason));
+                        return Err(ended_early(end));
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -238,7 +314,7 @@ fn relay_until_done(
             }
             None => {
                 if let Some(end) = vm.poll_end() {
-                    return Err(SessionError::VmEnded(end.reason));
+                    return Err(ended_early(end));
                 }
             }
         }
@@ -320,5 +396,11 @@ mod tests {
         assert_eq!(start_error("working directory /nope: No such file".into()).exit_code(), 125);
         assert_eq!(SessionError::Interrupted(libc::SIGINT).exit_code(), 130);
         assert_eq!(SessionError::VmEnded("panic".into()).exit_code(), 125);
+        use super::super::vmm::VmEnd;
+        let reset = ended_early(VmEnd { clean: true, reason: "the VM reset (last console line: sysrq: Resetting)".into() });
+        assert!(matches!(reset, SessionError::GuestRebooted(_)) && reset.to_string().contains("rebooted"), "{reset}");
+        assert_eq!(reset.exit_code(), 125);
+        let panic = ended_early(VmEnd { clean: true, reason: "the guest kernel panicked: Kernel panic".into() });
+        assert!(matches!(panic, SessionError::VmEnded(_)));
     }
 }

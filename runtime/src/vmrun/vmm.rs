@@ -14,7 +14,8 @@ pub const GUEST_CID: u32 = 3;
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmEnd {
-    /// The VMM exited 0 (the guest powered off or reset).
+    /// The VMM exited 0: the guest reset the VM (how it powers off, `reboot=k`, and
+    /// how it reboots).
     pub clean: bool,
     /// One line saying why, for the user.
     pub reason: String,
@@ -157,8 +158,8 @@ pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) ->
         (None, None) => {
             let last = serial.lines().map(str::trim).rev().find(|l| !l.is_empty()).map(strip_kernel_timestamp);
             match (clean, last) {
-                (true, Some(l)) => format!("the guest powered off (last console line: {l})"),
-                (true, None) => "the guest powered off".to_string(),
+                (true, Some(l)) => format!("the VM reset (last console line: {l})"),
+                (true, None) => "the VM reset".to_string(),
                 (false, Some(l)) => format!("palisade-vmm {status} (last console line: {l})"),
                 (false, None) => format!("palisade-vmm {status}"),
             }

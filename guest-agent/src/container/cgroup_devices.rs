@@ -205,13 +205,20 @@ pub fn compile(rules: &[Rule]) -> Vec<Insn> {
         block.push(insn(MOV32_K, R0, 0, 0, r.allow as i32));
         block.push(insn(EXIT, 0, 0, 0, 0));
         let len = block.len();
+        let mut conditional = false;
         for (i, ins) in block.iter_mut().enumerate() {
             if ins.off == NEXT {
                 // A jump goes to pc + 1 + off; the next rule starts at `len`.
                 ins.off = (len - i - 1) as i16;
+                conditional = true;
             }
         }
         p.extend(block);
+        if !conditional {
+            // The rule matches every request: nothing after it can run, and the
+            // verifier refuses unreachable instructions.
+            return p;
+        }
     }
     p.push(insn(MOV32_K, R0, 0, 0, 0));
     p.push(insn(EXIT, 0, 0, 0, 0));
@@ -378,6 +385,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_rule_matching_everything_ends_the_program() {
+        // `--privileged`: allow everything, after (so before, in the program) other rules.
+        let rules = rules(r#"[{"allow": false}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}, {"allow": true}]"#);
+        let p = compile(&rules);
+        assert_eq!(p.last().map(|i| i.code), Some(EXIT));
+        assert_eq!(p.iter().filter(|i| i.code == EXIT).count(), 1, "nothing after the catch-all: {} insns", p.len());
+        assert_eq!(run(&p, DEV_BLOCK, 8, 0, ACC_ALL), 1);
+        agree(&rules);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use super::seccomp::Program;
 pub const REPORT_ERROR: u32 = 1;
 pub const REPORT_READY: u32 = 2;
 pub const REPORT_PID: u32 = 3;
+/// The init begins step `step` (so a stuck init can be told where it is).
+pub const REPORT_STEP: u32 = 4;
 pub const REPORT_SIZE: usize = 12;
 
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
@@ -214,6 +216,28 @@ fn report(fd: RawFd, kind: u32, step: u32, value: i32) {
     rec[8..].copy_from_slice(&value.to_ne_bytes());
     // SAFETY: writing a live local buffer; 12 bytes is below PIPE_BUF, so atomic.
     unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+}
+
+// Credentials change through the raw system calls, never glibc's wrappers: in a
+// multi-threaded program (the agent) glibc's setresuid/setresgid/setgroups broadcast the
+// change to every thread it knows (its "setxid" signal protocol) and wait for them. The
+// cloned init has one thread but a copy of the agent's thread list, and glibc would wait
+// for threads that are not there: the init spun in setresgid for ever in the guest.
+
+/// setresgid(gid, gid, gid) for this thread (the init's only one).
+///
+/// # Safety
+/// Only in the cloned init (see above).
+unsafe fn raw_setresgid(gid: libc::gid_t) -> libc::c_long {
+    libc::syscall(libc::SYS_setresgid, gid, gid, gid)
+}
+
+/// setresuid(uid, uid, uid) for this thread (the init's only one).
+///
+/// # Safety
+/// Only in the cloned init (see above).
+unsafe fn raw_setresuid(uid: libc::uid_t) -> libc::c_long {
+    libc::syscall(libc::SYS_setresuid, uid, uid, uid)
 }
 
 fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
@@ -550,8 +574,8 @@ fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
         match action {
             Action::WaitParent => wait_go(st.go_fd),
             Action::BecomeNamespaceRoot => {
-                check(libc::setresgid(0, 0, 0) as libc::c_long)?;
-                check(libc::setresuid(0, 0, 0) as libc::c_long).map(drop)
+                check(raw_setresgid(0))?;
+                check(raw_setresuid(0)).map(drop)
             }
             Action::SetNs { fd, nstype } => check(libc::setns(*fd, *nstype) as libc::c_long).map(drop),
             Action::Unshare { flags } => check(libc::unshare(*flags) as libc::c_long).map(drop),
@@ -618,9 +642,9 @@ fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
             }
             Action::KeepCaps(on) => check(libc::prctl(libc::PR_SET_KEEPCAPS, *on as libc::c_ulong, 0, 0, 0) as libc::c_long).map(drop),
             Action::SetUser { uid, gid, groups } => {
-                check(libc::setgroups(groups.len(), groups.as_ptr()) as libc::c_long)?;
-                check(libc::setresgid(*gid, *gid, *gid) as libc::c_long)?;
-                check(libc::setresuid(*uid, *uid, *uid) as libc::c_long).map(drop)
+                check(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
+                check(raw_setresgid(*gid))?;
+                check(raw_setresuid(*uid)).map(drop)
             }
             Action::Capset { effective, permitted, inheritable } => super::capabilities::capset(*effective, *permitted, *inheritable),
             Action::Ambient { caps } => {
@@ -662,6 +686,7 @@ pub unsafe fn run(actions: &[Action], report_fd: RawFd, go_fd: RawFd) -> ! {
     }
     let mut st = State { root_fd: -1, report_fd, go_fd };
     for (i, action) in actions.iter().enumerate() {
+        report(report_fd, REPORT_STEP, i as u32, 0);
         if let Err(e) = run_one(&mut st, action) {
             report(report_fd, REPORT_ERROR, i as u32, e as i32);
             libc::_exit(127);

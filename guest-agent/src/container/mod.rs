@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use oci_spec::runtime::Spec;
 
-use child::{Action, InRoot, REPORT_ERROR, REPORT_PID, REPORT_READY, REPORT_SIZE};
+use child::{Action, InRoot, REPORT_ERROR, REPORT_PID, REPORT_READY, REPORT_SIZE, REPORT_STEP};
 use namespaces::{JoinFd, Kind, Namespaces};
 pub use state::Status;
 
@@ -58,6 +58,8 @@ pub enum ContainerError {
     Init { step: String, errno: Errno },
     #[error("the container's init exited {when} without saying why (a seccomp profile that kills it?)")]
     InitVanished { when: &'static str },
+    #[error("the container's init was not ready after {secs} s; it is stuck in {where_}")]
+    InitStuck { secs: u64, where_: String },
     #[error("container {id} is {status}; {action} needs it {needed}")]
     WrongState { id: String, status: &'static str, action: &'static str, needed: &'static str },
 }
@@ -271,6 +273,49 @@ pub struct Container {
     program: String,
 }
 
+/// How long a container's init may take to reach its exec barrier.
+const INIT_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until `fd` is readable (or closed); false when `timeout` passed first.
+fn wait_readable(fd: &OwnedFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, alive for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        match n {
+            n if n > 0 => return Ok(true),
+            0 => return Ok(false),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// Where process `pid` is blocked, from /proc (for the error of a stuck init).
+fn where_stuck(pid: i32) -> String {
+    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).map(|s| s.trim().to_string()).unwrap_or_default();
+    let syscall = read("syscall");
+    let stat = read("stat");
+    // Fields after "(comm) ": state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let field = |i: usize| fields.get(i).copied().unwrap_or("?");
+    let status = read("status");
+    let pick = |key: &str| status.lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    format!(
+        "pid {pid} (state {}, system call {}, {} user and {} system ticks, wchan {}, NSpid {}, SigPnd {}, SigBlk {})",
+        field(0),
+        syscall.split_whitespace().next().unwrap_or("?"),
+        field(11),
+        field(12),
+        read("wchan"),
+        pick("NSpid:"),
+        pick("SigPnd:"),
+        pick("SigBlk:"),
+    )
+}
+
 fn read_report(fd: &OwnedFd) -> io::Result<Option<(u32, u32, i32)>> {
     let mut rec = [0u8; REPORT_SIZE];
     let mut got = 0;
@@ -445,11 +490,23 @@ impl Container {
 
     fn read_until_ready(&mut self) -> Result<(), ContainerError> {
         let reports = self.reports.as_ref().expect("report pipe");
+        let deadline = std::time::Instant::now() + INIT_READY_TIMEOUT;
+        let mut step = None;
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !wait_readable(reports, left).map_err(io_err("waiting for the init's reports"))? {
+                let doing = step.and_then(|s: u32| self.descriptions.get(s as usize)).map(String::as_str).unwrap_or("its first step");
+                return Err(ContainerError::InitStuck {
+                    secs: INIT_READY_TIMEOUT.as_secs(),
+                    where_: format!("{doing}: {}", where_stuck(self.pid)),
+                });
+            }
             match read_report(reports).map_err(io_err("reading the init's reports"))? {
                 None => return Err(ContainerError::InitVanished { when: "before it was ready" }),
                 Some((REPORT_READY, _, _)) => return Ok(()),
+                Some((REPORT_STEP, s, _)) => step = Some(s),
                 Some((REPORT_PID, _, pid)) => {
+                    tracing::debug!(helper = self.pid, init = pid, "the container's init was forked into its pid namespace");
                     self.helper_pid = Some(self.pid);
                     self.pid = pid;
                 }
@@ -468,7 +525,13 @@ impl Container {
         write_go(&go).map_err(io_err("releasing the exec barrier"))?;
         drop(go);
         let reports = self.reports.take().expect("report pipe while created");
-        match read_report(&reports).map_err(io_err("reading the init's reports"))? {
+        let mut next = || loop {
+            match read_report(&reports) {
+                Ok(Some((REPORT_STEP, _, _))) => continue,
+                other => return other,
+            }
+        };
+        match next().map_err(io_err("reading the init's reports"))? {
             None => {
                 self.status = Status::Running;
                 Ok(())

@@ -156,6 +156,7 @@ pub fn run_session(
     tracing::info!("the guest agent answered");
     super::timings::mark("agent_ready_ms");
     control.call_ok("mounting the rootfs", &Request::MountRootfs(spec.rootfs.clone()))?;
+    tracing::debug!("the rootfs is mounted");
     let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT)?;
 
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT);
@@ -166,6 +167,7 @@ pub fn run_session(
         let stdin = if spec.launch.stdin() { Some(attach(StreamKind::Stdin)?) } else { None };
         (stdin, vec![attach(StreamKind::Stdout)?, attach(StreamKind::Stderr)?])
     };
+    tracing::debug!("the streams are attached");
 
     let mut stderr = io.stderr;
     let prefix = format!("container {id}: ");

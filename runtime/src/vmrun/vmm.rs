@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 /// The guest kernel command line.
 pub const KERNEL_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
+/// The command line, with `RUST_LOG=<filter>` for the guest agent when
+/// `PALISADE_AGENT_LOG` asks for its logs on the console (debugging, with `--console`).
+pub fn kernel_cmdline(agent_log: Option<&str>) -> String {
+    match agent_log.filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || "_=,:.".contains(c))) {
+        Some(filter) => format!("{KERNEL_CMDLINE} RUST_LOG={filter}"),
+        None => KERNEL_CMDLINE.to_string(),
+    }
+}
+
 /// The guest's vsock CID.
 pub const GUEST_CID: u32 = 3;
 
@@ -71,7 +80,7 @@ impl VmmConfig<'_> {
             "--initrd".into(),
             self.initrd.display().to_string(),
             "--cmdline".into(),
-            KERNEL_CMDLINE.into(),
+            kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
             "--cpus".into(),
             self.cpus.to_string(),
             "--memory".into(),

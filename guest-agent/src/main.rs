@@ -57,6 +57,7 @@ fn guest_init() -> ! {
         tracing::warn!("{w}");
     }
     tracing::info!("not on the initramfs: containers are entered with pivot_root");
+    raise_open_files_limit();
     if let Err(e) = net::loopback_up() {
         tracing::warn!("loopback interface lo: {e}");
     }
@@ -116,6 +117,26 @@ fn host_test_mode(dir: PathBuf) -> ! {
         Err(e) => {
             eprintln!("palisade-agent: {e:#}");
             std::process::exit(1);
+        }
+    }
+}
+
+/// The kernel's open-files ceiling (`fs.nr_open` default).
+const NR_OPEN: libc::rlim_t = 1 << 20;
+
+/// Lifts PID 1's hard RLIMIT_NOFILE (the kernel starts init at 4096) to the kernel's
+/// ceiling, as systemd does: a container in a user namespace cannot raise a hard limit
+/// above what it inherits, so its spec's `RLIMIT_NOFILE` (Docker: 1048576) must fit
+/// under ours. The soft limit stays as it is.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a live local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_max < NR_OPEN {
+            lim.rlim_max = NR_OPEN;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("raising RLIMIT_NOFILE to {NR_OPEN}: {}", std::io::Error::last_os_error());
+            }
         }
     }
 }

@@ -114,6 +114,9 @@ pub fn plan(spec: &RootfsSpec, base: &Path) -> Result<MountPlan, RootfsError> {
     } else {
         lower
     };
+    if !spec.process_mounts {
+        return Ok(MountPlan { steps, root });
+    }
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     steps.push(Step::Mount {
         source: "proc".into(),
@@ -183,7 +186,7 @@ mod tests {
     use super::*;
 
     fn spec(id: &str, device: &str, fstype: &str, writable: bool) -> RootfsSpec {
-        RootfsSpec { id: id.into(), device: device.into(), fstype: fstype.into(), writable }
+        RootfsSpec { id: id.into(), device: device.into(), fstype: fstype.into(), writable, process_mounts: true }
     }
 
     fn mount_targets(plan: &MountPlan) -> Vec<String> {
@@ -229,6 +232,16 @@ mod tests {
         let plan = plan(&spec("ro", "/dev/vdb", "ext4", false), Path::new("/r")).unwrap();
         assert_eq!(plan.root, Path::new("/r/ro/lower"));
         assert_eq!(mount_targets(&plan), ["/r/ro/lower", "/r/ro/lower/proc", "/r/ro/lower/dev", "/r/ro/lower/tmp"]);
+    }
+
+    #[test]
+    fn a_container_root_gets_no_process_mounts() {
+        // `--read-only` must leave /tmp read-only too: no tmpfs, and no guest /dev or /proc
+        // hidden under the container's own.
+        let mut s = spec("ro", "/dev/vdb", "ext4", false);
+        s.process_mounts = false;
+        let plan = plan(&s, Path::new("/r")).unwrap();
+        assert_eq!(mount_targets(&plan), ["/r/ro/lower"]);
     }
 
     #[test]

@@ -82,6 +82,15 @@ pub struct RootfsSpec {
     pub fstype: String,
     /// Writable view: an overlay with a tmpfs upper layer over the read-only device.
     pub writable: bool,
+    /// Also mount /proc, the guest's /dev and a /tmp tmpfs inside it, for processes
+    /// chrooted into it ([`Request::StartProcess`]). Containers get theirs from their
+    /// spec and must not inherit these: leave it off for a container's root.
+    #[serde(default = "default_true")]
+    pub process_mounts: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What to run, and how.

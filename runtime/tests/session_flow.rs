@@ -158,7 +158,7 @@ fn spec_with(id: &str, args: &[&str], patch: impl FnOnce(&mut ProcessSpec)) -> S
     };
     patch(&mut process);
     SessionSpec {
-        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: "erofs".into(), writable: true },
+        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: "erofs".into(), writable: true, process_mounts: true },
         launch: Launch::Process(process),
         boot_timeout: Duration::from_secs(20),
         quiet_warnings: vec![],

@@ -57,7 +57,10 @@ fn exit_status_env_and_workdir() -> TestResult {
 }
 
 fn killed_by_sigkill_gives_137() -> TestResult {
-    let out = vm(&["--", "sh", "-c", "kill -9 $$"], None)?;
+    // The command is its container's PID 1, which nothing inside the container can SIGKILL
+    // (as with `docker run`); the guest kernel can: SysRq `i` kills every process but the
+    // guest's init (the agent), so this needs --privileged for /proc/sysrq-trigger.
+    let out = vm(&["--privileged", "--", "sh", "-c", "echo i > /proc/sysrq-trigger; sleep 60"], None)?;
     ensure!(out.code() == 137, "expected 137: {}", out.describe());
     Ok(())
 }
@@ -202,7 +205,9 @@ fn vmrun_on_pty(args: &[&str], wait_for: Option<&str>, input: &[u8]) -> Result<(
 
 fn tty_window_size_and_ctrl_c() -> TestResult {
     let _g = shared();
-    let (code, out) = vmrun_on_pty(&["-t", "--", "sh", "-c", "stty size; tty; echo ready; exec sleep 300"], Some("ready"), b"\x03")?;
+    // `sleep` is not exec'ed: the container's PID 1 ignores signals it has no handler for
+    // (as with `docker run` without --init), its children do not.
+    let (code, out) = vmrun_on_pty(&["-t", "--", "sh", "-c", "stty size; tty; echo ready; sleep 300"], Some("ready"), b"\x03")?;
     ensure!(out.contains("33 77"), "the guest terminal does not have the host's window size: {out:?}");
     ensure!(out.contains("/dev/pts/"), "the command is not on a pseudo-terminal: {out:?}");
     ensure!(code == 130, "Ctrl-C must reach the guest's foreground process (exit 130), got {code}: {out:?}");

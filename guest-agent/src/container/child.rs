@@ -428,9 +428,21 @@ fn do_device(st: &State, d: &DeviceStep) -> Result<(), Errno> {
                 return Err(Errno::last());
             }
             close(fd);
+            // A descriptor's magic link names a mount of the agent's mount namespace, which
+            // bind mounts refuse (EINVAL) in this new one: bind its path instead (the
+            // terminal's /dev/pts/N, resolved here before the pivot, is our copy of it).
+            let mut link = [0u8; 256];
+            // SAFETY: readlink into a live local buffer, one byte kept for the NUL.
+            let n = unsafe { libc::readlink(from.as_ptr(), link.as_mut_ptr().cast(), link.len() - 1) };
+            let source = if n > 0 && link[0] == b'/' {
+                link[n as usize] = 0;
+                link.as_ptr().cast()
+            } else {
+                from.as_ptr()
+            };
             let target = open_in_root(st.root_fd, &d.path.full, libc::O_PATH as u64)?;
             let mut buf = [0u8; 32];
-            let r = mount_raw(from.as_ptr(), fd_path(target, &mut buf), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+            let r = mount_raw(source, fd_path(target, &mut buf), std::ptr::null(), libc::MS_BIND, std::ptr::null());
             close(target);
             return r;
         }

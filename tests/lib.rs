@@ -80,21 +80,44 @@ pub fn reexec_in_testhost_if_needed() {
     let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "1500".into());
     // Exit status 125 is the test host itself failing (its kernel crashed: QEMU's emulation
     // of nested AMD-V does that now and then on these machines), not a test failing — the
-    // tests report failures with 101. Such a run is retried, at most twice, and says so.
+    // tests report failures with 101. Such a run is retried in a new test host, at most
+    // three times, and says so; the tests that already passed are skipped (exactly those).
+    let mut passed: Vec<String> = Vec::new();
     let mut attempt = 1;
     let status = loop {
-        let status = Command::new(&p.testhost)
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        if !passed.is_empty() {
+            args.push("--exact".into());
+            for name in &passed {
+                args.push("--skip".into());
+                args.push(name.into());
+            }
+        }
+        let mut child = Command::new(&p.testhost)
             .arg("--timeout")
             .arg(&timeout)
             .arg("--")
             .arg(&exe)
-            .args(std::env::args_os().skip(1))
-            .status()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", p.testhost.display()));
-        if status.code() != Some(125) || attempt == 3 {
+        // Relay the report line by line, noting which tests passed.
+        let stdout = child.stdout.take().expect("stdout piped");
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            println!("{line}");
+            if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ok")) {
+                passed.push(name.trim_end_matches([' ', '.']).trim().to_string());
+            }
+        }
+        let status = child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", p.testhost.display()));
+        if status.code() != Some(125) || attempt == 4 {
             break status;
         }
-        eprintln!("[e2e] the test host itself failed (exit 125, attempt {attempt} of 3): running the suite again in a new test host");
+        eprintln!(
+            "[e2e] the test host itself failed (exit 125, attempt {attempt} of 4): running the tests that have not passed yet in a new test host ({} passed, skipped)",
+            passed.len()
+        );
         attempt += 1;
     };
     std::process::exit(status.code().unwrap_or(125));

@@ -59,16 +59,25 @@ fn returns_a_nonzero_status_and_separates_stdout_from_stderr() {
 #[test]
 fn kills_a_hanging_command_at_the_timeout_and_leaves_no_qemu() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = run_directories();
     let out = run(testhost(&["--timeout", "40", "--", "sleep", "600"]), None, Duration::from_secs(600)).unwrap();
     assert_eq!(out.code(), 124, "{}", out.describe());
     assert!(out.stderr.contains("timed out after 40s"), "{}", out.describe());
     assert!(out.elapsed < Duration::from_secs(300), "the runner did not stop at its timeout: {}", out.describe());
     let left = qemu_processes_of_the_runner();
     assert!(left.is_empty(), "qemu processes left behind: {left:?}");
-    let tmp_left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+    let tmp_left: Vec<_> = run_directories().difference(&before).cloned().collect();
+    assert!(tmp_left.is_empty(), "run directories left behind: {tmp_left:?}");
+}
+
+/// The test host's run directories (`mktemp -d palisade-testhost.XXXXXX`) in the temporary
+/// directory. Files with that prefix (a lock file some users keep there) are not run directories.
+fn run_directories() -> std::collections::BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("palisade-testhost."))
-        .collect();
-    assert!(tmp_left.is_empty(), "run directories left behind: {tmp_left:?}");
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect()
 }

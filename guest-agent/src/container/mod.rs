@@ -525,7 +525,7 @@ impl Container {
         write_go(&go).map_err(io_err("releasing the exec barrier"))?;
         drop(go);
         let reports = self.reports.take().expect("report pipe while created");
-        let mut next = || loop {
+        let next = || loop {
             match read_report(&reports) {
                 Ok(Some((REPORT_STEP, _, _))) => continue,
                 other => return other,

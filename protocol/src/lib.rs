@@ -58,6 +58,24 @@ pub enum Request {
     Shutdown,
 }
 
+impl Request {
+    /// The request's name, for logs and error messages (`mount-rootfs`, `wait`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Ping => "ping",
+            Request::Shutdown => "shutdown",
+            Request::MountRootfs(_) => "mount-rootfs",
+            Request::StartProcess(_) => "start-process",
+            Request::Signal { .. } => "signal",
+            Request::ResizeTty { .. } => "resize-tty",
+            Request::CreateContainer(_) => "create-container",
+            Request::StartContainer { .. } => "start-container",
+            Request::Wait { .. } => "wait",
+        }
+    }
+}
+
 /// A response from the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

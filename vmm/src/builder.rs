@@ -27,6 +27,7 @@ use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::ExitSignal;
 use crate::jail::seccomp::{SeccompError, StartGate, ThreadFilters};
+use crate::jail::{CgroupGate, JailError};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{self, VcpuError};
 
@@ -69,6 +70,12 @@ pub enum VmmError {
     ExitEvent(io::Error),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    #[error("starting a VMM thread: {0}")]
+    Thread(io::Error),
+    #[error("the VMM's {0} thread panicked")]
+    ThreadPanicked(&'static str),
 }
 
 /// Opens /dev/kvm with an error that says what to do.
@@ -84,14 +91,16 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
 
-/// Creates the VM with its in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT.
-fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+/// Gives the VM its in-kernel interrupt controllers (PIC, IOAPIC, LAPICs).
+fn create_irqchip(vm: &VmFd) -> Result<(), VmmError> {
     vm.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(kvm_err("KVM_SET_TSS_ADDRESS"))?;
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))
+}
+
+/// Gives the VM its in-kernel PIT (after [`create_irqchip`]).
+fn create_pit(vm: &VmFd) -> Result<(), VmmError> {
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    Ok(vm)
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))
 }
 
 /// A virtio-mmio transport on the MMIO bus.
@@ -189,6 +198,9 @@ pub struct RunOptions {
     /// event loop's once the vCPU threads are started; only then does any vCPU enter the
     /// guest.
     pub seccomp: Option<ThreadFilters>,
+    /// Where the jailed VMM waits to be in its cgroups: before anything is written into
+    /// guest memory and before any vCPU thread exists.
+    pub cgroup_gate: Option<CgroupGate>,
 }
 
 /// Boots the VM `config` describes and runs it until it stops; returns why it stopped.
@@ -205,15 +217,40 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     let mem_size = u64::from(config.memory_mib) << 20;
 
     let kvm = open_kvm()?;
-    let vm = create_vm(&kvm)?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     let mem = memory::create_guest_memory(config.memory_mib)?;
-    memory::register_guest_memory(&vm, &mem)?;
 
-    let kernel = boot::load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
-        None => None,
-    };
+    // Registering guest memory waits for an SRCU grace period in KVM (milliseconds, the
+    // largest single item of a start-up), and so does creating the interrupt controllers
+    // (their default IRQ routing). They wait in parallel: the memory is registered by a
+    // helper thread while this one creates the interrupt controllers, asks for the CPUID,
+    // waits to be in its cgroups (jailed) and loads the kernel, none of which needs the
+    // memory slots. The PIT and the virtio devices register I/O ports and ioeventfds,
+    // which take the lock KVM holds while it registers memory: they come after.
+    let (kernel, initrd, base_cpuid) = std::thread::scope(|scope| -> Result<_, VmmError> {
+        let registering = std::thread::Builder::new()
+            .name("memslots".into())
+            .spawn_scoped(scope, || memory::register_guest_memory(&vm, &mem))
+            .map_err(VmmError::Thread)?;
+        let loaded = (|| -> Result<_, VmmError> {
+            create_irqchip(&vm)?;
+            let base_cpuid = cpuid::supported_cpuid(&kvm)?;
+            if let Some(gate) = options.cgroup_gate {
+                gate.wait()?;
+            }
+            let kernel = boot::load_kernel(&mem, &config.kernel)?;
+            let initrd = match &config.initrd {
+                Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+                None => None,
+            };
+            Ok((kernel, initrd, base_cpuid))
+        })();
+        let registered = registering.join().map_err(|_| VmmError::ThreadPanicked("memslots"))?;
+        let loaded = loaded?;
+        registered?;
+        Ok(loaded)
+    })?;
+    create_pit(&vm)?;
     tracing::debug!(kernel = %config.kernel.display(), format = %kernel.format, entry = ?kernel.entry, "kernel loaded");
 
     let exit = Arc::new(ExitSignal::new().map_err(VmmError::ExitEvent)?);
@@ -235,7 +272,6 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     mptable::setup_mptable(&mem, config.vcpus)?;
     regs::write_boot_tables(&mem, kernel.entry)?;
 
-    let base_cpuid = cpuid::supported_cpuid(&kvm)?;
     let vcpus = vcpu::create_vcpus(&vm, &base_cpuid, config.vcpus, kernel.entry, Arc::new(pio), Arc::new(mmio), exit.clone())?;
     let gate = Arc::new(StartGate::default());
     let sandbox = options.seccomp.as_ref().map(|filters| filters.vcpu_sandbox(gate.clone()));

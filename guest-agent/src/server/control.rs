@@ -67,7 +67,7 @@ fn hello() -> Response {
 
 /// Answers one request (after Hello). Blocks for `Wait`.
 pub fn handle_request(agent: &Agent, request: Request) -> Response {
-    let what = request_name(&request);
+    let what = request.name();
     tracing::debug!(request = what, "request");
     let response = answer_request(agent, request);
     match &response {
@@ -78,20 +78,6 @@ pub fn handle_request(agent: &Agent, request: Request) -> Response {
 }
 
 /// A request's name for log lines (without its payload, which may be large).
-fn request_name(request: &Request) -> &'static str {
-    match request {
-        Request::Hello { .. } => "hello",
-        Request::Ping => "ping",
-        Request::Shutdown => "shutdown",
-        Request::MountRootfs(_) => "mount-rootfs",
-        Request::StartProcess(_) => "start-process",
-        Request::Signal { .. } => "signal",
-        Request::ResizeTty { .. } => "resize-tty",
-        Request::CreateContainer(_) => "create-container",
-        Request::StartContainer { .. } => "start-container",
-        Request::Wait { .. } => "wait",
-    }
-}
 
 fn answer_request(agent: &Agent, request: Request) -> Response {
     match request {

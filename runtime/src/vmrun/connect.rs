@@ -34,6 +34,23 @@ pub enum ConnectError {
     Refused { what: String, message: String },
     #[error("agent answered {what} with an unexpected {answer:?}")]
     Unexpected { what: String, answer: Box<Response> },
+    #[error("the guest agent did not answer {what} within {secs} s (PALISADE_REQUEST_TIMEOUT_SECS)")]
+    NoAnswer { what: &'static str, secs: u64 },
+}
+
+/// How long a request other than `Wait` may stay unanswered (a wedged guest must not
+/// hang vmrun). Generous, because under emulation creating a container takes seconds
+/// and the agent gives a container init 60 s to reach its exec barrier.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// [`DEFAULT_REQUEST_TIMEOUT`], or `PALISADE_REQUEST_TIMEOUT_SECS`.
+pub fn request_timeout() -> Duration {
+    std::env::var("PALISADE_REQUEST_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
 }
 
 /// Opens a connection to guest port `port`.
@@ -82,9 +99,11 @@ pub fn connect_ready_port(socket: &Path, port: u32, handshake_timeout: Duration,
     }
 }
 
-/// A control connection after a successful Hello.
+/// A control connection after a successful Hello. Every request but `Wait` has a deadline
+/// ([`request_timeout`]); `Wait` lasts as long as the command.
 pub struct ControlClient {
     stream: UnixStream,
+    timeout: Duration,
 }
 
 impl ControlClient {
@@ -99,7 +118,7 @@ impl ControlClient {
     }
 
     fn hello(stream: UnixStream) -> Result<ControlClient, ConnectError> {
-        let mut client = ControlClient { stream };
+        let mut client = ControlClient { stream, timeout: request_timeout() };
         match client.call(&Request::Hello { version: PROTOCOL_VERSION })? {
             Response::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(client),
             Response::Hello { version, .. } => {
@@ -110,10 +129,31 @@ impl ControlClient {
         }
     }
 
-    /// Sends one request and reads its response.
+    /// Sends one request and reads its response, within the request deadline unless it is
+    /// `Wait`. After a missed deadline the connection is out of step: drop it.
     pub fn call(&mut self, request: &Request) -> Result<Response, ConnectError> {
-        write_frame(&mut self.stream, request)?;
-        Ok(read_frame(&mut self.stream)?)
+        let deadline = match request {
+            Request::Wait { .. } => None,
+            _ => Some(self.timeout),
+        };
+        let no_answer = |e: ProtocolError| match &e {
+            ProtocolError::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                ConnectError::NoAnswer { what: request.name(), secs: self.timeout.as_secs() }
+            }
+            _ => ConnectError::Protocol(e),
+        };
+        let set = |stream: &UnixStream, t: Option<Duration>| {
+            stream.set_read_timeout(t).and_then(|_| stream.set_write_timeout(t)).map_err(|e| ConnectError::Protocol(e.into()))
+        };
+        set(&self.stream, deadline)?;
+        write_frame(&mut self.stream, request).map_err(no_answer)?;
+        read_frame(&mut self.stream).map_err(no_answer)
+    }
+
+    #[cfg(test)]
+    fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends a request whose only good answer is `Ok`.
@@ -200,5 +240,25 @@ mod tests {
         let gone = connect_ready_port(&dir.path().join("absent"), 1025, Duration::from_secs(1), Duration::from_millis(300));
         assert!(matches!(gone, Err(ConnectError::NotYet { .. })), "gives up: {gone:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_request_the_agent_never_answers_fails_at_its_deadline_but_wait_does_not() {
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let mut client = ControlClient { stream: host, timeout: request_timeout() }.with_timeout(Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        let err = client.call(&Request::Ping).unwrap_err();
+        assert!(matches!(err, ConnectError::NoAnswer { what: "ping", .. }), "{err:?}");
+        assert!(err.to_string().contains("did not answer ping"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // The agent read the ping; `Wait` blocks until the agent answers, however late.
+        let _: Request = read_frame(&mut agent).unwrap();
+        let answer = std::thread::spawn(move || {
+            let _: Request = read_frame(&mut agent).unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            write_frame(&mut agent, &Response::Ok).unwrap();
+        });
+        assert_eq!(client.call(&Request::Wait { id: "c".into() }).unwrap(), Response::Ok);
+        answer.join().unwrap();
     }
 }

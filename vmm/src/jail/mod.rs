@@ -8,7 +8,8 @@
 //! 1. PID 1 of a new pid namespace, in new mount, ipc, uts, network and cgroup namespaces
 //!    ([`namespaces`]);
 //! 2. in its own cgroup `palisade/<id>` with memory (guest RAM + overhead), pids and cpu
-//!    limits, on v1, v2 and hybrid hosts ([`cgroup`]);
+//!    limits, on v1, v2 and hybrid hosts ([`cgroup`]), before it writes into guest memory
+//!    or starts a vCPU thread ([`CgroupGate`]);
 //! 3. inside a root of its own, entered with `pivot_root`, the old root unmounted: a tiny
 //!    read-only tmpfs with `/dev/kvm` (and `/dev/urandom` for virtio-rng) owned by the
 //!    VMM's uid, and the caller's kernel, initrd, disks and serial log bind-mounted under
@@ -523,8 +524,8 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             drop(go_write);
             let Plan { entries, config, paths, vsock_listener, .. } = plan;
             let listener_fd = vsock_listener.as_ref().map(|l| l.as_raw_fd());
-            in_child(ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd })?;
-            let options = RunOptions { vsock_listener, seccomp: Some(filters) };
+            let cgroup_gate = in_child(ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd })?;
+            let options = RunOptions { vsock_listener, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
             Ok(Role::Jailed(Jailed { config, options, paths }))
         }
         ForkResult::Parent { child } => {
@@ -571,22 +572,14 @@ struct ChildSetup {
     listener_fd: Option<RawFd>,
 }
 
-/// The jailed VMM's side, from the fork to an unprivileged process in its jail.
-fn in_child(setup: ChildSetup) -> Result<(), JailError> {
+/// The jailed VMM's side, from the fork to an unprivileged process in its jail. It does not
+/// wait for its cgroups here: see [`CgroupGate`].
+fn in_child(setup: ChildSetup) -> Result<CgroupGate, JailError> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(JailError::Sys { what: "prctl(PR_SET_PDEATHSIG)".into(), source: io::Error::last_os_error() });
     }
     setup.old_mask.thread_set_mask().map_err(|e| JailError::sys("restoring the signal mask", e))?;
-    // Wait until the supervisor has put us in our cgroups.
-    let mut go = [0u8; 1];
-    loop {
-        match nix::unistd::read(&setup.go_read, &mut go) {
-            Ok(1) => break,
-            Err(nix::Error::EINTR) => continue,
-            _ => return Err(JailError::SupervisorGone),
-        }
-    }
     let mut keep = vec![setup.go_read.as_raw_fd()];
     keep.extend(setup.listener_fd);
     fds::close_all_except(&keep)?;
@@ -600,14 +593,45 @@ fn in_child(setup: ChildSetup) -> Result<(), JailError> {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     rlimits::apply(&setup.rlimits)?;
     user::drop_privileges(setup.uid, setup.gid)?;
-    // The supervisor may have died before the parent-death signal was re-armed.
-    let mut poll = [nix::poll::PollFd::new(setup.go_read.as_fd(), nix::poll::PollFlags::POLLIN)];
-    match nix::poll::poll(&mut poll, nix::poll::PollTimeout::ZERO) {
-        Ok(0) => {}
-        _ => return Err(JailError::SupervisorGone),
+    Ok(CgroupGate { go_read: setup.go_read })
+}
+
+/// The jailed VMM's wait for its supervisor to have put it in its cgroups
+/// ([`CgroupGate::wait`]).
+///
+/// Moving a task into a cgroup waits for an RCU grace period in the kernel (the first
+/// write to a v1 `cgroup.procs`: ~10 ms on an idle 2-CPU machine, much more under load).
+/// The VMM does not sit idle meanwhile: it builds its jail, drops its privileges, creates
+/// the VM and starts registering guest memory, and waits at this gate only before it
+/// writes anything into guest memory or starts a vCPU thread. So guest RAM and every vCPU
+/// thread are charged to and counted in the VM's cgroups; what is allocated before the
+/// gate (the VM's kernel structures and memory-slot metadata, whose size the
+/// configuration fixes and the guest cannot change) is charged to the supervisor's.
+#[must_use = "the VMM must wait at the gate before it loads the guest"]
+pub struct CgroupGate {
+    go_read: OwnedFd,
+}
+
+impl CgroupGate {
+    /// Returns once the supervisor says the VMM is in its cgroups; fails if the supervisor
+    /// went away instead.
+    pub fn wait(self) -> Result<(), JailError> {
+        let mut go = [0u8; 1];
+        loop {
+            match nix::unistd::read(&self.go_read, &mut go) {
+                Ok(1) => break,
+                Err(nix::Error::EINTR) => continue,
+                _ => return Err(JailError::SupervisorGone),
+            }
+        }
+        // The supervisor may have died before the parent-death signal was re-armed (it
+        // is cleared when the ids change): then the pipe has hung up.
+        let mut poll = [nix::poll::PollFd::new(self.go_read.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut poll, nix::poll::PollTimeout::ZERO) {
+            Ok(0) => Ok(()),
+            _ => Err(JailError::SupervisorGone),
+        }
     }
-    drop(setup.go_read);
-    Ok(())
 }
 
 /// Where the strings of the environment the process started with are (fields 50 and 51

@@ -19,7 +19,10 @@ pub fn unshare_own() -> Result<(), JailError> {
         (CloneFlags::CLONE_NEWIPC, "unshare(CLONE_NEWIPC)"),
         (CloneFlags::CLONE_NEWUTS, "unshare(CLONE_NEWUTS)"),
         (CloneFlags::CLONE_NEWNET, "unshare(CLONE_NEWNET)"),
-        // Last, once the VMM is in its cgroup: that cgroup becomes the root it sees.
+        // The VMM is not in its own cgroups yet (it waits for them later, at the
+        // `CgroupGate`), so the root it sees is the supervisor's cgroup and its own shows as
+        // `/palisade/<id>`. It has no cgroup filesystem and no privilege to mount one: the
+        // namespace only hides the host's cgroup paths.
         (CloneFlags::CLONE_NEWCGROUP, "unshare(CLONE_NEWCGROUP)"),
     ] {
         unshare(flag).map_err(|e| JailError::sys(name, e))?;

@@ -323,3 +323,71 @@ pub fn leftovers_snapshot() -> Vec<String> {
     items.sort();
     items
 }
+
+/// Seconds since the Unix epoch at which a test last finished (or the run started).
+static LAST_PROGRESS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Records that a test finished (see [`watch_for_stalls`]).
+pub fn note_progress() {
+    LAST_PROGRESS.store(now_secs(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Starts a thread that, whenever no test has finished for `after`, prints to stderr
+/// what is still running: the processes of the tests (state, wait channel, age) and the
+/// last console lines of every VM whose run directory still exists. A stalled run then
+/// says where it stalls before the test host's timeout kills it. Once per stall.
+pub fn watch_for_stalls(after: Duration) {
+    note_progress();
+    let spawned = std::thread::Builder::new().name("stall-watch".into()).spawn(move || {
+        let mut reported_at = 0;
+        loop {
+            std::thread::sleep(Duration::from_secs(15));
+            let last = LAST_PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
+            if now_secs().saturating_sub(last) >= after.as_secs() && reported_at != last {
+                reported_at = last;
+                eprintln!("{}", stall_report(now_secs().saturating_sub(last)));
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("[e2e] cannot start the stall watch: {e}");
+    }
+}
+
+fn stall_report(idle_secs: u64) -> String {
+    let mut out = format!("[e2e] no test has finished for {idle_secs} s; still running:\n");
+    let ps = Command::new("ps").args(["-eo", "pid,ppid,etimes,stat,wchan:28,args", "--sort", "pid"]).output();
+    match ps {
+        Ok(o) => {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                let interesting = ["PID", "vmrun", "palisade", "e2e-", "crun", "sleep", "sh -c"];
+                if interesting.iter().any(|w| line.contains(w)) && !line.contains(" ps -eo ") {
+                    out.push_str(&format!("[e2e]   {}\n", line.chars().take(220).collect::<String>()));
+                }
+            }
+        }
+        Err(e) => out.push_str(&format!("[e2e]   (ps: {e})\n")),
+    }
+    let mut bases = vec![PathBuf::from("/run/palisade/vmrun"), std::env::temp_dir()];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        bases.insert(0, PathBuf::from(x));
+    }
+    for base in bases {
+        let Ok(entries) = std::fs::read_dir(&base) else { continue };
+        for entry in entries.flatten() {
+            let log = entry.path().join("serial.log");
+            let Ok(text) = std::fs::read_to_string(&log) else { continue };
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("[e2e]   {} (last lines):\n", log.display()));
+            for line in &lines[lines.len().saturating_sub(8)..] {
+                out.push_str(&format!("[e2e]     {}\n", line.chars().take(200).collect::<String>()));
+            }
+        }
+    }
+    out
+}
+

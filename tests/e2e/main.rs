@@ -23,6 +23,8 @@ macro_rules! ensure {
 
 fn main() {
     palisade_e2e::reexec_in_testhost_if_needed();
+    // Well before the test host's 15-minute bound: say where a stalled run stalls.
+    palisade_e2e::watch_for_stalls(std::time::Duration::from_secs(420));
     let args = Arguments::from_args();
     let mut tests = Vec::new();
     tests.extend(kvm::tests());
@@ -32,5 +34,9 @@ fn main() {
 }
 
 pub fn trial(name: &'static str, f: fn() -> TestResult) -> Trial {
-    Trial::test(name, f)
+    Trial::test(name, move || {
+        let result = f();
+        palisade_e2e::note_progress();
+        result
+    })
 }

@@ -297,8 +297,22 @@ fn own_cgroup(root: &str) -> Option<PathBuf> {
 
 pub fn leftovers_snapshot() -> Vec<String> {
     let mut items = palisade_processes();
+    // Shared directories (other programs write there too): only what vmrun names
+    // (`vmrun-XXXXXX` run directories) or what carries the project's name.
+    let mut shared = vec![std::env::temp_dir()];
+    if let Ok(x) = std::env::var("XDG_RUNTIME_DIR") {
+        shared.push(PathBuf::from(x));
+    }
+    for dir in shared {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("vmrun-") || name.starts_with("palisade") {
+                items.push(entry.path().display().to_string());
+            }
+        }
+    }
+    // Palisade's own directories: everything in them.
     let mut dirs = vec![
-        std::env::temp_dir(),
         PathBuf::from("/run/palisade"),
         PathBuf::from("/run/palisade/vmrun"),
         // The VMM's jails and their cgroups (pure v2, the v2 tree of a hybrid host, and
@@ -311,9 +325,6 @@ pub fn leftovers_snapshot() -> Vec<String> {
         if let Some(own) = own_cgroup(root) {
             dirs.push(own.join("palisade"));
         }
-    }
-    if let Ok(x) = std::env::var("XDG_RUNTIME_DIR") {
-        dirs.push(PathBuf::from(x));
     }
     for dir in dirs {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

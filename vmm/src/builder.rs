@@ -220,20 +220,21 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     let mem = memory::create_guest_memory(config.memory_mib)?;
 
-    // Registering guest memory waits for an SRCU grace period in KVM (milliseconds, the
-    // largest single item of a start-up), and so does creating the interrupt controllers
-    // (their default IRQ routing). They wait in parallel: the memory is registered by a
-    // helper thread while this one creates the interrupt controllers, asks for the CPUID,
-    // waits to be in its cgroups (jailed) and loads the kernel, none of which needs the
-    // memory slots. The PIT and the virtio devices register I/O ports and ioeventfds,
-    // which take the lock KVM holds while it registers memory: they come after.
+    create_irqchip(&vm)?;
+    create_pit(&vm)?;
+
+    // Registering guest memory waits for an SRCU grace period in KVM (milliseconds: the
+    // largest single item of a start-up). A helper thread registers it while this one asks
+    // for the CPUID, waits to be in its cgroups (jailed: that move waits for an RCU grace
+    // period too) and loads the kernel, none of which needs the memory slots.
+    // (The interrupt controllers and PIT are created first: with the PIT created after the
+    // memory, tearing the VM down took ~10 ms longer on these machines.)
     let (kernel, initrd, base_cpuid) = std::thread::scope(|scope| -> Result<_, VmmError> {
         let registering = std::thread::Builder::new()
             .name("memslots".into())
             .spawn_scoped(scope, || memory::register_guest_memory(&vm, &mem))
             .map_err(VmmError::Thread)?;
         let loaded = (|| -> Result<_, VmmError> {
-            create_irqchip(&vm)?;
             let base_cpuid = cpuid::supported_cpuid(&kvm)?;
             if let Some(gate) = options.cgroup_gate {
                 gate.wait()?;
@@ -250,7 +251,6 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
         registered?;
         Ok(loaded)
     })?;
-    create_pit(&vm)?;
     tracing::debug!(kernel = %config.kernel.display(), format = %kernel.format, entry = ?kernel.entry, "kernel loaded");
 
     let exit = Arc::new(ExitSignal::new().map_err(VmmError::ExitEvent)?);

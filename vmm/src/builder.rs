@@ -72,10 +72,6 @@ pub enum VmmError {
     Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Jail(#[from] JailError),
-    #[error("starting a VMM thread: {0}")]
-    Thread(io::Error),
-    #[error("the VMM's {0} thread panicked")]
-    ThreadPanicked(&'static str),
 }
 
 /// Opens /dev/kvm with an error that says what to do.
@@ -223,34 +219,22 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     create_irqchip(&vm)?;
     create_pit(&vm)?;
 
-    // Registering guest memory waits for an SRCU grace period in KVM (milliseconds: the
-    // largest single item of a start-up). A helper thread registers it while this one asks
-    // for the CPUID, waits to be in its cgroups (jailed: that move waits for an RCU grace
-    // period too) and loads the kernel, none of which needs the memory slots.
-    // (The interrupt controllers and PIT are created first: with the PIT created after the
-    // memory, tearing the VM down took ~10 ms longer on these machines.)
-    let (kernel, initrd, base_cpuid) = std::thread::scope(|scope| -> Result<_, VmmError> {
-        let registering = std::thread::Builder::new()
-            .name("memslots".into())
-            .spawn_scoped(scope, || memory::register_guest_memory(&vm, &mem))
-            .map_err(VmmError::Thread)?;
-        let loaded = (|| -> Result<_, VmmError> {
-            let base_cpuid = cpuid::supported_cpuid(&kvm)?;
-            if let Some(gate) = options.cgroup_gate {
-                gate.wait()?;
-            }
-            let kernel = boot::load_kernel(&mem, &config.kernel)?;
-            let initrd = match &config.initrd {
-                Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
-                None => None,
-            };
-            Ok((kernel, initrd, base_cpuid))
-        })();
-        let registered = registering.join().map_err(|_| VmmError::ThreadPanicked("memslots"))?;
-        let loaded = loaded?;
-        registered?;
-        Ok(loaded)
-    })?;
+    // Guest memory is registered by a helper thread (an SRCU grace period in KVM) while this
+    // one asks for the CPUID, waits to be in its cgroups (jailed: that move waits for an
+    // RCU grace period too), loads the kernel and creates the devices and vCPUs; only
+    // running a vCPU needs the memory slots. The interrupt controllers and PIT come first:
+    // with the PIT created after the memory, tearing the VM down took ~10 ms longer here.
+    // (Devices that register ioeventfds wait for the registration inside KVM.)
+    let registration = memory::MemoryRegistration::start(&kvm, &vm, &mem)?;
+    let base_cpuid = cpuid::supported_cpuid(&kvm)?;
+    if let Some(gate) = options.cgroup_gate {
+        gate.wait()?;
+    }
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+        None => None,
+    };
     tracing::debug!(kernel = %config.kernel.display(), format = %kernel.format, entry = ?kernel.entry, "kernel loaded");
 
     let exit = Arc::new(ExitSignal::new().map_err(VmmError::ExitEvent)?);
@@ -273,6 +257,7 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     regs::write_boot_tables(&mem, kernel.entry)?;
 
     let vcpus = vcpu::create_vcpus(&vm, &base_cpuid, config.vcpus, kernel.entry, Arc::new(pio), Arc::new(mmio), exit.clone())?;
+    registration.finish()?;
     let gate = Arc::new(StartGate::default());
     let sandbox = options.seccomp.as_ref().map(|filters| filters.vcpu_sandbox(gate.clone()));
     let vcpu_count = vcpus.len();

@@ -72,7 +72,8 @@ pub fn reexec_in_testhost_if_needed() {
     let p = paths();
     let exe = std::env::current_exe().expect("current_exe");
     eprintln!(
-        "[e2e] this host's /dev/kvm cannot boot a standard guest: running the end-to-end tests inside the KVM test host ({})",
+        "[e2e] this host's /dev/kvm cannot boot a standard guest: running {} inside the KVM test host ({})",
+        exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         p.testhost.display()
     );
     // A bound well inside CI's 90 minutes, so a wedged test host fails the run instead of

@@ -39,7 +39,7 @@ pub fn tests() -> Vec<Trial> {
         trial("vmrun::errors::missing_kernel", missing_kernel),
         trial("vmrun::errors::corrupt_kernel", corrupt_kernel),
         trial("vmrun::errors::missing_rootfs", missing_rootfs),
-        trial("vmrun::no_leftovers_after_8_in_a_row_and_5_in_parallel", no_leftovers),
+        trial("vmrun::no_leftovers_after_20_in_a_row_and_5_in_parallel", no_leftovers),
     ]
 }
 
@@ -260,9 +260,9 @@ fn missing_rootfs() -> TestResult {
 fn no_leftovers() -> TestResult {
     let _exclusive = MACHINE.write().unwrap_or_else(|e| e.into_inner());
     let before = leftovers_snapshot();
-    for i in 0..8 {
+    for i in 0..20 {
         let out = run_vmrun(&["--", "true"], None).map_err(|e| e.to_string())?;
-        ensure!(out.code() == 0, "run {i} of 8 failed: {}", out.describe());
+        ensure!(out.code() == 0, "run {i} of 20 failed: {}", out.describe());
     }
     let parallel: Vec<_> = (0..5)
         .map(|i| std::thread::spawn(move || run_vmrun(&["--", "sh", "-c", &format!("echo {i}")], None)))
@@ -273,6 +273,6 @@ fn no_leftovers() -> TestResult {
     }
     let after = leftovers_snapshot();
     let new: Vec<_> = after.iter().filter(|a| !before.contains(a)).collect();
-    ensure!(new.is_empty(), "left behind after 13 VMs: {new:?}");
+    ensure!(new.is_empty(), "left behind after 25 VMs: {new:?}");
     Ok(())
 }

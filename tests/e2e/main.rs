@@ -37,6 +37,11 @@ pub fn trial(name: &'static str, f: fn() -> TestResult) -> Trial {
     Trial::test(name, move || {
         let result = f();
         palisade_e2e::note_progress();
+        if let Err(failed) = &result {
+            // Said at once too: a test host that later wedges or crashes never reaches the
+            // summary at the end of the run.
+            eprintln!("[e2e] {name} failed: {}", failed.message().unwrap_or("(no message)"));
+        }
         result
     })
 }

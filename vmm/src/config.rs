@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 /// Default kernel command line: serial console, reset through the i8042 on reboot (our
 /// clean power-off), reboot immediately on panic.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// (The i8042 options tell Linux there is no keyboard to probe and no mouse port: the VMM's
+/// i8042 is a controller with a reset line and nothing behind it.)
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
 

@@ -403,3 +403,16 @@ fn stall_report(idle_secs: u64) -> String {
     out
 }
 
+#[cfg(test)]
+mod stall_report_tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_report_names_the_idle_time_and_lists_processes() {
+        let report = stall_report(421);
+        assert!(report.starts_with("[e2e] no test has finished for 421 s; still running:"), "{report}");
+        // The header of `ps`, and this test binary (its name starts with the crate's).
+        assert!(report.contains("PID") && report.contains("STAT"), "{report}");
+    }
+}
+

@@ -19,10 +19,6 @@ pub enum MemoryError {
     Mmap { mib: u32, source: vm_memory::mmap::FromRangesError },
     #[error("guest memory: KVM_SET_USER_MEMORY_REGION for slot {slot} at {addr:#x}: {source}")]
     Register { slot: u32, addr: u64, source: kvm_ioctls::Error },
-    #[error("guest memory: starting the thread that registers it: {0}")]
-    Helper(std::io::Error),
-    #[error("guest memory: the thread registering it panicked")]
-    HelperPanicked,
 }
 
 /// Maps `mib` MiB of guest RAM.
@@ -54,54 +50,6 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryE
         unsafe { vm.set_user_memory_region(kvm_region) }.map_err(|source| MemoryError::Register { slot, addr, source })?;
     }
     Ok(())
-}
-
-/// Guest memory being registered with KVM on a helper thread: registration waits for an
-/// SRCU grace period in KVM (milliseconds, the largest single item of a start-up), and
-/// nothing but running a vCPU needs it done. [`MemoryRegistration::finish`] waits for it;
-/// dropping an unfinished registration waits too, so the thread never outlives the run.
-pub struct MemoryRegistration {
-    thread: Option<std::thread::JoinHandle<Result<(), MemoryError>>>,
-}
-
-impl MemoryRegistration {
-    /// Starts registering every region of `mem` with `vm`. The thread works on its own
-    /// duplicate of the VM's descriptor and its own handle on the mappings, so nothing it
-    /// uses can be closed or unmapped under it.
-    pub fn start(kvm: &kvm_ioctls::Kvm, vm: &VmFd, mem: &GuestMemory) -> Result<Self, MemoryError> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor for the VM's open file.
-        let fd = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-        if fd < 0 {
-            return Err(MemoryError::Helper(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor of a KVM VM file, owned by nobody else: the
-        // VmFd built on it owns it and closes it when the thread is done.
-        let vm = unsafe { kvm.create_vmfd_from_rawfd(fd) }.map_err(|e| MemoryError::Helper(e.into()))?;
-        let mem = mem.clone();
-        let thread = std::thread::Builder::new()
-            .name("memslots".into())
-            .spawn(move || register_guest_memory(&vm, &mem))
-            .map_err(MemoryError::Helper)?;
-        Ok(MemoryRegistration { thread: Some(thread) })
-    }
-
-    /// Waits until the memory is registered.
-    pub fn finish(mut self) -> Result<(), MemoryError> {
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(MemoryError::HelperPanicked),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for MemoryRegistration {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub fn tests() -> Vec<Trial> {
         trial("vmrun::guest_kernel_panic_is_reported", guest_kernel_panic_is_reported),
         trial("vmrun::rootfs_directory_becomes_the_root", rootfs_directory_becomes_the_root),
         trial("vmrun::tty_window_size_and_ctrl_c", tty_window_size_and_ctrl_c),
+        trial("vmrun::tty_without_i_does_not_read_the_terminal", tty_without_i_does_not_read_the_terminal),
         trial("vmrun::errors::missing_dev_kvm", missing_dev_kvm),
         trial("vmrun::errors::missing_kernel", missing_kernel),
         trial("vmrun::errors::corrupt_kernel", corrupt_kernel),
@@ -208,13 +209,23 @@ fn tty_window_size_and_ctrl_c() -> TestResult {
     // `sleep` must not be exec'ed (busybox sh execs the last command of `-c`, hence the
     // `exit`): the container's PID 1 ignores signals it has no handler for (as with
     // `docker run` without --init), its children do not.
-    let (code, out) = vmrun_on_pty(&["-t", "--", "sh", "-c", "stty size; tty; echo ready; sleep 300; exit $?"], Some("ready"), b"\x03")?;
+    let (code, out) = vmrun_on_pty(&["-i", "-t", "--", "sh", "-c", "stty size; tty; echo ready; sleep 300; exit $?"], Some("ready"), b"\x03")?;
     ensure!(out.contains("33 77"), "the guest terminal does not have the host's window size: {out:?}");
     // The terminal is the guest's pty, bind-mounted as the container's /dev/console (runc
     // would allocate it in the container's own devpts, and `tty` would say /dev/pts/0).
     ensure!(out.contains("/dev/console") || out.contains("/dev/pts/"), "the command is not on a pseudo-terminal: {out:?}");
     ensure!(code == 130, "Ctrl-C must reach the guest's foreground process (exit 130), got {code}: {out:?}");
     let _ = paths();
+    Ok(())
+}
+
+fn tty_without_i_does_not_read_the_terminal() -> TestResult {
+    let _g = shared();
+    // As with `docker run -t`: a terminal for the command's output, but our keys stay ours.
+    let script = "echo ready; if read -t 5 line; then echo got=$line; else echo nothing-read; fi";
+    let (code, out) = vmrun_on_pty(&["-t", "--", "sh", "-c", script], Some("ready"), b"typed\n")?;
+    ensure!(code == 0, "exit {code}: {out:?}");
+    ensure!(out.contains("nothing-read") && !out.contains("got=typed"), "-t without -i relayed the host terminal's input: {out:?}");
     Ok(())
 }
 

@@ -158,10 +158,13 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     };
     let mut vmm = VmmProcess::spawn(&config)?;
 
-    // Raw mode only once the VM is on its way; restored when this function returns.
-    let _raw = if plan.terminal { RawMode::enable(0).map_err(VmrunError::Terminal)? } else { None };
+    // As with `docker run`: `-t` alone gives the command a terminal for its output but does
+    // not read ours (Ctrl-C stays a signal to vmrun, which forwards it); `-it` puts our
+    // terminal in raw mode and relays every key to the guest's. Raw mode only once the VM is
+    // on its way; restored when this function returns.
+    let _raw = if plan.terminal && args.interactive { RawMode::enable(0).map_err(VmrunError::Terminal)? } else { None };
     let io = HostIo {
-        stdin: (args.interactive || plan.terminal).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+        stdin: args.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
         stdout: Box::new(std::io::stdout()),
         stderr: Box::new(std::io::stderr()),
     };

@@ -220,8 +220,9 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     // memory slots, the interrupt controllers' I/O devices and routing), and on these hosts
     // the first waits of a new VM are quick (~0.1 ms) while one that follows them closely
     // takes 4-7 ms: registered after the interrupt controllers and PIT, the memory was the
-    // largest single item of a start-up. (The PIT must come after the interrupt controllers;
-    // created after the memory, it also keeps the VM's teardown short.)
+    // largest single item of a start-up. (The PIT must come after the interrupt controllers.
+    // The VM's teardown takes as long in either order: tearing the PIT down waits for grace
+    // periods of its own.)
     memory::register_guest_memory(&vm, &mem)?;
     create_irqchip(&vm)?;
     create_pit(&vm)?;

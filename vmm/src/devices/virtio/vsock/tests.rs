@@ -517,6 +517,36 @@ fn host_connect_times_out_when_guest_is_silent() {
 }
 
 #[test]
+fn a_host_client_that_never_finishes_its_connect_line_is_closed() {
+    let mut h = Harness::new();
+    h.activate();
+    h.dev
+        .lock()
+        .unwrap()
+        .backend
+        .set_handshake_timeout(Duration::from_millis(50));
+    let mut silent = h.connect_client();
+    let mut partial = h.connect_client();
+    partial.write_all(b"CONNECT 9").unwrap(); // no newline
+    let pending = |h: &Harness| h.dev.lock().unwrap().backend.pending_client_count();
+    let start = std::time::Instant::now();
+    while pending(&h) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "the clients were never accepted");
+        h.pump_wait(5);
+    }
+    while pending(&h) > 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "pending clients were never closed");
+        h.pump_wait(20);
+    }
+    for client in [&mut silent, &mut partial] {
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(is_closed(client));
+    }
+    // The slot is free again: a well-behaved client still gets through.
+    h.assert_serves_a_connection(10);
+}
+
+#[test]
 fn host_connect_before_activation_is_closed() {
     let mut h = Harness::new();
     let mut client = h.connect_client();

@@ -40,6 +40,9 @@ const MAX_PENDING_RESETS: usize = 1024;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Connections accepted per listener event.
 const ACCEPT_BATCH: usize = 64;
+/// How long a host client may take to send its whole `CONNECT` line: one that connects and
+/// stays silent (or stops mid-line) must not hold a connection slot for ever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct UnixBackend {
     uds_path: PathBuf,
@@ -50,6 +53,7 @@ pub struct UnixBackend {
     timer: TimerFd,
     timer_deadline: Option<Instant>,
     connect_timeout: Duration,
+    handshake_timeout: Duration,
     /// The guest driver is up: connections can be made.
     driver_ready: bool,
     clients: HashMap<RawFd, PendingClient>,
@@ -101,6 +105,7 @@ impl UnixBackend {
             timer: new_nonblocking_timer().map_err(VsockError::TimerFd)?,
             timer_deadline: None,
             connect_timeout: CONNECT_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             driver_ready: false,
             clients: HashMap::new(),
             client_registered: HashMap::new(),
@@ -120,6 +125,16 @@ impl UnixBackend {
     #[cfg(test)]
     pub fn set_connect_timeout(&mut self, timeout: Duration) {
         self.connect_timeout = timeout;
+    }
+
+    #[cfg(test)]
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
+    }
+
+    #[cfg(test)]
+    pub fn pending_client_count(&self) -> usize {
+        self.clients.len()
     }
 
     #[cfg(test)]
@@ -203,7 +218,8 @@ impl UnixBackend {
                 continue;
             }
             let fd = stream.as_raw_fd();
-            self.clients.insert(fd, PendingClient::new(stream));
+            let deadline = Instant::now() + self.handshake_timeout;
+            self.clients.insert(fd, PendingClient::new(stream, deadline));
             self.client_registered.insert(fd, false);
         }
     }
@@ -297,6 +313,11 @@ impl UnixBackend {
         let _ = self.timer.wait();
         self.timer_deadline = None;
         let now = Instant::now();
+        let late: Vec<RawFd> = self.clients.iter().filter(|(_, c)| c.deadline <= now).map(|(&fd, _)| fd).collect();
+        for fd in late {
+            tracing::debug!("vsock: closing a host client: no complete CONNECT line within {:?}", self.handshake_timeout);
+            self.drop_client(fd);
+        }
         for conn in self.conns.values_mut() {
             if conn.deadline().is_some_and(|d| d <= now) {
                 tracing::debug!(
@@ -563,7 +584,12 @@ impl UnixBackend {
     }
 
     fn arm_timer(&mut self) {
-        let earliest = self.conns.values().filter_map(Connection::deadline).min();
+        let earliest = self
+            .conns
+            .values()
+            .filter_map(Connection::deadline)
+            .chain(self.clients.values().map(|c| c.deadline))
+            .min();
         if earliest == self.timer_deadline {
             return;
         }

@@ -2,6 +2,7 @@
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 /// The longest `CONNECT` line accepted, newline included.
 pub const MAX_CONNECT_LINE: usize = 32;
@@ -10,6 +11,8 @@ pub const MAX_CONNECT_LINE: usize = 32;
 pub struct PendingClient {
     pub stream: UnixStream,
     line: Vec<u8>,
+    /// When the client is closed if its line is still not complete.
+    pub deadline: Instant,
 }
 
 /// Progress of reading a `CONNECT` line.
@@ -25,10 +28,11 @@ pub enum LineStatus {
 }
 
 impl PendingClient {
-    pub fn new(stream: UnixStream) -> Self {
+    pub fn new(stream: UnixStream, deadline: Instant) -> Self {
         Self {
             stream,
             line: Vec::with_capacity(MAX_CONNECT_LINE),
+            deadline,
         }
     }
 

@@ -78,7 +78,7 @@ pub fn reexec_in_testhost_if_needed() {
     );
     // A bound well inside CI's 90 minutes, so a wedged test host fails the run instead of
     // eating it (PALISADE_TESTHOST_TIMEOUT overrides).
-    // A full run takes ~9 minutes there; a test host that stops making progress (QEMU's
+    // A full run takes ~3 minutes there; a test host that stops making progress (QEMU's
     // emulation has wedged it) is given up on after 15 and retried like a crashed one.
     let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "900".into());
     // Exit status 125 is the test host itself failing (its kernel crashed: QEMU's emulation

@@ -328,8 +328,12 @@ impl Harness {
         (client, local)
     }
 
+    fn with_backend<R>(&self, f: impl FnOnce(&mut super::unix::UnixBackend) -> R) -> R {
+        f(&mut self.dev.lock().unwrap().backend)
+    }
+
     fn conn_count(&self) -> usize {
-        self.dev.lock().unwrap().backend.connection_count()
+        self.with_backend(|b| b.connection_count())
     }
 
     /// A full connection with data both ways works.
@@ -502,11 +506,7 @@ fn host_connect_refused_by_guest_closes_client() {
 fn host_connect_times_out_when_guest_is_silent() {
     let mut h = Harness::new();
     h.activate();
-    h.dev
-        .lock()
-        .unwrap()
-        .backend
-        .set_connect_timeout(Duration::from_millis(50));
+    h.with_backend(|b| b.set_connect_timeout(Duration::from_millis(50)));
     let mut client = h.connect_client();
     client.write_all(b"CONNECT 9\n").unwrap();
     let req = h.pump_recv()[0].0;
@@ -520,15 +520,11 @@ fn host_connect_times_out_when_guest_is_silent() {
 fn a_host_client_that_never_finishes_its_connect_line_is_closed() {
     let mut h = Harness::new();
     h.activate();
-    h.dev
-        .lock()
-        .unwrap()
-        .backend
-        .set_handshake_timeout(Duration::from_millis(50));
+    h.with_backend(|b| b.set_handshake_timeout(Duration::from_millis(50)));
     let mut silent = h.connect_client();
     let mut partial = h.connect_client();
     partial.write_all(b"CONNECT 9").unwrap(); // no newline
-    let pending = |h: &Harness| h.dev.lock().unwrap().backend.pending_client_count();
+    let pending = |h: &Harness| h.with_backend(|b| b.pending_client_count());
     let start = std::time::Instant::now();
     while pending(&h) < 2 {
         assert!(start.elapsed() < Duration::from_secs(5), "the clients were never accepted");

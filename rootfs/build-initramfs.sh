@@ -14,7 +14,7 @@ printf '[rootfs] building the static guest agent\n' >&2
 # crt-static links glibc statically: the agent is PID 1 of an initramfs with no libraries.
 (cd "$repo" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --quiet --release -p palisade-agent --target "$target")
-agent="$repo/target/$target/release/palisade-agent"
+agent="${CARGO_TARGET_DIR:-$repo/target}/$target/release/palisade-agent"
 file "$agent" | grep -q 'static' || { echo "build-initramfs: $agent is not statically linked" >&2; exit 1; }
 
 stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT

@@ -2,6 +2,7 @@
 //! boot directly or inside the KVM test host, and running commands with a timeout.
 
 use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -76,32 +77,31 @@ pub fn reexec_in_testhost_if_needed() {
         exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         p.testhost.display()
     );
-    // A bound well inside CI's 90 minutes, so a wedged test host fails the run instead of
-    // eating it (PALISADE_TESTHOST_TIMEOUT overrides).
-    // A full run takes ~3 minutes there; a test host that stops making progress (QEMU's
-    // emulation has wedged it) is given up on after 15 and retried like a crashed one.
+    // A bound well inside CI's 90 minutes, so a test host that runs but whose tests make no
+    // progress fails the run instead of eating it (PALISADE_TESTHOST_TIMEOUT overrides). A
+    // full run takes ~3 minutes there. A test host that stops making progress altogether
+    // (QEMU's emulation has wedged it) is noticed by its missing heartbeat within about a
+    // minute (scripts/testhost, PALISADE_TESTHOST_WEDGE_SECS).
     let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "900".into());
-    // Exit status 125 is the test host itself failing (its kernel crashed: QEMU's emulation
-    // of nested AMD-V does that now and then on these machines), not a test failing — the
-    // tests report failures with 101. Such a run is retried in a new test host, at most
-    // three times, and says so; the tests that already passed are skipped (exactly those).
+    // A test host that itself failed (exit 123 wedged, 124 timed out, 125 crashed: QEMU's
+    // emulation of nested AMD-V does that now and then on these machines) is not a test
+    // failing — the tests report failures with 101. Such a run is retried in a new test
+    // host, at most three times, and says so; the tests that already passed are skipped
+    // (exactly those).
     let mut passed: Vec<String> = Vec::new();
     let mut attempt = 1;
     let status = loop {
-        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        if !passed.is_empty() {
-            args.push("--exact".into());
-            for name in &passed {
-                args.push("--skip".into());
-                args.push(name.into());
-            }
-        }
+        // The same arguments (a filter keeps its meaning); the tests that passed are named
+        // exactly in the environment ([`ALREADY_PASSED`]), not as `--skip`s, which would
+        // match as substrings (or make a filter exact with `--exact`).
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let mut child = Command::new(&p.testhost)
             .arg("--timeout")
             .arg(&timeout)
             .arg("--")
             .arg(&exe)
             .args(&args)
+            .env(ALREADY_PASSED, passed.join("\n"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", p.testhost.display()));
@@ -114,18 +114,40 @@ pub fn reexec_in_testhost_if_needed() {
             }
         }
         let status = child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", p.testhost.display()));
-        // 125: the test host crashed; 124: it timed out (wedged). Test failures are 101.
-        if !matches!(status.code(), Some(124) | Some(125)) || attempt == 4 {
+        let Some(failure) = testhost_failure(status.code()) else { break status };
+        if attempt == 4 {
             break status;
         }
         eprintln!(
-            "[e2e] the test host itself failed (exit {}, attempt {attempt} of 4): running the tests that have not passed yet in a new test host ({} passed, skipped)",
+            "[e2e] the test host {failure} (exit {}, attempt {attempt} of 4): running the tests that have not passed yet in a new test host ({} passed, skipped)",
             status.code().unwrap_or(-1),
             passed.len()
         );
         attempt += 1;
     };
     std::process::exit(status.code().unwrap_or(125));
+}
+
+/// The environment variable that names (one per line, exactly) the tests that already
+/// passed in an earlier test host of this run; [`without_already_passed`] drops them.
+pub const ALREADY_PASSED: &str = "PALISADE_E2E_ALREADY_PASSED";
+
+/// The tests, less those [`ALREADY_PASSED`] names.
+pub fn without_already_passed(tests: Vec<libtest_mimic::Trial>) -> Vec<libtest_mimic::Trial> {
+    let passed = std::env::var(ALREADY_PASSED).unwrap_or_default();
+    let passed: std::collections::HashSet<&str> = passed.lines().filter(|l| !l.is_empty()).collect();
+    tests.into_iter().filter(|t| !passed.contains(t.name())).collect()
+}
+
+/// What scripts/testhost's exit status says about the test host itself, when it failed:
+/// 123 wedged (no heartbeat), 124 timed out, 125 crashed (or could not start).
+pub fn testhost_failure(code: Option<i32>) -> Option<&'static str> {
+    match code {
+        Some(123) => Some("wedged (no heartbeat)"),
+        Some(124) => Some("timed out"),
+        Some(125) => Some("crashed"),
+        _ => None,
+    }
 }
 
 /// Multiplier for timeouts: emulation (the test host) is 20–50× slower than hardware.
@@ -148,6 +170,8 @@ pub struct Output {
     pub stdout: Vec<u8>,
     pub stderr: String,
     pub elapsed: Duration,
+    /// How many times the VM was booted ([`boot_retrying`]); 1 for other commands.
+    pub boots: u32,
 }
 
 impl Output {
@@ -216,7 +240,7 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<
     let stderr = err_rx.recv_timeout(grace);
     match (stdout, stderr) {
         (Ok(stdout), Ok(stderr)) => {
-            Ok(Output { status, stdout, stderr: String::from_utf8_lossy(&stderr).into_owned(), elapsed: start.elapsed() })
+            Ok(Output { status, stdout, stderr: String::from_utf8_lossy(&stderr).into_owned(), elapsed: start.elapsed(), boots: 1 })
         }
         _ => {
             // SAFETY: as above.
@@ -237,27 +261,170 @@ where
     cmd
 }
 
-/// Runs `vmrun ARGS…` with the VM timeout.
-///
-/// Inside the emulated test host only, a VM that never reached its agent because of a
-/// fault of the emulator (QEMU's TCG emulation of nested AMD-V occasionally loses the
-/// guest: a triple fault or a silent hang during boot, seen about once in 40 boots under
-/// load) is booted once more, and the test log says so. A VM that fails to boot twice,
-/// or fails in any other way, fails the test; on real hardware nothing is retried.
+/// Runs `vmrun ARGS…` with the VM timeout, through [`boot_retrying`].
 pub fn run_vmrun(args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
-    let out = run(vmrun(args), stdin, vm_timeout())?;
-    if inside_testhost() && is_emulator_boot_fault(&out) {
-        eprintln!("[e2e] vmrun {args:?}: the VM was lost during boot under emulation ({}); booting it once more", out.stderr.trim());
-        return run(vmrun(args), stdin, vm_timeout());
-    }
-    Ok(out)
+    boot_retrying(&format!("vmrun {args:?}"), || run(vmrun(args), stdin, vm_timeout()))
 }
 
-/// vmrun's own failure (125) before the agent answered, of the kinds the emulator causes.
-pub fn is_emulator_boot_fault(out: &Output) -> bool {
-    out.code() == 125
-        && ((out.stderr.contains("the VM failed to boot:") && out.stderr.contains("triple fault"))
-            || out.stderr.contains("the guest agent did not answer within"))
+/// What a VM-booting run gave, as far as the lost-boot decision needs it.
+pub trait VmOutcome {
+    /// The exit code of vmrun (or of whatever booted the VM).
+    fn exit_code(&self) -> i32;
+    /// Where it said why it failed (its stderr, or the terminal's text).
+    fn diagnostics(&self) -> String;
+    /// Records how many boots it took.
+    fn set_boots(&mut self, boots: u32);
+}
+
+impl VmOutcome for Output {
+    fn exit_code(&self) -> i32 {
+        self.code()
+    }
+    fn diagnostics(&self) -> String {
+        self.stderr.clone()
+    }
+    fn set_boots(&mut self, boots: u32) {
+        self.boots = boots;
+    }
+}
+
+/// The one protection every VM-booting test goes through. Inside the emulated test host
+/// only, a VM lost in one of the emulator's known ways ([`lost_boot_fault`]: QEMU's TCG
+/// emulation of nested AMD-V occasionally loses a guest, about once in 40 boots under load)
+/// is booted once more, and the test log names the fault. A VM lost twice, or a run that
+/// failed in any other way, is returned as it is (and fails its test); on real hardware
+/// nothing is retried. `what` names the run in the log.
+pub fn boot_retrying<T: VmOutcome, E>(what: &str, mut boot: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let first = boot()?;
+    let Some(fault) = lost_boot_fault(inside_testhost(), 1, first.exit_code(), &first.diagnostics()) else {
+        return Ok(first);
+    };
+    eprintln!(
+        "[e2e] {what}: the VM was lost under emulation ({fault}: {}); booting it once more",
+        first.diagnostics().trim().lines().last().unwrap_or_default()
+    );
+    let mut second = boot()?;
+    second.set_boots(2);
+    Ok(second)
+}
+
+/// Whether boot number `boot` of a run that exited with `code`, saying `text`, is a VM lost
+/// by the emulator that is booted once more: only inside the test host, only after the
+/// first boot, only for vmrun's own failure (125) of the three kinds the emulator causes.
+/// Returns the fault's name.
+pub fn lost_boot_fault(in_testhost: bool, boot: u32, code: i32, text: &str) -> Option<&'static str> {
+    if !in_testhost || boot != 1 || code != 125 {
+        return None;
+    }
+    if text.contains("the VM failed to boot:") && text.contains("triple fault") {
+        Some("triple fault during boot")
+    } else if text.contains("the guest agent did not answer within") {
+        Some("no agent answer during boot")
+    } else if text.contains("the guest stopped answering while the command ran") {
+        Some("the guest stopped answering")
+    } else {
+        None
+    }
+}
+
+/// What a run of vmrun on a pseudo-terminal gave: its exit code and everything the
+/// terminal showed (stdout and stderr together, as on a terminal).
+#[derive(Debug)]
+pub struct PtyOutput {
+    pub code: i32,
+    pub text: String,
+    pub boots: u32,
+}
+
+impl VmOutcome for PtyOutput {
+    fn exit_code(&self) -> i32 {
+        self.code
+    }
+    fn diagnostics(&self) -> String {
+        self.text.clone()
+    }
+    fn set_boots(&mut self, boots: u32) {
+        self.boots = boots;
+    }
+}
+
+/// Opens a pty pair with the given window size: (master, slave).
+fn openpty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd)> {
+    let mut master = -1;
+    let mut slave = -1;
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two fds into the provided integers; null name and termios
+    // are allowed, and `ws` is a valid winsize that outlives the call.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    if rc != 0 {
+        bail!("openpty: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded, so both are fresh fds that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+/// Runs `cmd` (vmrun) on a 33×77 pty as its controlling terminal, through
+/// [`boot_retrying`]; `input` is typed once `wait_for` has appeared on the terminal (at
+/// once without it).
+pub fn run_vmrun_on_pty(cmd: impl Fn() -> Command, wait_for: Option<&str>, input: &[u8]) -> Result<PtyOutput> {
+    boot_retrying("vmrun on a pty", || on_pty(cmd(), wait_for, input))
+}
+
+fn on_pty(mut cmd: Command, wait_for: Option<&str>, input: &[u8]) -> Result<PtyOutput> {
+    use std::os::unix::process::CommandExt;
+    let (master, slave) = openpty(33, 77)?;
+    let s = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).context("duplicating the pty");
+    cmd.stdin(s(&slave)?).stdout(s(&slave)?).stderr(s(&slave)?);
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    drop(slave);
+    let mut file = std::fs::File::from(master);
+    let mut writer = file.try_clone().context("duplicating the pty")?;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = file.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + vm_timeout();
+    let mut seen = Vec::new();
+    let mut sent = wait_for.is_none();
+    if sent {
+        writer.write_all(input).context("typing on the pty")?;
+    }
+    loop {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(50)) {
+            seen.extend_from_slice(&chunk);
+        }
+        if !sent && String::from_utf8_lossy(&seen).contains(wait_for.unwrap_or_default()) {
+            writer.write_all(input).context("typing on the pty")?;
+            sent = true;
+        }
+        if let Some(status) = child.try_wait()? {
+            while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.extend_from_slice(&chunk);
+            }
+            use std::os::unix::process::ExitStatusExt;
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return Ok(PtyOutput { code, text: String::from_utf8_lossy(&seen).into_owned(), boots: 1 });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("vmrun on a pty did not finish within {:?}; the terminal so far: {:?}", vm_timeout(), String::from_utf8_lossy(&seen));
+        }
+    }
 }
 
 /// Processes whose command name is one of ours, as `pid name` strings.
@@ -401,6 +568,65 @@ fn stall_report(idle_secs: u64) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod lost_boot_tests {
+    use super::*;
+
+    const TRIPLE: &str = "vmrun: the VM failed to boot: vCPU 0: triple fault (the guest hit an exception it could not handle)";
+
+    #[test]
+    fn a_lost_boot_is_retried_once_inside_the_test_host_and_never_on_hardware() {
+        assert_eq!(lost_boot_fault(true, 1, 125, TRIPLE), Some("triple fault during boot"));
+        // Real VT-x/AMD-V: a triple fault is a bug to see, not an emulator fault to hide.
+        assert_eq!(lost_boot_fault(false, 1, 125, TRIPLE), None);
+        // Booted once more already: the second loss fails the test.
+        assert_eq!(lost_boot_fault(true, 2, 125, TRIPLE), None);
+        let silent = "vmrun: the guest agent did not answer within 120 s (PALISADE_BOOT_TIMEOUT_SECS): vsock port 1024";
+        assert_eq!(lost_boot_fault(true, 1, 125, silent), Some("no agent answer during boot"));
+        let stopped = "vmrun: the guest stopped answering while the command ran (the guest agent did not answer ping within 120 s)";
+        assert_eq!(lost_boot_fault(true, 1, 125, stopped), Some("the guest stopped answering"));
+        assert_eq!(lost_boot_fault(false, 1, 125, stopped), None);
+    }
+
+    #[test]
+    fn other_failures_are_not_retried() {
+        // The command's own status, however it ends.
+        assert_eq!(lost_boot_fault(true, 1, 1, TRIPLE), None);
+        assert_eq!(lost_boot_fault(true, 1, 137, ""), None);
+        // vmrun's other failures: a guest kernel panic, a missing kernel.
+        assert_eq!(lost_boot_fault(true, 1, 125, "vmrun: the VM ended before the command finished: the guest kernel panicked"), None);
+        assert_eq!(lost_boot_fault(true, 1, 125, "vmrun: kernel /nonexistent/vmlinux: No such file"), None);
+    }
+
+    struct Fake(i32, &'static str, u32);
+    impl VmOutcome for Fake {
+        fn exit_code(&self) -> i32 {
+            self.0
+        }
+        fn diagnostics(&self) -> String {
+            self.1.into()
+        }
+        fn set_boots(&mut self, boots: u32) {
+            self.2 = boots;
+        }
+    }
+
+    #[test]
+    fn boot_retrying_boots_at_most_twice() {
+        // Outside the test host (this host test), a lost boot is returned as it is.
+        if inside_testhost() {
+            return;
+        }
+        let mut boots = 0;
+        let out = boot_retrying::<_, ()>("test", || {
+            boots += 1;
+            Ok(Fake(125, TRIPLE, 1))
+        })
+        .unwrap();
+        assert_eq!((boots, out.2, out.0), (1, 1, 125));
+    }
 }
 
 #[cfg(test)]

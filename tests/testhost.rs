@@ -20,7 +20,7 @@ fn qemu_processes_of_the_runner() -> Vec<String> {
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.starts_with("qemu-system") && cmdline.contains("palisade-testhost.") {
+        if cmdline.contains("qemu-system") && cmdline.contains("palisade-testhost.") {
             found.push(cmdline);
         }
     }
@@ -80,4 +80,102 @@ fn run_directories() -> std::collections::BTreeSet<std::path::PathBuf> {
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .map(|e| e.path())
         .collect()
+}
+
+/// The e2e test binary cargo built beside this one (the newest `deps/e2e-<hash>`).
+fn e2e_binary() -> std::path::PathBuf {
+    let deps = paths().profile_dir.join("deps");
+    std::fs::read_dir(&deps)
+        .unwrap_or_else(|e| panic!("{}: {e}", deps.display()))
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("e2e-") && !name.contains('.')
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("no e2e test binary in {} (cargo test builds it)", deps.display()))
+}
+
+#[test]
+fn a_test_host_stopped_mid_suite_is_noticed_within_90_s_and_the_rest_rerun() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Instant;
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Six quick tests, one at a time: echo_hello (a VM), exit_status… (a VM), four error cases.
+    let mut cmd = Command::new(e2e_binary());
+    cmd.args(["vmrun::e", "--test-threads", "1"])
+        .env("PALISADE_TESTHOST", "always")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting the e2e binary");
+    let (tx, rx) = mpsc::channel::<(bool, String)>();
+    for (is_err, pipe) in [(false, Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>), (true, Box::new(child.stderr.take().unwrap()))] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send((is_err, line));
+            }
+        });
+    }
+    drop(tx);
+    let start = Instant::now();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut stopped_at: Option<Instant> = None;
+    let mut noticed_after: Option<Duration> = None;
+    let mut stopped_pids = Vec::new();
+    while let Ok((is_err, line)) = rx.recv_timeout(Duration::from_secs(600).saturating_sub(start.elapsed())) {
+        if passed_test(&line).as_deref() == Some("vmrun::echo_hello") && stopped_at.is_none() {
+            // The first test passed: freeze the whole test host, as a wedged emulator does.
+            for pid in qemu_pids_of_the_runner() {
+                // SAFETY: kill(2) with a pid read from /proc just now.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                stopped_pids.push(pid);
+            }
+            stopped_at = Some(Instant::now());
+        }
+        if is_err && line.starts_with("testhost: the test host is wedged") {
+            noticed_after = stopped_at.map(|t| t.elapsed());
+        }
+        if is_err { &mut stderr } else { &mut stdout }.push(line);
+    }
+    let status = child.wait().unwrap();
+    let (out, err) = (stdout.join("\n"), stderr.join("\n"));
+    let report = format!("exit {status}\n--- stdout\n{out}\n--- stderr\n{err}");
+    assert!(!stopped_pids.is_empty(), "no test host QEMU was found to stop:\n{report}");
+    let noticed = noticed_after.unwrap_or_else(|| panic!("the runner never said the test host wedged:\n{report}"));
+    assert!(noticed < Duration::from_secs(90), "the wedge was noticed only after {noticed:?}:\n{report}");
+    assert!(err.contains("[e2e] the test host wedged (no heartbeat) (exit 123, attempt 1 of 4)"), "the harness did not retry:\n{report}");
+    assert_eq!(status.code(), Some(0), "the remaining tests did not pass in a new test host:\n{report}");
+    // Every test passed once: the first in the stopped test host, the others in the new one.
+    for name in ["echo_hello", "exit_status_env_and_workdir", "errors::missing_dev_kvm", "errors::missing_kernel", "errors::corrupt_kernel", "errors::missing_rootfs"] {
+        let name = format!("vmrun::{name}");
+        let times = stdout.iter().filter(|l| passed_test(l).as_deref() == Some(name.as_str())).count();
+        assert_eq!(times, 1, "{name} did not pass exactly once:\n{report}");
+    }
+    for pid in stopped_pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true), "the stopped QEMU {pid} is still there");
+    }
+    assert!(qemu_processes_of_the_runner().is_empty(), "qemu processes left behind: {:?}", qemu_processes_of_the_runner());
+}
+
+/// The test a libtest report line says passed (`test NAME    ... ok`).
+fn passed_test(line: &str) -> Option<String> {
+    Some(line.strip_prefix("test ")?.strip_suffix(" ok")?.trim_end_matches([' ', '.']).trim().to_string())
+}
+
+fn qemu_pids_of_the_runner() -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains("palisade-testhost.") {
+            found.push(pid);
+        }
+    }
+    found
 }

@@ -56,6 +56,8 @@ impl Vm for FakeVm {
 struct FakeGuest {
     dir: tempfile::TempDir,
     booted: Arc<AtomicBool>,
+    /// Once set, the guest stops answering: no connection relays another byte.
+    frozen: Arc<AtomicBool>,
     ended: Ended,
 }
 
@@ -76,15 +78,16 @@ impl FakeGuest {
         let agent = Arc::new(Agent::new(config, processes()));
         std::thread::spawn(move || serve(agent, control, streams));
         let booted = Arc::new(AtomicBool::new(booted));
+        let frozen = Arc::new(AtomicBool::new(false));
         let muxer = UnixListener::bind(dir.path().join("vsock.sock")).unwrap();
-        let (b, d) = (booted.clone(), dir.path().to_path_buf());
+        let (b, f, d) = (booted.clone(), frozen.clone(), dir.path().to_path_buf());
         std::thread::spawn(move || {
             for conn in muxer.incoming().flatten() {
-                let (b, d) = (b.clone(), d.clone());
-                std::thread::spawn(move || mux(conn, &b, &d));
+                let (b, f, d) = (b.clone(), f.clone(), d.clone());
+                std::thread::spawn(move || mux(conn, &b, &f, &d));
             }
         });
-        FakeGuest { dir, booted, ended }
+        FakeGuest { dir, booted, frozen, ended }
     }
 
     fn socket(&self) -> PathBuf {
@@ -96,7 +99,25 @@ impl FakeGuest {
     }
 }
 
-fn mux(mut host: UnixStream, booted: &AtomicBool, dir: &Path) {
+/// Copies `from` to `to` until the end, holding every byte back once `frozen` is set.
+fn relay(mut from: UnixStream, mut to: UnixStream, frozen: Arc<AtomicBool>) {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+fn mux(mut host: UnixStream, booted: &AtomicBool, frozen: &Arc<AtomicBool>, dir: &Path) {
     let mut line = String::new();
     if std::io::BufReader::new(&mut host).read_line(&mut line).is_err() || !booted.load(Ordering::SeqCst) {
         return; // closing: the guest is not listening yet
@@ -108,14 +129,10 @@ fn mux(mut host: UnixStream, booted: &AtomicBool, dir: &Path) {
     };
     let Ok(guest) = UnixStream::connect(dir.join(target)) else { return };
     host.write_all(b"OK 1073741824\n").unwrap();
-    let (mut h2, mut g2) = (host.try_clone().unwrap(), guest.try_clone().unwrap());
-    let (mut host, mut guest) = (host, guest);
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut h2, &mut g2);
-        let _ = g2.shutdown(std::net::Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut guest, &mut host);
-    let _ = host.shutdown(std::net::Shutdown::Write);
+    let (h2, g2) = (host.try_clone().unwrap(), guest.try_clone().unwrap());
+    let f2 = frozen.clone();
+    std::thread::spawn(move || relay(h2, g2, f2));
+    relay(guest, host, frozen.clone());
 }
 
 #[derive(Clone, Default)]
@@ -161,6 +178,7 @@ fn spec_with(id: &str, args: &[&str], patch: impl FnOnce(&mut ProcessSpec)) -> S
         rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: "erofs".into(), writable: true, process_mounts: true },
         launch: Launch::Process(process),
         boot_timeout: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(20),
         quiet_warnings: vec![],
     }
 }
@@ -312,4 +330,35 @@ fn a_guest_reboot_while_the_command_runs_is_named() {
     assert!(matches!(err, SessionError::GuestRebooted(_)), "{err}");
     assert_eq!(err.exit_code(), 125);
     assert!(err.to_string().starts_with("the guest rebooted while the command was running"), "{err}");
+}
+
+#[test]
+fn a_guest_that_stops_answering_while_the_command_runs_is_given_up_on() {
+    let guest = FakeGuest::start(true);
+    let mut s = spec("frozen", &["sleep", "60"]);
+    s.request_timeout = Duration::from_secs(1);
+    let frozen = guest.frozen.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        frozen.store(true, Ordering::SeqCst);
+    });
+    let (_tx, rx) = no_signals();
+    let start = Instant::now();
+    let err = run(&guest, &s, None, &rx).result.unwrap_err();
+    // One liveness interval (5 s) and the ping's deadline (1 s), then 2 s for a VM end.
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(matches!(err, SessionError::GuestSilent { .. }), "{err}");
+    assert_eq!(err.exit_code(), 125);
+    assert!(err.to_string().starts_with("the guest stopped answering while the command ran (the guest agent did not answer ping"), "{err}");
+}
+
+#[test]
+fn a_guest_that_answers_is_not_given_up_on_however_long_the_command_runs() {
+    // Longer than two liveness intervals, each ping answered within its 1 s deadline.
+    let guest = FakeGuest::start(true);
+    let mut s = spec("long", &["sh", "-c", "sleep 12; echo done"]);
+    s.request_timeout = Duration::from_secs(1);
+    let (_tx, rx) = no_signals();
+    let o = run(&guest, &s, None, &rx);
+    assert_eq!((o.result.unwrap(), o.stdout.as_str()), (0, "done\n"));
 }

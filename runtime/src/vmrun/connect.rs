@@ -107,18 +107,19 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// One attempt (the boot loop retries it while the guest comes up).
-    pub fn connect(socket: &Path, handshake_timeout: Duration) -> Result<ControlClient, ConnectError> {
-        Self::hello(connect_port(socket, AGENT_CONTROL_PORT, handshake_timeout)?)
+    /// One attempt (the boot loop retries it while the guest comes up); `timeout` is the
+    /// deadline of each request but `Wait` ([`request_timeout`] in vmrun).
+    pub fn connect(socket: &Path, handshake_timeout: Duration, timeout: Duration) -> Result<ControlClient, ConnectError> {
+        Self::hello(connect_port(socket, AGENT_CONTROL_PORT, handshake_timeout)?, timeout)
     }
 
     /// A further control connection to an agent that already answered.
-    pub fn connect_ready(socket: &Path, handshake_timeout: Duration) -> Result<ControlClient, ConnectError> {
-        Self::hello(connect_ready_port(socket, AGENT_CONTROL_PORT, handshake_timeout, READY_PATIENCE)?)
+    pub fn connect_ready(socket: &Path, handshake_timeout: Duration, timeout: Duration) -> Result<ControlClient, ConnectError> {
+        Self::hello(connect_ready_port(socket, AGENT_CONTROL_PORT, handshake_timeout, READY_PATIENCE)?, timeout)
     }
 
-    fn hello(stream: UnixStream) -> Result<ControlClient, ConnectError> {
-        let mut client = ControlClient { stream, timeout: request_timeout() };
+    fn hello(stream: UnixStream, timeout: Duration) -> Result<ControlClient, ConnectError> {
+        let mut client = ControlClient { stream, timeout };
         match client.call(&Request::Hello { version: PROTOCOL_VERSION })? {
             Response::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(client),
             Response::Hello { version, .. } => {
@@ -130,11 +131,13 @@ impl ControlClient {
     }
 
     /// Sends one request and reads its response, within the request deadline unless it is
-    /// `Wait`. After a missed deadline the connection is out of step: drop it.
+    /// `Wait`. The deadline is for the whole exchange, not for each read: an agent that
+    /// trickles its answer a byte at a time still misses it. After a missed deadline the
+    /// connection is out of step: drop it.
     pub fn call(&mut self, request: &Request) -> Result<Response, ConnectError> {
         let deadline = match request {
             Request::Wait { .. } => None,
-            _ => Some(self.timeout),
+            _ => Some(std::time::Instant::now() + self.timeout),
         };
         let no_answer = |e: ProtocolError| match &e {
             ProtocolError::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -142,18 +145,12 @@ impl ControlClient {
             }
             _ => ConnectError::Protocol(e),
         };
-        let set = |stream: &UnixStream, t: Option<Duration>| {
-            stream.set_read_timeout(t).and_then(|_| stream.set_write_timeout(t)).map_err(|e| ConnectError::Protocol(e.into()))
-        };
-        set(&self.stream, deadline)?;
-        write_frame(&mut self.stream, request).map_err(no_answer)?;
-        read_frame(&mut self.stream).map_err(no_answer)
-    }
-
-    #[cfg(test)]
-    fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+        if deadline.is_none() {
+            self.stream.set_read_timeout(None).and_then(|_| self.stream.set_write_timeout(None)).map_err(|e| ConnectError::Protocol(e.into()))?;
+        }
+        let mut io = DeadlineStream { stream: &self.stream, deadline };
+        write_frame(&mut io, request).map_err(no_answer)?;
+        read_frame(&mut io).map_err(no_answer)
     }
 
     /// Sends a request whose only good answer is `Ok`.
@@ -163,6 +160,43 @@ impl ControlClient {
             Response::Error { message } => Err(ConnectError::Refused { what: what.into(), message }),
             other => Err(ConnectError::Unexpected { what: what.into(), answer: Box::new(other) }),
         }
+    }
+}
+
+/// A socket whose every read and write must finish by one deadline (`None`: no deadline;
+/// the caller then has cleared the socket's timeouts). Each call sets the socket's timeout
+/// to the time left, so the deadline holds for a whole exchange of many reads.
+struct DeadlineStream<'a> {
+    stream: &'a UnixStream,
+    deadline: Option<std::time::Instant>,
+}
+
+impl DeadlineStream<'_> {
+    fn arm(&self, set: impl Fn(&UnixStream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let Some(deadline) = self.deadline else { return Ok(()) };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // A zero timeout would mean "none": at least a millisecond.
+        set(self.stream, Some(left.max(Duration::from_millis(1))))
+    }
+}
+
+impl Read for DeadlineStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(UnixStream::set_read_timeout)?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for DeadlineStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(UnixStream::set_write_timeout)?;
+        (&mut &*self.stream).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -243,9 +277,34 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_trickled_a_byte_at_a_time_misses_the_whole_request_deadline() {
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let mut client = ControlClient { stream: host, timeout: Duration::from_millis(300) };
+        let trickle = std::thread::spawn(move || {
+            let _: Request = read_frame(&mut agent).unwrap();
+            let body = serde_json::to_vec(&Response::Ok).unwrap();
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            // One byte per 100 ms: every read is well inside 300 ms, the whole is not.
+            for byte in frame {
+                if agent.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let start = std::time::Instant::now();
+        let err = client.call(&Request::Ping).unwrap_err();
+        assert!(matches!(err, ConnectError::NoAnswer { what: "ping", .. }), "{err:?}");
+        assert!(start.elapsed() < Duration::from_millis(900), "took {:?}", start.elapsed());
+        drop(client);
+        trickle.join().unwrap();
+    }
+
+    #[test]
     fn a_request_the_agent_never_answers_fails_at_its_deadline_but_wait_does_not() {
         let (host, mut agent) = UnixStream::pair().unwrap();
-        let mut client = ControlClient { stream: host, timeout: request_timeout() }.with_timeout(Duration::from_millis(300));
+        let mut client = ControlClient { stream: host, timeout: Duration::from_millis(300) };
         let start = std::time::Instant::now();
         let err = client.call(&Request::Ping).unwrap_err();
         assert!(matches!(err, ConnectError::NoAnswer { what: "ping", .. }), "{err:?}");

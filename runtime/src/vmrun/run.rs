@@ -141,6 +141,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         boot_timeout: Duration::from_secs(
             std::env::var("PALISADE_BOOT_TIMEOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BOOT_TIMEOUT_SECS),
         ),
+        request_timeout: super::connect::request_timeout(),
         quiet_warnings: plan.quiet_warnings.clone(),
     };
 

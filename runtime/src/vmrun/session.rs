@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTPUT_IDLE_AFTER_EXIT: Duration = Duration::from_secs(3);
 /// How long the VMM gets to exit after `Shutdown`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// While the command runs, how often vmrun checks that the guest agent still answers (a
+/// `Ping` on a connection of its own, with the request deadline): a guest that has
+/// stopped (a wedged vCPU, an emulator fault) must not leave vmrun waiting for ever.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What to run on the mounted rootfs.
 #[derive(Debug, Clone)]
@@ -67,6 +71,8 @@ pub struct SessionSpec {
     pub rootfs: RootfsSpec,
     pub launch: Launch,
     pub boot_timeout: Duration,
+    /// The deadline of each agent request but `Wait`, and of the liveness pings.
+    pub request_timeout: Duration,
     /// Warnings of `CreateContainer` that start with one of these are expected and
     /// only logged; the others are shown on stderr as `vmrun: warning: …`.
     pub quiet_warnings: Vec<String>,
@@ -90,6 +96,8 @@ pub enum SessionError {
     BootTimeout { secs: u64, last: String },
     #[error("the VM ended before the command finished: {0}")]
     VmEnded(String),
+    #[error("the guest stopped answering while the command ran ({detail}); the VM was stopped{}", console_tail(.last_console))]
+    GuestSilent { detail: String, last_console: Option<String> },
     #[error("the guest rebooted while the command was running, which ends the VM ({0})")]
     GuestRebooted(String),
     #[error("{0}")]
@@ -126,9 +134,15 @@ pub fn start_error(message: String) -> SessionError {
     }
 }
 
+fn console_tail(line: &Option<String>) -> String {
+    line.as_deref().map(|l| format!(" (last console line: {l})")).unwrap_or_default()
+}
+
 enum Event {
     Exited(Result<ExitStatus, ConnectError>),
     OutputDone,
+    /// The liveness check got no answer from the agent.
+    GuestSilent(String),
 }
 
 /// How the VM's end while the command ran is reported: a clean end that is not a
@@ -152,12 +166,12 @@ pub fn run_session(
 ) -> Result<ExitStatus, SessionError> {
     let id = spec.launch.id().to_string();
     let terminal = spec.launch.terminal();
-    let mut control = wait_for_agent(socket, vm, spec.boot_timeout, signals)?;
+    let mut control = wait_for_agent(socket, vm, spec, signals)?;
     tracing::info!("the guest agent answered");
     super::timings::mark("agent_ready_ms");
     control.call_ok("mounting the rootfs", &Request::MountRootfs(spec.rootfs.clone()))?;
     tracing::debug!("the rootfs is mounted");
-    let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT)?;
+    let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, spec.request_timeout)?;
 
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT);
     let (input, outputs): (Option<UnixStream>, Vec<UnixStream>) = if terminal {
@@ -224,9 +238,13 @@ pub fn run_session(
             let _ = wait_events.send(Event::Exited(result));
         })
         .map_err(|e| ConnectError::Protocol(e.into()))?;
+    let liveness_stop = Arc::new(AtomicBool::new(false));
+    watch_liveness(socket, spec.request_timeout, events.clone(), liveness_stop.clone());
     drop(events);
 
-    let status = relay_until_done(&id, vm, &mut side, &event_rx, signals, output_count, &progress, terminal)?;
+    let status = relay_until_done(&id, vm, &mut side, &event_rx, signals, output_count, &progress, terminal);
+    liveness_stop.store(true, Ordering::Relaxed);
+    let status = status?;
     tracing::info!(?status, "the command exited; shutting the VM down");
     super::timings::mark("command_exit_ms");
     if let Some(pid) = vm.pid() {
@@ -244,7 +262,8 @@ pub fn run_session(
 
 /// Retries connecting until the agent answers Hello, the VM ends, a signal comes or the
 /// boot timeout passes.
-fn wait_for_agent(socket: &Path, vm: &mut dyn Vm, timeout: Duration, signals: &Receiver<i32>) -> Result<ControlClient, SessionError> {
+fn wait_for_agent(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, signals: &Receiver<i32>) -> Result<ControlClient, SessionError> {
+    let (timeout, request_timeout) = (spec.boot_timeout, spec.request_timeout);
     let start = Instant::now();
     loop {
         if let Some(end) = vm.poll_end() {
@@ -256,7 +275,7 @@ fn wait_for_agent(socket: &Path, vm: &mut dyn Vm, timeout: Duration, signals: &R
             }
         }
         let left = timeout.saturating_sub(start.elapsed());
-        let last = match ControlClient::connect(socket, HANDSHAKE_TIMEOUT.min(left.max(Duration::from_millis(100)))) {
+        let last = match ControlClient::connect(socket, HANDSHAKE_TIMEOUT.min(left.max(Duration::from_millis(100))), request_timeout) {
             Ok(client) => return Ok(client),
             Err(e @ ConnectError::NotYet { .. }) => e.to_string(),
             Err(e) => return Err(e.into()),
@@ -296,6 +315,18 @@ fn relay_until_done(
                 return Err(e.into());
             }
             Ok(Event::OutputDone) => outputs_left = outputs_left.saturating_sub(1),
+            Ok(Event::GuestSilent(detail)) if status.is_none() => {
+                // A VM on its way down stops answering too: that end explains more.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    if let Some(end) = vm.poll_end() {
+                        return Err(ended_early(end));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Err(SessionError::GuestSilent { detail, last_console: vm.last_console_line() });
+            }
+            Ok(Event::GuestSilent(_)) => {}
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
         }
         while let Ok(sig) = signals.try_recv() {
@@ -320,6 +351,41 @@ fn relay_until_done(
                 }
             }
         }
+    }
+}
+
+/// Pings the agent every [`LIVENESS_INTERVAL`] on a control connection of its own until
+/// `stop`; reports the first unanswered ping (or a connection that cannot be made) as
+/// [`Event::GuestSilent`].
+fn watch_liveness(socket: &Path, timeout: Duration, events: Sender<Event>, stop: Arc<AtomicBool>) {
+    let socket = socket.to_path_buf();
+    let spawned = std::thread::Builder::new().name("liveness".into()).spawn(move || {
+        let silent = |detail: String| {
+            if !stop.load(Ordering::Relaxed) {
+                let _ = events.send(Event::GuestSilent(detail));
+            }
+        };
+        let mut client = match ControlClient::connect_ready(&socket, HANDSHAKE_TIMEOUT, timeout) {
+            Ok(client) => client,
+            Err(e) => return silent(format!("no liveness connection: {e}")),
+        };
+        loop {
+            let wake = Instant::now() + LIVENESS_INTERVAL;
+            while Instant::now() < wake {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            match client.call(&Request::Ping) {
+                Ok(Response::Ok) => {}
+                Ok(other) => return silent(format!("ping answered with {other:?}")),
+                Err(e) => return silent(e.to_string()),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("starting the liveness thread: {e}; a guest that stops answering will not be noticed");
     }
 }
 

@@ -40,6 +40,10 @@ pub trait Vm {
     fn pid(&self) -> Option<u32> {
         None
     }
+    /// The guest console's last non-empty line, when it is kept (for error messages).
+    fn last_console_line(&self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,13 @@ fn strip_kernel_timestamp(line: &str) -> &str {
 impl Vm for VmmProcess {
     fn pid(&self) -> Option<u32> {
         Some(self.child.id())
+    }
+
+    fn last_console_line(&self) -> Option<String> {
+        let serial = std::fs::read(self.serial_log.as_deref()?).ok()?;
+        let text = String::from_utf8_lossy(&serial[serial.len().saturating_sub(4096)..]).into_owned();
+        let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
+        Some(strip_kernel_timestamp(line).chars().filter(|c| !c.is_control()).take(200).collect())
     }
 
     fn poll_end(&mut self) -> Option<VmEnd> {

@@ -177,6 +177,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    if let Some(exit) = injected_lost_boot() {
+        return report(Ok(exit), &PathMap::default());
+    }
 
     let jail = args.jail_config();
     let config = args.into_config();
@@ -216,6 +219,20 @@ fn report(outcome: Result<VmExit, VmmError>, paths: &PathMap) -> ExitCode {
 /// VMM ignores the variable (and has no such code).
 fn seccomp_selftest_requested() -> bool {
     cfg!(debug_assertions) && std::env::var_os("PALISADE_VMM_SECCOMP_SELFTEST").is_some_and(|v| v == "1")
+}
+
+/// `PALISADE_VMM_LOSE_FIRST_BOOT=PATH` makes the first VMM that can create PATH report the
+/// triple fault an emulator loses a guest with, without booting: the end-to-end tests use it
+/// to check that a lost boot is booted once more inside the test host, and only there.
+/// Later VMMs (PATH exists) boot normally. Debug builds only: a release VMM ignores it.
+fn injected_lost_boot() -> Option<VmExit> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let path = std::env::var_os("PALISADE_VMM_LOSE_FIRST_BOOT").filter(|p| !p.is_empty())?;
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).ok()?;
+    tracing::warn!(marker = %std::path::Path::new(&path).display(), "PALISADE_VMM_LOSE_FIRST_BOOT: reporting a triple fault instead of booting");
+    Some(VmExit::TripleFault { vcpu: 0 })
 }
 
 #[cfg(test)]

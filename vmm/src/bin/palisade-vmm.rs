@@ -178,7 +178,9 @@ fn main() -> ExitCode {
     };
     init_logging();
     if let Some(exit) = injected_lost_boot() {
-        return report(Ok(exit), &PathMap::default());
+        // Marked, so that soak counts (scripts/soak) tell it from the emulator's own faults.
+        eprintln!("palisade-vmm: {exit} [injected: PALISADE_VMM_LOSE_FIRST_BOOT]");
+        return ExitCode::FAILURE;
     }
 
     let jail = args.jail_config();

@@ -26,6 +26,10 @@ pub const EVENT_QUEUE: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 /// Tx chains handled per wake-up before yielding to other event sources.
 const TX_BATCH: usize = 256;
+/// Rx buffers used (filled, or dropped as malformed) per call of [`Vsock::process_rx`]: a
+/// guest that keeps refilling the ring with bad buffers while a packet waits must not keep
+/// the event loop (block, rng, every host connection, the timers) in this device.
+pub(super) const RX_BATCH: usize = 64;
 /// Largest rx data buffer accepted from the guest (only the first `MAX_PKT_DATA` bytes are used).
 const MAX_RX_BUF: u32 = u32::MAX;
 
@@ -139,15 +143,24 @@ impl Vsock {
         }
     }
 
-    /// Fills rx buffers with whatever the backend has for the guest. Returns whether any buffer
-    /// was used.
+    /// Fills rx buffers with whatever the backend has for the guest, at most [`RX_BATCH`] of
+    /// them (then the rx queue event is raised so the event loop comes back after the other
+    /// event sources). Returns whether any buffer was used.
     pub(super) fn process_rx(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
         let mem = &active.mem;
         let mut used_any = false;
+        let mut used = 0;
         while self.backend.has_rx_work() {
+            if used == RX_BATCH {
+                if let Some(evt) = self.queue_events.get(RX_QUEUE) {
+                    let _ = evt.write(1);
+                }
+                break;
+            }
+            used += 1;
             let Some(mut chain) = active.rx.pop_descriptor_chain(mem) else {
                 break;
             };

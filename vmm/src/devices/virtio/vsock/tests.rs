@@ -1035,3 +1035,35 @@ fn hostile_rx_buffers_are_skipped() {
     h.mem.read_slice(&mut raw, GuestAddress(RX_POOL)).unwrap();
     assert_eq!(Header::from_bytes(&raw).op, OP_REQUEST);
 }
+
+#[test]
+fn a_guest_refilling_the_rx_ring_with_bad_buffers_cannot_hold_the_event_loop() {
+    // A packet waits for the guest (a host client's REQUEST), and every rx buffer is
+    // malformed: one call handles at most RX_BATCH of them and asks to be called again.
+    let mut h = Harness::new();
+    h.activate_bare();
+    let mut client = h.connect_client();
+    client.write_all(b"CONNECT 31\n").unwrap();
+    h.pump();
+    let buf = RX_POOL + 100 * RX_STRIDE;
+    for i in 0..QSIZE {
+        // Shorter than a header: malformed.
+        let head = h.rx.write_chain(&h.mem, i, &[(buf, 20, WO)]);
+        h.rx.publish(&h.mem, head);
+    }
+    // Drain the rx queue event the harness may have left, then one call.
+    let _ = h.dev.lock().unwrap().queue_events()[0].read();
+    assert!(h.dev.lock().unwrap().process_rx());
+    let used = h.rx.take_used(&h.mem);
+    assert_eq!(used.len(), super::device::RX_BATCH, "one call used {} buffers", used.len());
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    // It asked the event loop to come back, which then drops the rest and, with a good
+    // buffer, delivers the waiting packet.
+    assert_eq!(h.dev.lock().unwrap().queue_events()[0].read().ok(), Some(1));
+    h.publish_rx_chain(0);
+    h.kick(0);
+    h.pump();
+    let used = h.rx.take_used(&h.mem);
+    assert_eq!(used.len(), usize::from(QSIZE) - super::device::RX_BATCH + 1, "{used:?}");
+    assert_eq!(used.last(), Some(&(0, 44)), "the REQUEST lands in the good buffer");
+}

@@ -60,10 +60,23 @@ pub trait Listener: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// An AF_VSOCK listener on `VMADDR_CID_ANY:port`.
+/// The only peer the agent serves: the host (`VMADDR_CID_HOST`). vsock is not confined by
+/// network namespaces, so a process in a container whose seccomp profile allows AF_VSOCK can
+/// reach the agent's ports through the guest's own CID or `VMADDR_CID_LOCAL` (loopback);
+/// such connections are closed unread.
+pub const HOST_CID: u32 = libc::VMADDR_CID_HOST;
+
+/// Whether a connection from `peer_cid` may talk to the agent.
+pub fn is_host_peer(peer_cid: u32) -> bool {
+    peer_cid == HOST_CID
+}
+
+/// An AF_VSOCK listener on `VMADDR_CID_ANY:port` that accepts the host alone ([`is_host_peer`]).
 pub struct VsockListener {
     fd: OwnedFd,
     port: u32,
+    /// Connections closed because they did not come from the host.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl VsockListener {
@@ -72,7 +85,7 @@ impl VsockListener {
         let addr = VsockAddr::new(libc::VMADDR_CID_ANY, port);
         socket::bind(fd.as_raw_fd(), &addr)?;
         socket::listen(&fd, Backlog::new(64).unwrap_or(Backlog::MAXCONN))?;
-        Ok(VsockListener { fd, port })
+        Ok(VsockListener { fd, port, refused: std::sync::atomic::AtomicU64::new(0) })
     }
 }
 
@@ -83,7 +96,24 @@ impl Listener for VsockListener {
                 Ok(raw) => {
                     // SAFETY: accept4 returned a new descriptor that nothing else owns.
                     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-                    return Ok(Conn::from_fd(fd));
+                    match socket::getpeername::<VsockAddr>(fd.as_raw_fd()) {
+                        Ok(peer) if is_host_peer(peer.cid()) => return Ok(Conn::from_fd(fd)),
+                        Ok(peer) => {
+                            // Counted, and said once per 64: a container could flood the log.
+                            let refused = self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if refused % 64 == 0 {
+                                tracing::warn!(
+                                    port = self.port,
+                                    peer_cid = peer.cid(),
+                                    peer_port = peer.port(),
+                                    refused = refused + 1,
+                                    "closed a connection from inside the guest: the agent serves the host alone"
+                                );
+                            }
+                        }
+                        Err(e) => tracing::warn!(port = self.port, "closed a connection whose peer is unknown: {e}"),
+                    }
+                    drop(fd);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -115,5 +145,20 @@ impl Listener for UnixConnListener {
     }
     fn describe(&self) -> String {
         format!("unix socket {}", self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_is_served() {
+        assert!(is_host_peer(2));
+        // VMADDR_CID_LOCAL (loopback), the guest's own CID as vmrun gives it, the hypervisor,
+        // VMADDR_CID_ANY.
+        for cid in [1, 3, 0, u32::MAX] {
+            assert!(!is_host_peer(cid), "CID {cid} must not reach the agent");
+        }
     }
 }

@@ -175,12 +175,14 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
-    /// The status a shell (and `docker run`) reports: the code, or 128 + signal.
+    /// The status a shell (and `docker run`) reports: the code, or 128 + signal. The values
+    /// come from the guest: a code outside 0–255 or a signal outside 1–127 (no process can
+    /// have either) is reported as 255 rather than trusted (or overflowing).
     pub fn shell_code(&self) -> i32 {
         match (self.code, self.signal) {
-            (Some(code), _) => code,
-            (None, Some(signal)) => 128 + signal,
-            (None, None) => 255,
+            (Some(code), _) if (0..=255).contains(&code) => code,
+            (None, Some(signal)) if (1..=127).contains(&signal) => 128 + signal,
+            _ => 255,
         }
     }
 }
@@ -325,5 +327,17 @@ mod tests {
     fn shell_codes_follow_docker() {
         assert_eq!(ExitStatus { code: Some(7), signal: None, oom_killed: false }.shell_code(), 7);
         assert_eq!(ExitStatus { code: None, signal: Some(9), oom_killed: false }.shell_code(), 137);
+    }
+
+    #[test]
+    fn impossible_statuses_from_a_hostile_agent_are_255_not_an_overflow() {
+        let status = |code, signal| ExitStatus { code, signal, oom_killed: false }.shell_code();
+        assert_eq!(status(None, Some(i32::MAX)), 255);
+        assert_eq!(status(None, Some(i32::MIN)), 255);
+        assert_eq!(status(None, Some(0)), 255);
+        assert_eq!(status(Some(256), None), 255);
+        assert_eq!(status(Some(-1), None), 255);
+        assert_eq!(status(None, None), 255);
+        assert_eq!(status(None, Some(64)), 192);
     }
 }

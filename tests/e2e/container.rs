@@ -22,6 +22,7 @@ pub fn tests() -> Vec<Trial> {
         trial("container::privileged_reboot_is_reported", privileged_reboot),
         trial("container::seccomp_profile_kill_and_user", seccomp_profile_and_user),
         trial("container::bundle_runs_as_is", bundle_runs),
+        trial("container::unconfined_and_privileged_containers_cannot_reach_the_agent", cannot_reach_the_agent),
         trial("container::errors::broken_bundles", broken_bundles),
         trial("container::errors::bad_options", bad_options),
     ]
@@ -273,4 +274,44 @@ fn bad_options() -> TestResult {
     expect_one_line_125(&out, &["CAP_NOPE"])?;
     let out = run_vmrun(&["--privileged", "--cap-drop", "ALL", "--", "true"], None).map_err(|e| e.to_string())?;
     expect_one_line_125(&out, &["--privileged"])
+}
+
+/// A root directory with busybox and the vsock probe (tests/probes/vsock_probe.c).
+fn probe_rootfs() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = dir.path();
+    for d in ["bin", "proc", "dev", "tmp", "sys"] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| format!("/bin/busybox: {e}"))?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| e.to_string())?;
+    let probe = concat!(env!("OUT_DIR"), "/vsock_probe");
+    std::fs::copy(probe, root.join("bin/vsock-probe")).map_err(|e| format!("{probe}: {e}"))?;
+    Ok(dir)
+}
+
+fn cannot_reach_the_agent() -> TestResult {
+    // vsock ignores network namespaces: without the agent's own check, a container whose
+    // seccomp profile allows AF_VSOCK reached the agent on CID 1 and 3 (4 of these 9).
+    let dir = probe_rootfs()?;
+    let root = dir.path().display().to_string();
+    for mode in [&["--security-opt", "seccomp=unconfined"][..], &["--privileged"][..]] {
+        let mut args = vec!["--rootfs", root.as_str()];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["--", "/bin/vsock-probe"]);
+        let out = vm(&args)?;
+        ensure!(out.code() == 0, "{mode:?}: {}", out.describe());
+        let stdout = out.stdout_str();
+        let lines: Vec<&str> = stdout.lines().collect();
+        // The host reached the agent: the probe ran and its output came back.
+        ensure!(lines.len() == 9, "{mode:?}: the probe did not try all 9 CID/port pairs: {}", out.describe());
+        let reached: Vec<&&str> = lines.iter().filter(|l| l.starts_with("reached")).collect();
+        ensure!(reached.is_empty(), "{mode:?}: the container reached the agent: {reached:?}\n{}", out.describe());
+        ensure!(
+            lines.iter().all(|l| l.starts_with("closed ") || l.starts_with("refused ")),
+            "{mode:?}: unexpected probe output: {}",
+            out.describe()
+        );
+    }
+    Ok(())
 }

@@ -150,7 +150,7 @@ impl ControlClient {
         }
         let mut io = DeadlineStream { stream: &self.stream, deadline };
         write_frame(&mut io, request).map_err(no_answer)?;
-        read_frame(&mut io).map_err(no_answer)
+        read_frame(&mut io).map(super::guest_text::sanitize_response).map_err(no_answer)
     }
 
     /// Sends a request whose only good answer is `Ok`.
@@ -206,7 +206,7 @@ pub fn attach_stream(socket: &Path, id: &str, kind: StreamKind, handshake_timeou
     let mut stream = connect_ready_port(socket, AGENT_STREAM_PORT, handshake_timeout, READY_PATIENCE)?;
     write_frame(&mut stream, &StreamHello { version: PROTOCOL_VERSION, id: id.into(), kind })?;
     let what = format!("the {kind:?} stream of {id}");
-    match read_frame(&mut stream)? {
+    match super::guest_text::sanitize_response(read_frame(&mut stream)?) {
         Response::Ok => Ok(stream),
         Response::Error { message } => Err(ConnectError::Refused { what, message }),
         other => Err(ConnectError::Unexpected { what, answer: Box::new(other) }),
@@ -274,6 +274,20 @@ mod tests {
         let gone = connect_ready_port(&dir.path().join("absent"), 1025, Duration::from_secs(1), Duration::from_millis(300));
         assert!(matches!(gone, Err(ConnectError::NotYet { .. })), "gives up: {gone:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_agent_error_cannot_send_escape_sequences_to_the_terminal() {
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let mut client = ControlClient { stream: host, timeout: Duration::from_secs(5) };
+        let fake = std::thread::spawn(move || {
+            let _: Request = read_frame(&mut agent).unwrap();
+            write_frame(&mut agent, &Response::Error { message: "no\x1b]0;owned\x07\x1b[2J\nvmrun: all good".into() }).unwrap();
+        });
+        let err = client.call_ok("ping", &Request::Ping).unwrap_err().to_string();
+        fake.join().unwrap();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+        assert_eq!(err, "agent refused ping: no]0;owned[2J vmrun: all good");
     }
 
     #[test]

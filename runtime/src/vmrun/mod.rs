@@ -9,6 +9,7 @@ pub mod args;
 pub mod assets;
 pub mod connect;
 pub mod container;
+pub mod guest_text;
 pub mod image;
 pub mod run;
 pub mod rundir;

@@ -74,7 +74,7 @@ pub struct SessionSpec {
     /// The deadline of each agent request but `Wait`, and of the liveness pings.
     pub request_timeout: Duration,
     /// Warnings of `CreateContainer` that start with one of these are expected and
-    /// only logged; the others are shown on stderr as `vmrun: warning: …`.
+    /// only logged; the others are shown on stderr as `vmrun: warning from the guest: …`.
     pub quiet_warnings: Vec<String>,
 }
 
@@ -195,7 +195,7 @@ pub fn run_session(
                         if spec.quiet_warnings.iter().any(|q| w.starts_with(q.as_str())) {
                             tracing::info!("container warning: {w}");
                         } else {
-                            let _ = writeln!(stderr, "vmrun: warning: {w}");
+                            let _ = writeln!(stderr, "vmrun: warning from the guest: {w}");
                         }
                     }
                 }

@@ -157,7 +157,7 @@ pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) ->
         .lines()
         .map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
         .find(|l| l.contains("Kernel panic"))
-        .map(|l| strip_kernel_timestamp(l).to_string());
+        .map(console_line);
     let vmm_line = vmm_stderr
         .lines()
         .rev()
@@ -169,7 +169,7 @@ pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) ->
         (Some(panic), _) => format!("the guest kernel panicked: {panic}"),
         (None, Some(line)) => line,
         (None, None) => {
-            let last = serial.lines().map(str::trim).rev().find(|l| !l.is_empty()).map(strip_kernel_timestamp);
+            let last = serial.lines().map(str::trim).rev().find(|l| !l.is_empty()).map(console_line);
             match (clean, last) {
                 (true, Some(l)) => format!("the VM reset (last console line: {l})"),
                 (true, None) => "the VM reset".to_string(),
@@ -179,6 +179,13 @@ pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) ->
         }
     };
     VmEnd { clean, reason }
+}
+
+/// A console line as the host shows it: without the kernel's timestamp, [`sanitize`]d.
+///
+/// [`sanitize`]: super::guest_text::sanitize
+fn console_line(line: &str) -> String {
+    super::guest_text::sanitize(strip_kernel_timestamp(line))
 }
 
 fn strip_kernel_timestamp(line: &str) -> &str {
@@ -197,7 +204,7 @@ impl Vm for VmmProcess {
         let serial = std::fs::read(self.serial_log.as_deref()?).ok()?;
         let text = String::from_utf8_lossy(&serial[serial.len().saturating_sub(4096)..]).into_owned();
         let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
-        Some(strip_kernel_timestamp(line).chars().filter(|c| !c.is_control()).take(200).collect())
+        Some(console_line(line).chars().take(200).collect())
     }
 
     fn poll_end(&mut self) -> Option<VmEnd> {

@@ -11,6 +11,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod jail;
+pub mod log_budget;
 pub mod memory;
 pub mod testing;
 pub mod vcpu;

@@ -144,10 +144,26 @@ impl VmmProcess {
     }
 
     fn explain(&self, status: std::process::ExitStatus) -> VmEnd {
-        let stderr = self.stderr_file.as_deref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-        let serial = self.serial_log.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
-        explain_end(status.success(), &status.to_string(), &stderr, &String::from_utf8_lossy(&serial))
+        let tail = |path: Option<&Path>| path.and_then(|p| read_tail(p, EXPLAIN_TAIL).ok()).unwrap_or_default();
+        let stderr = tail(self.stderr_file.as_deref());
+        let serial = tail(self.serial_log.as_deref());
+        explain_end(status.success(), &status.to_string(), &String::from_utf8_lossy(&stderr), &String::from_utf8_lossy(&serial))
     }
+}
+
+/// How much of the end of the VMM's stderr and of the console log is read to explain a VM's
+/// end: the guest decides how long they are.
+const EXPLAIN_TAIL: u64 = 64 * 1024;
+
+/// The last `max` bytes of `path` (all of a shorter file).
+pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut out = Vec::with_capacity(max.min(len) as usize);
+    file.take(max).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// One line saying why a VM ended: the VMM's `palisade-vmm: …` line, else a kernel
@@ -201,8 +217,8 @@ impl Vm for VmmProcess {
     }
 
     fn last_console_line(&self) -> Option<String> {
-        let serial = std::fs::read(self.serial_log.as_deref()?).ok()?;
-        let text = String::from_utf8_lossy(&serial[serial.len().saturating_sub(4096)..]).into_owned();
+        let serial = read_tail(self.serial_log.as_deref()?, 4096).ok()?;
+        let text = String::from_utf8_lossy(&serial).into_owned();
         let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
         Some(console_line(line).chars().take(200).collect())
     }
@@ -284,6 +300,19 @@ mod tests {
         assert_eq!(end, VmEnd { clean: false, reason: "kernel /k: bad ELF header".into() });
         let end = explain_end(false, "signal: 9 (SIGKILL)", "", "last words\n");
         assert_eq!(end.reason, "palisade-vmm signal: 9 (SIGKILL) (last console line: last words)");
+    }
+
+    #[test]
+    fn only_the_end_of_a_huge_log_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let mut text = "x".repeat(1 << 20);
+        text.push_str("\nthe end\n");
+        std::fs::write(&path, &text).unwrap();
+        let tail = read_tail(&path, 100).unwrap();
+        assert_eq!(tail.len(), 100);
+        assert!(tail.ends_with(b"\nthe end\n"));
+        assert_eq!(read_tail(&path, 1 << 30).unwrap().len(), text.len());
     }
 
     #[test]

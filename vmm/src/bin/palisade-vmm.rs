@@ -142,8 +142,31 @@ fn init_logging() {
         }),
         _ => default(),
     };
+    // Lines at INFO and above (those a guest can trigger again and again) are held to a
+    // budget; DEBUG and TRACE, which an operator asks for, are not. Checked after `filter`,
+    // so lines it hides do not spend the budget.
+    let budget = palisade_vmm::log_budget::LogBudget::new();
+    let limit = tracing_subscriber::filter::filter_fn(move |meta| {
+        use palisade_vmm::log_budget::Verdict;
+        if !meta.is_event() || *meta.level() > tracing::Level::INFO {
+            return true;
+        }
+        // Each log statement has one 'static Metadata: its address names the site.
+        match budget.judge(meta as *const _ as usize, std::time::Instant::now()) {
+            Verdict::Write { held_back: 0 } => true,
+            Verdict::Write { held_back } => {
+                eprintln!("palisade-vmm: {held_back} log lines from {}:{} were held back (log budget)", meta.file().unwrap_or("?"), meta.line().unwrap_or(0));
+                true
+            }
+            Verdict::Drop => false,
+            Verdict::Summary { dropped } => {
+                eprintln!("palisade-vmm: log budget spent: {dropped} log lines dropped since the last such line");
+                false
+            }
+        }
+    });
     // The builder's own level cap (INFO by default) would hide debug and trace: `filter` decides.
-    tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE).with_writer(std::io::stderr).finish().with(filter).init();
+    tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE).with_writer(std::io::stderr).finish().with(limit).with(filter).init();
 }
 
 /// A command-line error as one line: clap's message with its continuation lines joined, its

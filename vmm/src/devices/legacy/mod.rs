@@ -2,6 +2,7 @@
 
 pub mod i8042;
 pub mod serial;
+pub mod tail_log;
 
 pub use i8042::I8042;
 pub use serial::{Serial, SerialError};

@@ -5,7 +5,6 @@
 //! which is recorded in the VM's [`ExitSignal`]: with `panic=-1` the guest resets right
 //! after it, and that reset must be reported as the panic it is.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::tail_log::{self, TailLog};
 use crate::config::SerialConfig;
 use crate::devices::bus::BusDevice;
 use crate::exit::ExitSignal;
@@ -112,8 +112,10 @@ impl Serial {
     pub fn new(config: &SerialConfig, exit: Arc<ExitSignal>) -> Result<Self, SerialError> {
         let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
         if let Some(path) = &config.log_file {
-            let file = File::create(path).map_err(|source| SerialError::LogFile { path: path.clone(), source })?;
-            sinks.push(Box::new(BufWriter::new(file)));
+            // Bounded: the guest decides how much it prints (see tail_log).
+            let log = TailLog::create(path, tail_log::DEFAULT_LIMIT)
+                .map_err(|source| SerialError::LogFile { path: path.clone(), source })?;
+            sinks.push(Box::new(BufWriter::new(log)));
         }
         if config.to_stdout {
             sinks.push(Box::new(BufWriter::new(io::stdout())));
@@ -211,6 +213,25 @@ mod tests {
         type_text(&mut serial, "\n");
         assert_eq!(out.0.lock().unwrap().len(), 5001);
         assert_eq!(exit.panic_age(), None);
+    }
+
+    #[test]
+    fn a_console_flood_does_not_grow_the_log_file_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let config = SerialConfig { log_file: Some(path.clone()), to_stdout: false, to_stderr: false };
+        let mut serial = Serial::new(&config, exit).unwrap();
+        let line = "flood flood flood flood flood flood flood flood flood flood flood flood\n";
+        for _ in 0..(3 * tail_log::DEFAULT_LIMIT as usize / line.len()) {
+            type_text(&mut serial, line);
+        }
+        type_text(&mut serial, "the last words\n");
+        drop(serial);
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= tail_log::DEFAULT_LIMIT, "the console log grew to {size} bytes");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("[palisade-vmm: ") && text.ends_with("the last words\n"), "{}", &text[..200]);
     }
 
     #[test]

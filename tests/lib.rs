@@ -318,6 +318,9 @@ pub fn lost_boot_fault(in_testhost: bool, boot: u32, code: i32, text: &str) -> O
     }
     if text.contains("the VM failed to boot:") && text.contains("triple fault") {
         Some("triple fault during boot")
+    } else if text.contains("the VM ended before the command finished:") && text.contains("triple fault") {
+        // Seen after the agent had answered, while the command was being set up.
+        Some("triple fault while running")
     } else if text.contains("the guest agent did not answer within") {
         Some("no agent answer during boot")
     } else if text.contains("the guest stopped answering while the command ran") {
@@ -588,6 +591,8 @@ mod lost_boot_tests {
         let stopped = "vmrun: the guest stopped answering while the command ran (the guest agent did not answer ping within 120 s)";
         assert_eq!(lost_boot_fault(true, 1, 125, stopped), Some("the guest stopped answering"));
         assert_eq!(lost_boot_fault(false, 1, 125, stopped), None);
+        let running = "vmrun: the VM ended before the command finished: vCPU 1: triple fault (the guest hit an exception it could not handle)";
+        assert_eq!(lost_boot_fault(true, 1, 125, running), Some("triple fault while running"));
     }
 
     #[test]

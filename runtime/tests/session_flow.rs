@@ -362,3 +362,28 @@ fn a_guest_that_answers_is_not_given_up_on_however_long_the_command_runs() {
     let o = run(&guest, &s, None, &rx);
     assert_eq!((o.result.unwrap(), o.stdout.as_str()), (0, "done\n"));
 }
+
+#[test]
+fn a_vm_that_ends_while_the_command_is_being_set_up_is_reported_as_its_end() {
+    // The agent answered, then the VM died (the VMM removed its socket): vmrun says how the
+    // VM ended, not that a port was unreachable.
+    let guest = FakeGuest::start(true);
+    let (ended, socket) = (guest.ended.clone(), guest.socket());
+    let booted = guest.booted.clone();
+    let mut s = spec("dies-early", &["true"]);
+    s.boot_timeout = Duration::from_secs(20);
+    s.request_timeout = Duration::from_secs(1);
+    // Kill the guest as soon as the first control connection exists.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        booted.store(false, Ordering::SeqCst);
+        let _ = std::fs::remove_file(&socket);
+        *ended.lock().unwrap() = Some(VmEnd { clean: false, reason: "vCPU 0: triple fault (the guest hit an exception it could not handle)".into() });
+    });
+    let guest_frozen = guest.frozen.clone();
+    guest_frozen.store(true, Ordering::SeqCst); // the first requests hang until the VM is gone
+    let (_tx, rx) = no_signals();
+    let err = run(&guest, &s, None, &rx).result.unwrap_err();
+    assert!(matches!(err, SessionError::VmEnded(_)), "{err}");
+    assert_eq!(err.to_string(), "the VM ended before the command finished: vCPU 0: triple fault (the guest hit an exception it could not handle)");
+}

@@ -212,3 +212,26 @@ fn bad_flags_are_refused() {
     let out = vmm(&["--kernel", "/k", "--vsock-cid", "5"]);
     assert!(!out.status.success(), "--vsock-cid without --vsock-uds");
 }
+
+#[test]
+fn a_guest_flooding_its_console_leaves_a_bounded_log_with_its_last_words() {
+    if !common::have_kvm() {
+        return;
+    }
+    // 4.5 MiB of console output, more than the log keeps (4 MiB), through the jailed VMM (the
+    // vCPU thread's seccomp allowlist must let the log shrink).
+    let dir = tempfile::tempdir().unwrap();
+    let line = "a guest that floods its console with one line after another ......\n";
+    let times = (9u32 << 19) / line.len() as u32;
+    let code = Code::new().print_repeatedly(line, times).print("the last words\n").reset().halt();
+    let guest = write_guest(dir.path(), "flood", &code);
+    let log = dir.path().join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let out = vmm(&["--kernel", guest.to_str().unwrap(), "--serial", &serial]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size <= 4 << 20, "the console log is {size} bytes");
+    let kept = std::fs::read_to_string(&log).unwrap();
+    assert!(kept.starts_with("[palisade-vmm: ") && kept.contains(" bytes of older console output dropped"), "{}", &kept[..200]);
+    assert!(kept.ends_with(&format!("{line}the last words\n")), "the end of the log is not the guest's last output");
+}

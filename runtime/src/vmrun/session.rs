@@ -156,8 +156,31 @@ fn ended_early(end: super::vmm::VmEnd) -> SessionError {
     }
 }
 
-/// Runs the session; returns the command's exit status.
+/// Runs the session; returns the command's exit status. A connection to the agent that
+/// fails because the VM has ended is reported as the VM's end, which says why.
 pub fn run_session(
+    socket: &Path,
+    vm: &mut dyn Vm,
+    spec: &SessionSpec,
+    io: HostIo,
+    signals: &Receiver<i32>,
+) -> Result<ExitStatus, SessionError> {
+    match session(socket, vm, spec, io, signals) {
+        Err(SessionError::Agent(e)) => {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Some(end) = vm.poll_end() {
+                    return Err(ended_early(end));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(SessionError::Agent(e))
+        }
+        other => other,
+    }
+}
+
+fn session(
     socket: &Path,
     vm: &mut dyn Vm,
     spec: &SessionSpec,

@@ -38,6 +38,19 @@ impl Code {
         self
     }
 
+    /// Prints `text` `times` times (a loop counted in ECX; runs in 32- and 64-bit mode).
+    pub fn print_repeatedly(mut self, text: &str, times: u32) -> Self {
+        self.bytes.push(0xb9); // mov ecx, imm32
+        self.bytes.extend_from_slice(&times.to_le_bytes());
+        let body = self.bytes.len();
+        self = self.print(text);
+        self.bytes.extend_from_slice(&[0xff, 0xc9]); // dec ecx
+        let back = (self.bytes.len() + 6 - body) as i32;
+        self.bytes.extend_from_slice(&[0x0f, 0x85]); // jnz rel32
+        self.bytes.extend_from_slice(&(-back).to_le_bytes());
+        self
+    }
+
     /// Reads the 32-bit register at `addr` (`mov eax, [addr]`) and prints `yes` if it holds
     /// `expected`, else `no`.
     pub fn print_if_mmio_equals(mut self, addr: u32, expected: u32, yes: u8, no: u8) -> Self {

@@ -4,10 +4,12 @@
 //! When the file reaches its limit, its newer half is moved to the front after a line that
 //! says how many bytes were dropped so far; the file never exceeds the limit, the most recent
 //! console output (what explains how a VM ended) is always there, and the cost is one copy of
-//! half the limit per half-limit written.
+//! half the limit per half-limit written. It runs on vCPU threads (console writes are port
+//! I/O exits): plain `write(2)` normally, `pread64`/`pwrite64`/`ftruncate`/`lseek` when it
+//! shrinks, which the vCPU threads' seccomp allowlist has for this reason.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -51,7 +53,8 @@ impl TailLog {
         self.file.write_all_at(&tail[start..], header.len() as u64)?;
         self.header = header.len() as u64;
         self.len = (header.len() + tail.len() - start) as u64;
-        self.file.set_len(self.len)
+        self.file.set_len(self.len)?;
+        self.file.seek(SeekFrom::Start(self.len)).map(|_| ())
     }
 }
 
@@ -62,9 +65,10 @@ impl Write for TailLog {
         if self.len + buf.len() as u64 > self.limit {
             self.shrink()?;
         }
-        self.file.write_all_at(buf, self.len)?;
-        self.len += buf.len() as u64;
-        Ok(buf.len())
+        // Sequential writes (`write(2)`, as any log): the file offset is always `len`.
+        let n = self.file.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

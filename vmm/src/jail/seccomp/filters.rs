@@ -23,7 +23,7 @@ use libc::{SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nano
 use libc::{SYS_preadv, SYS_pwrite64, SYS_pwritev, SYS_read, SYS_readv, SYS_recvfrom, SYS_recvmsg};
 use libc::{SYS_rseq, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_yield, SYS_sendmsg, SYS_sendto};
 use libc::{SYS_getsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill, SYS_timerfd_gettime};
-use libc::{SYS_timerfd_settime, SYS_write, SYS_writev};
+use libc::{SYS_ftruncate, SYS_timerfd_settime, SYS_write, SYS_writev};
 
 /// A condition on one argument of a system call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,16 @@ pub const EVENT_LOOP: &[Allowed] = &[
 /// A vCPU: `KVM_RUN`, and what its exits drive on this thread: port and MMIO accesses to
 /// the serial port (console writes), the i8042 (reset), virtio-mmio registers (activation,
 /// reset, queue notification and interrupt eventfds).
-pub const VCPU: &[Allowed] = &[when(SYS_ioctl, "ioctl", &[Check::Eq(1, KVM_RUN)])];
+/// The console log, written on the vCPU thread, keeps its newest part under a limit by
+/// moving it to the front now and then (`devices::legacy::tail_log`): `pread64`,
+/// `pwrite64`, `ftruncate`, `lseek` on the descriptors the VMM already holds.
+pub const VCPU: &[Allowed] = &[
+    when(SYS_ioctl, "ioctl", &[Check::Eq(1, KVM_RUN)]),
+    any(SYS_pread64, "pread64"),
+    any(SYS_pwrite64, "pwrite64"),
+    any(SYS_ftruncate, "ftruncate"),
+    any(SYS_lseek, "lseek"),
+];
 
 /// What the list of a thread kind is: [`COMMON`] plus its own.
 pub fn allowlist(own: &'static [Allowed]) -> impl Iterator<Item = &'static Allowed> {

@@ -11,6 +11,7 @@ use virtio_vsock::packet::VsockPacket;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::read_tx_chain;
+use crate::devices::virtio::queue::ChainBuffers;
 use super::unix::connection::MAX_PKT_DATA;
 use super::unix::UnixBackend;
 use super::VsockError;
@@ -165,7 +166,14 @@ impl Vsock {
                 break;
             };
             let head = chain.head_index();
-            let used_len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_RX_BUF) {
+            // The same chain validation as every device (the packet parser looks at the first
+            // descriptors only, and would take a chain with a dangling next or a loop).
+            let valid = ChainBuffers::parse(mem, chain.clone());
+            let parsed = match valid {
+                Ok(_) => VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_RX_BUF).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let used_len = match parsed {
                 Ok(mut pkt) => match self.backend.fill_rx(&mut pkt) {
                     Some(len) => len,
                     None => {

@@ -101,6 +101,10 @@ pub enum TxChainError {
     LengthMismatch { announced: u32, held: usize },
     #[error("a tx descriptor points outside guest memory ({addr:#x}, {len} bytes)")]
     OutOfMemory { addr: u64, len: u32 },
+    #[error("the tx chain is broken after {0} descriptors (bad next index, loop, too long or unreadable descriptor)")]
+    Broken(usize),
+    #[error("the tx chain has no descriptors (bad head index or unreadable table)")]
+    Empty,
 }
 
 /// Reads one tx packet: the header and up to `max_data` bytes of data, gathered from every
@@ -113,7 +117,13 @@ pub fn read_tx_chain<M: GuestMemory + ?Sized>(
 ) -> Result<(Header, Vec<u8>), TxChainError> {
     let limit = HEADER_SIZE + max_data;
     let mut bytes = Vec::new();
+    // The queue's iterator stops early, without an error, on a bad next index, a loop or an
+    // unreadable descriptor: the last descriptor it gave then still says NEXT.
+    let mut count = 0;
+    let mut last_has_next = false;
     for desc in chain {
+        count += 1;
+        last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(TxChainError::WriteOnlyDescriptor);
         }
@@ -125,6 +135,12 @@ pub fn read_tx_chain<M: GuestMemory + ?Sized>(
         bytes.resize(at + len, 0);
         mem.read_slice(&mut bytes[at..], desc.addr())
             .map_err(|_| TxChainError::OutOfMemory { addr: desc.addr().0, len: desc.len() })?;
+    }
+    if count == 0 {
+        return Err(TxChainError::Empty);
+    }
+    if last_has_next {
+        return Err(TxChainError::Broken(count));
     }
     if bytes.len() < HEADER_SIZE {
         return Err(TxChainError::TooShort(bytes.len()));
@@ -162,6 +178,26 @@ pub fn op_name(op: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    #[test]
+    fn a_chain_that_ends_in_a_dangling_next_or_a_loop_is_refused() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let hdr = Header { op: OP_REQUEST, type_: TYPE_STREAM, src_cid: 3, dst_cid: 2, ..Default::default() };
+        mem.write_slice(&hdr.to_bytes(), GuestAddress(0x1000)).unwrap();
+        let next = VRING_DESC_F_NEXT as u16;
+        // What the queue's iterator hands out for a loop or a dangling next: it stops, and the
+        // last descriptor it gave still says NEXT.
+        let looped = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, next, 0); 4];
+        assert_eq!(read_tx_chain(&mem, looped.into_iter(), 4096), Err(TxChainError::Broken(4)));
+        let dangling = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, next, 999)];
+        assert_eq!(read_tx_chain(&mem, dangling.into_iter(), 4096), Err(TxChainError::Broken(1)));
+        assert_eq!(read_tx_chain(&mem, std::iter::empty(), 4096), Err(TxChainError::Empty));
+        // The same header in a chain that ends properly is a packet.
+        let whole = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, 0, 0)];
+        assert_eq!(read_tx_chain(&mem, whole.into_iter(), 4096).map(|(h, _)| h.op), Ok(OP_REQUEST));
+    }
 
     #[test]
     fn header_round_trips_through_wire_form() {

@@ -24,7 +24,8 @@ pub fn paths() -> Paths {
     let exe = std::env::current_exe().expect("current_exe");
     // Test binaries live in target/<profile>/deps, binaries (the benchmarks) in target/<profile>.
     let bin_dir = exe.parent().expect("the executable's directory");
-    let profile_dir = if bin_dir.file_name().is_some_and(|n| n == "deps") { bin_dir.parent().expect("target/<profile>") } else { bin_dir }.to_path_buf();
+    let profile_dir =
+        if bin_dir.file_name().is_some_and(|n| n == "deps") { bin_dir.parent().expect("target/<profile>") } else { bin_dir }.to_path_buf();
     Paths {
         vmrun: profile_dir.join("vmrun"),
         palisade_vmm: profile_dir.join("palisade-vmm"),
@@ -155,7 +156,11 @@ pub fn timeout_scale() -> u32 {
     if let Some(v) = std::env::var("PALISADE_TIMEOUT_SCALE").ok().and_then(|v| v.parse().ok()) {
         return v;
     }
-    if inside_testhost() { 10 } else { 1 }
+    if inside_testhost() {
+        10
+    } else {
+        1
+    }
 }
 
 /// A generous bound for one VM run (to catch hangs, not to measure speed).
@@ -198,10 +203,7 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<
     use std::os::unix::process::CommandExt;
     use std::sync::mpsc;
     let start = Instant::now();
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let input = stdin.map(<[u8]>::to_vec);
     let mut child_stdin = child.stdin.take();
@@ -591,7 +593,8 @@ mod lost_boot_tests {
         let stopped = "vmrun: the guest stopped answering while the command ran (the guest agent did not answer ping within 120 s)";
         assert_eq!(lost_boot_fault(true, 1, 125, stopped), Some("the guest stopped answering"));
         assert_eq!(lost_boot_fault(false, 1, 125, stopped), None);
-        let running = "vmrun: the VM ended before the command finished: vCPU 1: triple fault (the guest hit an exception it could not handle)";
+        let running =
+            "vmrun: the VM ended before the command finished: vCPU 1: triple fault (the guest hit an exception it could not handle)";
         assert_eq!(lost_boot_fault(true, 1, 125, running), Some("triple fault while running"));
     }
 
@@ -646,4 +649,3 @@ mod stall_report_tests {
         assert!(report.contains("PID") && report.contains("STAT"), "{report}");
     }
 }
-

@@ -107,13 +107,12 @@ fn a_test_host_stopped_mid_suite_is_noticed_within_90_s_and_the_rest_rerun() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Six quick tests, one at a time: echo_hello (a VM), exit_status… (a VM), four error cases.
     let mut cmd = Command::new(e2e_binary());
-    cmd.args(["vmrun::e", "--test-threads", "1"])
-        .env("PALISADE_TESTHOST", "always")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(["vmrun::e", "--test-threads", "1"]).env("PALISADE_TESTHOST", "always").stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("starting the e2e binary");
     let (tx, rx) = mpsc::channel::<(bool, String)>();
-    for (is_err, pipe) in [(false, Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>), (true, Box::new(child.stderr.take().unwrap()))] {
+    for (is_err, pipe) in
+        [(false, Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>), (true, Box::new(child.stderr.take().unwrap()))]
+    {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -151,13 +150,24 @@ fn a_test_host_stopped_mid_suite_is_noticed_within_90_s_and_the_rest_rerun() {
     assert!(err.contains("[e2e] the test host wedged (no heartbeat) (exit 123, attempt 1 of 4)"), "the harness did not retry:\n{report}");
     assert_eq!(status.code(), Some(0), "the remaining tests did not pass in a new test host:\n{report}");
     // Every test passed once: the first in the stopped test host, the others in the new one.
-    for name in ["echo_hello", "exit_status_env_and_workdir", "errors::missing_dev_kvm", "errors::missing_kernel", "errors::corrupt_kernel", "errors::missing_rootfs"] {
+    for name in [
+        "echo_hello",
+        "exit_status_env_and_workdir",
+        "errors::missing_dev_kvm",
+        "errors::missing_kernel",
+        "errors::corrupt_kernel",
+        "errors::missing_rootfs",
+    ] {
         let name = format!("vmrun::{name}");
         let times = stdout.iter().filter(|l| passed_test(l).as_deref() == Some(name.as_str())).count();
         assert_eq!(times, 1, "{name} did not pass exactly once:\n{report}");
     }
     for pid in stopped_pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true), "the stopped QEMU {pid} is still there");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true),
+            "the stopped QEMU {pid} is still there"
+        );
     }
     assert!(qemu_processes_of_the_runner().is_empty(), "qemu processes left behind: {:?}", qemu_processes_of_the_runner());
 }

@@ -161,8 +161,7 @@ pub fn apply(plan: &MountPlan) -> Result<(), RootfsError> {
                         continue;
                     }
                 }
-                let result =
-                    nix::mount::mount(Some(source.as_str()), target, fstype.as_deref(), *flags, data.as_deref());
+                let result = nix::mount::mount(Some(source.as_str()), target, fstype.as_deref(), *flags, data.as_deref());
                 match result {
                     Ok(()) => {}
                     Err(errno) if *optional => tracing::debug!("skipping the mount on {}: {errno}", target.display()),

@@ -13,7 +13,8 @@ use palisade_agent::container::{self, CreateOptions, Status};
 use serde_json::{json, Value};
 
 const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "hostname", "mkdir", "uname", "unshare", "ls", "wc", "id", "touch", "head", "tail", "seq", "sleep", "grep", "true", "sync", "mknod",
+    "sh", "cat", "echo", "hostname", "mkdir", "uname", "unshare", "ls", "wc", "id", "touch", "head", "tail", "seq", "sleep", "grep",
+    "true", "sync", "mknod",
 ];
 
 fn need_root() -> bool {
@@ -48,8 +49,22 @@ fn busybox_rootfs() -> tempfile::TempDir {
 
 /// A Docker-like spec running `sh -c script`.
 fn spec(script: &str) -> Value {
-    let caps = json!(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
-                      "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]);
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
     json!({
         "ociVersion": "1.0.2",
         "root": {"path": "rootfs"},
@@ -110,17 +125,17 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 /// Creates, starts and waits for a container; output is stdout and stderr.
-fn run_with(spec: &Value, rootfs: &Path, cgroup_root: Option<&Path>, between: impl FnOnce(&container::Container)) -> Result<Run, container::ContainerError> {
+fn run_with(
+    spec: &Value,
+    rootfs: &Path,
+    cgroup_root: Option<&Path>,
+    between: impl FnOnce(&container::Container),
+) -> Result<Run, container::ContainerError> {
     let spec: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
     let (out_r, out_w) = pipe();
     let null = std::fs::File::open("/dev/null").unwrap();
-    let opts = CreateOptions {
-        id: "test",
-        rootfs,
-        bundle: None,
-        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()],
-        cgroup_root,
-    };
+    let opts =
+        CreateOptions { id: "test", rootfs, bundle: None, stdio: [null.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()], cgroup_root };
     let forks = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = container::create(&spec, &opts)?;
     drop(out_w);
@@ -193,7 +208,10 @@ fn security_settings_are_visible_from_inside() {
     assert!(o.contains("KCORE=0\n"), "masked /proc/kcore reads empty");
     assert!(o.contains("sh: can't create /proc/sys/kernel/domainname: Read-only file system\nsysctl_write=1\n"), "/proc/sys is read-only");
     if Path::new("/proc/sysrq-trigger").exists() {
-        assert!(o.contains("sh: can't create /proc/sysrq-trigger: Read-only file system\nsysrq_write=1\n"), "/proc/sysrq-trigger is read-only");
+        assert!(
+            o.contains("sh: can't create /proc/sysrq-trigger: Read-only file system\nsysrq_write=1\n"),
+            "/proc/sysrq-trigger is read-only"
+        );
     } else {
         println!("note: this kernel has no /proc/sysrq-trigger; its read-only check is not exercised here");
     }
@@ -273,7 +291,10 @@ fn failures_name_what_failed() {
     assert_eq!(e.to_string(), "no-such-program: command not found");
 
     let mut s = spec("true");
-    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/bad", "type": "proc", "source": "proc", "options": ["nosuchoption=1"]}));
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/bad", "type": "proc", "source": "proc", "options": ["nosuchoption=1"]}));
     let e = run_with(&s, root.path(), None, |_| {}).unwrap_err().to_string();
     assert!(e.starts_with("mount proc on /bad: EINVAL"), "{e}");
 
@@ -363,7 +384,8 @@ fn device_allowlist_is_enforced_in_the_container() {
     assert!(!denied.output.contains("mknod-ok") && denied.output.contains("Operation not permitted"), "{}", denied.output);
 
     // A rule for /dev/net/tun (10:200) after the deny lets the container make and open it.
-    s["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]);
+    s["linux"]["resources"]["devices"] =
+        json!([{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]);
     let allowed = run_with(&s, root.path(), Some(&cg), |_| {}).unwrap();
     let _ = std::fs::remove_dir(cg.join(cgroups_path.trim_start_matches('/')));
     println!("--- allow 10:200 ---\n{}", allowed.output);

@@ -80,9 +80,15 @@ fn runs_a_process_relays_output_and_reports_its_exit() {
     assert!(matches!(call(&mut c, Request::StartProcess(s)), Response::Started { .. }));
     assert_eq!(read_all(out), b"hi\n/tmp\n");
     assert_eq!(read_all(err), b"oops\n");
-    assert_eq!(call(&mut c, Request::Wait { id: "p1".into() }), Response::Exited(ExitStatus { code: Some(3), signal: None, oom_killed: false }));
+    assert_eq!(
+        call(&mut c, Request::Wait { id: "p1".into() }),
+        Response::Exited(ExitStatus { code: Some(3), signal: None, oom_killed: false })
+    );
     // A second waiter, on another connection, gets the same answer.
-    assert_eq!(call(&mut control(), Request::Wait { id: "p1".into() }), Response::Exited(ExitStatus { code: Some(3), signal: None, oom_killed: false }));
+    assert_eq!(
+        call(&mut control(), Request::Wait { id: "p1".into() }),
+        Response::Exited(ExitStatus { code: Some(3), signal: None, oom_killed: false })
+    );
 }
 
 #[test]
@@ -96,7 +102,10 @@ fn stdin_is_relayed_until_the_host_half_closes() {
     input.write_all(b"abc").unwrap();
     input.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_all(out), b"abc");
-    assert_eq!(call(&mut c, Request::Wait { id: "cat".into() }), Response::Exited(ExitStatus { code: Some(0), signal: None, oom_killed: false }));
+    assert_eq!(
+        call(&mut c, Request::Wait { id: "cat".into() }),
+        Response::Exited(ExitStatus { code: Some(0), signal: None, oom_killed: false })
+    );
 }
 
 #[test]
@@ -173,7 +182,10 @@ fn terminal_has_the_requested_size_and_resizes() {
     tty.write_all(b"go\n").unwrap();
     let rest = read_all(tty);
     assert!(String::from_utf8_lossy(&rest).contains("40 100"), "{:?}", String::from_utf8_lossy(&rest));
-    assert_eq!(call(&mut c, Request::Wait { id: "tty".into() }), Response::Exited(ExitStatus { code: Some(0), signal: None, oom_killed: false }));
+    assert_eq!(
+        call(&mut c, Request::Wait { id: "tty".into() }),
+        Response::Exited(ExitStatus { code: Some(0), signal: None, oom_killed: false })
+    );
 }
 
 #[test]
@@ -182,7 +194,10 @@ fn many_quick_processes_are_all_reaped_and_waited() {
     for i in 0..30 {
         let id = format!("quick{i}");
         let _s = (stream(&id, StreamKind::Stdout), stream(&id, StreamKind::Stderr));
-        assert!(matches!(call(&mut c, Request::StartProcess(spec(&id, &["sh", "-c", &format!("exit {}", i % 5)]))), Response::Started { .. }));
+        assert!(matches!(
+            call(&mut c, Request::StartProcess(spec(&id, &["sh", "-c", &format!("exit {}", i % 5)]))),
+            Response::Started { .. }
+        ));
         assert_eq!(call(&mut c, Request::Wait { id }), Response::Exited(ExitStatus { code: Some(i % 5), signal: None, oom_killed: false }));
     }
 }

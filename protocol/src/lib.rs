@@ -80,13 +80,23 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Hello { version: u32, agent_version: String },
+    Hello {
+        version: u32,
+        agent_version: String,
+    },
     Ok,
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// A container was created; `pid` is its init as the guest sees it.
-    Created { pid: u32, warnings: Vec<String> },
+    Created {
+        pid: u32,
+        warnings: Vec<String>,
+    },
     Exited(ExitStatus),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// A root filesystem on a guest block device.

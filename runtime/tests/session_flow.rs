@@ -161,17 +161,17 @@ fn spec(id: &str, args: &[&str]) -> SessionSpec {
 
 fn spec_with(id: &str, args: &[&str], patch: impl FnOnce(&mut ProcessSpec)) -> SessionSpec {
     let mut process = ProcessSpec {
-            id: id.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: vec!["PATH=/usr/bin:/bin".into(), "GREETING=from-host".into()],
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            terminal: false,
-            stdin: false,
-            rootfs: None,
-            tty_size: None,
+        id: id.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into(), "GREETING=from-host".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        terminal: false,
+        stdin: false,
+        rootfs: None,
+        tty_size: None,
     };
     patch(&mut process);
     SessionSpec {
@@ -191,11 +191,8 @@ struct Outcome {
 
 fn run(guest: &FakeGuest, spec: &SessionSpec, stdin: Option<&'static [u8]>, signals: &Receiver<i32>) -> Outcome {
     let (out, err) = (Sink::default(), Sink::default());
-    let io = HostIo {
-        stdin: stdin.map(|s| Box::new(s) as Box<dyn Read + Send>),
-        stdout: Box::new(out.clone()),
-        stderr: Box::new(err.clone()),
-    };
+    let io =
+        HostIo { stdin: stdin.map(|s| Box::new(s) as Box<dyn Read + Send>), stdout: Box::new(out.clone()), stderr: Box::new(err.clone()) };
     let result = run_session(&guest.socket(), &mut guest.vm(), spec, io, signals).map(|s| s.shell_code());
     Outcome { result, stdout: out.text(), stderr: err.text() }
 }
@@ -378,12 +375,16 @@ fn a_vm_that_ends_while_the_command_is_being_set_up_is_reported_as_its_end() {
         std::thread::sleep(Duration::from_millis(300));
         booted.store(false, Ordering::SeqCst);
         let _ = std::fs::remove_file(&socket);
-        *ended.lock().unwrap() = Some(VmEnd { clean: false, reason: "vCPU 0: triple fault (the guest hit an exception it could not handle)".into() });
+        *ended.lock().unwrap() =
+            Some(VmEnd { clean: false, reason: "vCPU 0: triple fault (the guest hit an exception it could not handle)".into() });
     });
     let guest_frozen = guest.frozen.clone();
     guest_frozen.store(true, Ordering::SeqCst); // the first requests hang until the VM is gone
     let (_tx, rx) = no_signals();
     let err = run(&guest, &s, None, &rx).result.unwrap_err();
     assert!(matches!(err, SessionError::VmEnded(_)), "{err}");
-    assert_eq!(err.to_string(), "the VM ended before the command finished: vCPU 0: triple fault (the guest hit an exception it could not handle)");
+    assert_eq!(
+        err.to_string(),
+        "the VM ended before the command finished: vCPU 0: triple fault (the guest hit an exception it could not handle)"
+    );
 }

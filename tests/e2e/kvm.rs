@@ -14,8 +14,7 @@ fn vcpu_runs_to_hlt() -> TestResult {
     let kvm = Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let code_addr = GuestAddress(0x1000);
-    let mem: GuestMemoryMmap<()> =
-        GuestMemoryMmap::from_ranges(&[(code_addr, 0x1000)]).map_err(|e| format!("guest memory: {e}"))?;
+    let mem: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&[(code_addr, 0x1000)]).map_err(|e| format!("guest memory: {e}"))?;
     // mov al, 0x2a; out 0x80, al; hlt
     mem.write_slice(&[0xb0, 0x2a, 0xe6, 0x80, 0xf4], code_addr).map_err(|e| e.to_string())?;
     let region = mem.iter().next().ok_or("no memory region")?;

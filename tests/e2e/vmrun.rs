@@ -100,7 +100,12 @@ fn cpus_and_memory_are_what_was_asked() -> TestResult {
     ensure!(lines.next() == Some("201326592"), "the container's memory.max is not 192 MiB: {}", out.describe());
     // --vm-memory sizes the VM itself.
     let out = vm(&["--vm-memory", "384", "--", "grep", "MemTotal", "/proc/meminfo"], None)?;
-    let kib: u64 = out.stdout_str().split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("no MemTotal: {}", out.describe()))?;
+    let kib: u64 = out
+        .stdout_str()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no MemTotal: {}", out.describe()))?;
     ensure!((320 * 1024..=384 * 1024).contains(&kib), "MemTotal {kib} kB is not ~384 MiB");
     Ok(())
 }
@@ -139,7 +144,8 @@ fn tty_window_size_and_ctrl_c() -> TestResult {
     // `sleep` must not be exec'ed (busybox sh execs the last command of `-c`, hence the
     // `exit`): the container's PID 1 ignores signals it has no handler for (as with
     // `docker run` without --init), its children do not.
-    let (code, out) = vmrun_on_pty(&["-i", "-t", "--", "sh", "-c", "stty size; tty; echo ready; sleep 300; exit $?"], Some("ready"), b"\x03")?;
+    let (code, out) =
+        vmrun_on_pty(&["-i", "-t", "--", "sh", "-c", "stty size; tty; echo ready; sleep 300; exit $?"], Some("ready"), b"\x03")?;
     ensure!(out.contains("33 77"), "the guest terminal does not have the host's window size: {out:?}");
     // The terminal is the guest's pty, bind-mounted as the container's /dev/console (runc
     // would allocate it in the container's own devpts, and `tty` would say /dev/pts/0).
@@ -229,9 +235,7 @@ fn no_leftovers() -> TestResult {
         let out = run_vmrun(&["--", "true"], None).map_err(|e| e.to_string())?;
         ensure!(out.code() == 0, "run {i} of 20 failed: {}", out.describe());
     }
-    let parallel: Vec<_> = (0..5)
-        .map(|i| std::thread::spawn(move || run_vmrun(&["--", "sh", "-c", &format!("echo {i}")], None)))
-        .collect();
+    let parallel: Vec<_> = (0..5).map(|i| std::thread::spawn(move || run_vmrun(&["--", "sh", "-c", &format!("echo {i}")], None))).collect();
     for (i, handle) in parallel.into_iter().enumerate() {
         let out = handle.join().map_err(|_| "thread panicked")?.map_err(|e| e.to_string())?;
         ensure!(out.code() == 0 && out.stdout_str() == format!("{i}\n"), "parallel run {i}: {}", out.describe());

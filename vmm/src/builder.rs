@@ -11,14 +11,13 @@ use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 
 use crate::arch::x86_64::boot::{self, BootError};
 use crate::arch::x86_64::layout::{
-    self, I8042_PORT_BASE, I8042_PORT_SIZE, KVM_TSS_ADDRESS, SERIAL_GSI, SERIAL_PORT_BASE,
-    SERIAL_PORT_SIZE, VIRTIO_MMIO_SIZE,
+    self, I8042_PORT_BASE, I8042_PORT_SIZE, KVM_TSS_ADDRESS, SERIAL_GSI, SERIAL_PORT_BASE, SERIAL_PORT_SIZE, VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::mptable::{self, MptableError, MAX_VCPUS};
 use crate::arch::x86_64::{cpuid, regs};
 use crate::config::{VmConfig, VmExit};
 use crate::devices::bus::{Bus, BusDevice, BusError};
-use crate::devices::legacy::{I8042, Serial, SerialError};
+use crate::devices::legacy::{Serial, SerialError, I8042};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::Rng;
@@ -133,9 +132,7 @@ impl VirtioAttacher<'_> {
             .ok_or(VmmError::TooManyDevices { max: (layout::IOAPIC_LAST_GSI - layout::VIRTIO_GSI_START + 1) as usize })?;
         let device = Arc::new(Mutex::new(device));
         let irq = Arc::new(IrqTrigger::new().map_err(|e| device_err(format!("interrupt eventfd: {e}")))?);
-        self.vm
-            .register_irqfd(&irq.evt, gsi)
-            .map_err(|e| device_err(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
+        self.vm.register_irqfd(&irq.evt, gsi).map_err(|e| device_err(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
         {
             let dev = device.lock().unwrap_or_else(|p| p.into_inner());
             for (queue, evt) in dev.queue_events().iter().enumerate() {
@@ -171,10 +168,8 @@ fn attach_virtio_devices(
             Some(listener) => Vsock::with_listener(vsock.guest_cid, &vsock.uds_path, listener),
             None => Vsock::new(vsock.guest_cid, &vsock.uds_path),
         };
-        let device = device.map_err(|e| VmmError::Device {
-            what: format!("vsock socket {}", vsock.uds_path.display()),
-            reason: e.to_string(),
-        })?;
+        let device =
+            device.map_err(|e| VmmError::Device { what: format!("vsock socket {}", vsock.uds_path.display()), reason: e.to_string() })?;
         attacher.attach(device)?;
     }
     if config.rng {

@@ -33,10 +33,7 @@ fn probe_at(root: &Path) -> KvmHostKind {
         return KvmHostKind::Pvm;
     }
     let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
-    let has_hw = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let has_hw = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
     if has_hw {
         KvmHostKind::Hardware
     } else {

@@ -95,8 +95,7 @@ fn a_crashing_guest_fails_with_one_clear_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // Hardware KVM reports a triple fault; PVM reports the same crash as an internal error.
     assert!(
-        stderr.starts_with("palisade-vmm: vCPU 0: triple fault")
-            || stderr.starts_with("palisade-vmm: vCPU 0: KVM internal error"),
+        stderr.starts_with("palisade-vmm: vCPU 0: triple fault") || stderr.starts_with("palisade-vmm: vCPU 0: KVM internal error"),
         "{stderr}"
     );
 }
@@ -163,9 +162,20 @@ fn help_documents_every_flag() {
     let out = vmm(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for flag in
-        ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--disk", "--vsock-uds", "--vsock-cid", "--serial", "--rng", "--help", "--version"]
-    {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--disk",
+        "--vsock-uds",
+        "--vsock-cid",
+        "--serial",
+        "--rng",
+        "--help",
+        "--version",
+    ] {
         assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
     }
     assert!(help.contains("bzImage") && help.contains("PVH"), "{help}");

@@ -111,8 +111,7 @@ fn status_fields(pid: u32) -> BTreeMap<String, String> {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -168,17 +167,7 @@ fn the_running_vmm_is_confined() {
     let socket = dir.path().join("vsock.sock");
     let vm = RunningVm::start(
         dir.path(),
-        &[
-            "--cpus",
-            "2",
-            "--memory",
-            "64",
-            "--rng",
-            "--disk",
-            &format!("{},ro", disk.display()),
-            "--vsock-uds",
-            socket.to_str().unwrap(),
-        ],
+        &["--cpus", "2", "--memory", "64", "--rng", "--disk", &format!("{},ro", disk.display()), "--vsock-uds", socket.to_str().unwrap()],
     );
     let pid = vm.vmm_pid();
 
@@ -248,12 +237,8 @@ fn the_running_vmm_is_confined() {
     // Its cgroups, with the limits.
     let memory = cgroup_dir(pid, "memory").expect("a memory cgroup");
     assert!(memory.to_string_lossy().contains("/palisade/"), "{}", memory.display());
-    let memory_limit = ["memory.limit_in_bytes", "memory.max"]
-        .iter()
-        .map(|f| memory.join(f))
-        .find(|p| p.exists())
-        .map(|p| read_trimmed(&p))
-        .unwrap();
+    let memory_limit =
+        ["memory.limit_in_bytes", "memory.max"].iter().map(|f| memory.join(f)).find(|p| p.exists()).map(|p| read_trimmed(&p)).unwrap();
     assert_eq!(memory_limit, ((64u64 + 128) << 20).to_string(), "guest RAM + the default overhead");
     let pids = cgroup_dir(pid, "pids").unwrap();
     assert_eq!(read_trimmed(&pids.join("pids.max")), "10");
@@ -301,10 +286,7 @@ fn a_sigkilled_supervisor_leaves_nothing_the_next_run_does_not_remove() {
 
     // The next run sweeps the leftovers of the dead one, and leaves nothing of its own.
     let guest = write_guest(dir.path(), "quick", &Code::new().print("hi\n").reset().halt());
-    let out = Command::new(VMM)
-        .args(["--kernel", guest.to_str().unwrap(), "--jail-dir", jail_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(VMM).args(["--kernel", guest.to_str().unwrap(), "--jail-dir", jail_dir.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     for cg in &cgroups {
@@ -325,18 +307,11 @@ fn a_forbidden_system_call_kills_the_vmm_with_sigsys_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let guest = write_guest(dir.path(), "idle", &Code::new().print("never printed\n").halt());
     let started = Instant::now();
-    let out = Command::new(VMM)
-        .args(["--kernel", guest.to_str().unwrap()])
-        .env("PALISADE_VMM_SECCOMP_SELFTEST", "1")
-        .output()
-        .unwrap();
+    let out = Command::new(VMM).args(["--kernel", guest.to_str().unwrap()]).env("PALISADE_VMM_SECCOMP_SELFTEST", "1").output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + libc::SIGSYS), "stderr: {stderr}");
-    assert!(
-        stderr.lines().last().unwrap_or("").starts_with("palisade-vmm: killed by seccomp (SIGSYS)"),
-        "stderr: {stderr}"
-    );
+    assert!(stderr.lines().last().unwrap_or("").starts_with("palisade-vmm: killed by seccomp (SIGSYS)"), "stderr: {stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "", "the guest never ran");
 }
 
@@ -362,17 +337,12 @@ fn jailed_files_keep_their_callers_names_and_the_serial_log_works() {
     let dir = tempfile::tempdir().unwrap();
     let guest = write_guest(dir.path(), "marker", &Code::new().print("logged\n").reset().halt());
     let log = dir.path().join("serial.log");
-    let out = Command::new(VMM)
-        .args(["--kernel", guest.to_str().unwrap(), "--serial", &format!("file:{}", log.display())])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(VMM).args(["--kernel", guest.to_str().unwrap(), "--serial", &format!("file:{}", log.display())]).output().unwrap();
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "logged\n");
     // A device as the log is used as it is, never handed to the VMM's uid.
-    let out = Command::new(VMM)
-        .args(["--kernel", guest.to_str().unwrap(), "--serial", "file:/dev/null"])
-        .output()
-        .unwrap();
+    let out = Command::new(VMM).args(["--kernel", guest.to_str().unwrap(), "--serial", "file:/dev/null"]).output().unwrap();
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::metadata("/dev/null").unwrap().uid(), 0);
 
@@ -380,10 +350,7 @@ fn jailed_files_keep_their_callers_names_and_the_serial_log_works() {
     let disk = dir.path().join("private.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     std::fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = Command::new(VMM)
-        .args(["--kernel", guest.to_str().unwrap(), "--disk", disk.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(VMM).args(["--kernel", guest.to_str().unwrap(), "--disk", disk.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with(&format!("palisade-vmm: disk {}: ", disk.display())), "{stderr}");

@@ -118,14 +118,8 @@ fn measure(argv: &[String], expect_marker: bool) -> Result<Sample> {
     let stdout = reader.join().unwrap_or_default();
     let stderr = std::fs::read_to_string(stderr_file.path()).unwrap_or_default();
     let rss_text = std::fs::read_to_string(rss_file.path()).unwrap_or_default();
-    let describe = || {
-        format!(
-            "{}: {status}\nstdout: {}\nstderr: {}",
-            argv.join(" "),
-            String::from_utf8_lossy(&stdout).trim(),
-            stderr.trim()
-        )
-    };
+    let describe =
+        || format!("{}: {status}\nstdout: {}\nstderr: {}", argv.join(" "), String::from_utf8_lossy(&stdout).trim(), stderr.trim());
     if !status.success() {
         bail!("{}", describe());
     }
@@ -135,11 +129,8 @@ fn measure(argv: &[String], expect_marker: bool) -> Result<Sample> {
         (false, _) => exit,
     };
     // The last line is %M; anything before it is the child's own stderr-free time output.
-    let rss_kib: f64 = rss_text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("{TIME} wrote no peak RSS: {rss_text:?}"))?;
+    let rss_kib: f64 =
+        rss_text.lines().last().and_then(|l| l.trim().parse().ok()).with_context(|| format!("{TIME} wrote no peak RSS: {rss_text:?}"))?;
     Ok(Sample { marker_ms: ms(marker), exit_ms: ms(exit), rss_kib })
 }
 
@@ -263,15 +254,10 @@ fn main() -> Result<()> {
     }
     let vmm = find_vmm(args.vmm.clone())?;
     let dir = tempfile::tempdir()?;
-    let guest = tiny_guest::write_guest(dir.path(), "marker-guest.elf", &tiny_guest::marker_guest(MARKER))
-        .context("writing the tiny guest")?;
-    let vmm_argv: Vec<String> = vec![
-        vmm.display().to_string(),
-        "--kernel".into(),
-        guest.display().to_string(),
-        "--memory".into(),
-        args.memory.to_string(),
-    ];
+    let guest =
+        tiny_guest::write_guest(dir.path(), "marker-guest.elf", &tiny_guest::marker_guest(MARKER)).context("writing the tiny guest")?;
+    let vmm_argv: Vec<String> =
+        vec![vmm.display().to_string(), "--kernel".into(), guest.display().to_string(), "--memory".into(), args.memory.to_string()];
 
     // QEMU: present? able to use this /dev/kvm for the guest? Else TCG, said out loud.
     let mut notes = Vec::new();
@@ -356,7 +342,9 @@ fn main() -> Result<()> {
         args.warmup,
         args.memory
     ));
-    report.push_str("| contender | spawn → marker on stdout | spawn → process exit | peak RSS (`/usr/bin/time -f %M`) |\n|---|---|---|---|\n");
+    report.push_str(
+        "| contender | spawn → marker on stdout | spawn → process exit | peak RSS (`/usr/bin/time -f %M`) |\n|---|---|---|---|\n",
+    );
     for ((name, _), v) in contenders.iter().zip(&samples) {
         report.push_str(&format!(
             "| {name} | {} | {} | {} |\n",

@@ -53,7 +53,9 @@ fn create_inner(agent: &Agent, req: &ContainerSpec) -> Response {
     };
     let root = match agent.rootfs.lock().unwrap_or_else(|e| e.into_inner()).get(&req.rootfs) {
         Some(Some(root)) => root.clone(),
-        Some(None) => return error(format!("container {id}: rootfs {} is not mounted for real (host test mode runs no containers)", req.rootfs)),
+        Some(None) => {
+            return error(format!("container {id}: rootfs {} is not mounted for real (host test mode runs no containers)", req.rootfs))
+        }
         None => return error(format!("container {id}: rootfs {}: not mounted", req.rootfs)),
     };
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);

@@ -150,11 +150,7 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> Result<(), ni
     let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let data = [
         CapData { effective: effective as u32, permitted: permitted as u32, inheritable: inheritable as u32 },
-        CapData {
-            effective: (effective >> 32) as u32,
-            permitted: (permitted >> 32) as u32,
-            inheritable: (inheritable >> 32) as u32,
-        },
+        CapData { effective: (effective >> 32) as u32, permitted: (permitted >> 32) as u32, inheritable: (inheritable >> 32) as u32 },
     ];
     // SAFETY: capset reads a valid v3 header and an array of two data structs, both
     // live on this stack frame for the duration of the call.

@@ -105,10 +105,7 @@ impl Rule {
 /// devices every container gets (null, zero, full, random, urandom, tty, console,
 /// ptmx, the pty slaves) and the nodes of `linux.devices`, so a spec that starts with
 /// "deny all" still has a working /dev.
-pub fn container_rules(
-    resources: &[LinuxDeviceCgroup],
-    created: &[(u32, u32, u32)],
-) -> Result<Vec<Rule>, DeviceRulesError> {
+pub fn container_rules(resources: &[LinuxDeviceCgroup], created: &[(u32, u32, u32)]) -> Result<Vec<Rule>, DeviceRulesError> {
     let mut rules = Vec::new();
     for (i, r) in resources.iter().enumerate() {
         rules.extend(Rule::from_spec(i, r)?);
@@ -426,7 +423,9 @@ mod tests {
 
     #[test]
     fn a_partial_deny_is_not_undone_by_an_earlier_allow() {
-        let r = rules(r#"[{"allow":true,"type":"c","major":10,"access":"rwm"},{"allow":false,"type":"c","major":10,"minor":200,"access":"w"}]"#);
+        let r = rules(
+            r#"[{"allow":true,"type":"c","major":10,"access":"rwm"},{"allow":false,"type":"c","major":10,"minor":200,"access":"w"}]"#,
+        );
         agree(&r);
         assert!(decide(&r, DEV_CHAR, 10, 200, ACC_READ));
         assert!(!decide(&r, DEV_CHAR, 10, 200, ACC_READ | ACC_WRITE));
@@ -446,7 +445,8 @@ mod tests {
 
     #[test]
     fn bad_rules_name_the_field() {
-        let spec: Vec<LinuxDeviceCgroup> = serde_json::from_str(r#"[{"allow":true,"type":"c","access":"rx"},{"allow":true,"type":"c","major":5000}]"#).unwrap();
+        let spec: Vec<LinuxDeviceCgroup> =
+            serde_json::from_str(r#"[{"allow":true,"type":"c","access":"rx"},{"allow":true,"type":"c","major":5000}]"#).unwrap();
         assert!(Rule::from_spec(0, &spec[0]).unwrap_err().to_string().starts_with("linux.resources.devices[0].access"));
         assert!(Rule::from_spec(1, &spec[1]).unwrap_err().to_string().starts_with("linux.resources.devices[1].major"));
         let fifo: LinuxDeviceCgroup = serde_json::from_str(r#"{"allow":true,"type":"p"}"#).unwrap();

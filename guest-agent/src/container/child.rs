@@ -113,47 +113,94 @@ pub enum Action {
     WaitParent,
     /// In a new user namespace: become its root (uid and gid 0).
     BecomeNamespaceRoot,
-    SetNs { fd: RawFd, nstype: libc::c_int },
-    Unshare { flags: libc::c_int },
+    SetNs {
+        fd: RawFd,
+        nstype: libc::c_int,
+    },
+    Unshare {
+        flags: libc::c_int,
+    },
     /// Write `content` to `path` (time namespace offsets, sysctls).
-    WriteFile { path: CString, content: Vec<u8> },
+    WriteFile {
+        path: CString,
+        content: Vec<u8>,
+    },
     /// Fork once more; the child goes on, this process reports its pid and exits.
     ForkAgain,
     /// Stdio onto 0, 1, 2; a new session; the terminal as controlling terminal.
-    Stdio { fds: [RawFd; 3], controlling_tty: bool },
+    Stdio {
+        fds: [RawFd; 3],
+        controlling_tty: bool,
+    },
     Umask(libc::mode_t),
     /// mount(NULL, target, NULL, flags): propagation changes.
-    Propagation { target: CString, flags: libc::c_ulong },
+    Propagation {
+        target: CString,
+        flags: libc::c_ulong,
+    },
     /// Bind the root onto itself (pivot_root needs a mount point) and open it.
-    PrepareRoot { root: CString },
+    PrepareRoot {
+        root: CString,
+    },
     Mount(MountStep),
     Device(DeviceStep),
-    Symlink { target: CString, link: InRoot },
+    Symlink {
+        target: CString,
+        link: InRoot,
+    },
     /// pivot_root into the root and detach the old one.
-    PivotRoot { root: CString },
+    PivotRoot {
+        root: CString,
+    },
     /// After the pivot: hide a path (tmpfs over a directory, /dev/null over a file).
-    Mask { path: CString },
+    Mask {
+        path: CString,
+    },
     /// After the pivot: make a path read-only (bind onto itself, remount ro).
-    ReadOnly { path: CString },
+    ReadOnly {
+        path: CString,
+    },
     /// After the pivot: remount `/` read-only.
     ReadOnlyRoot,
-    Hostname { name: CString },
-    Domainname { name: CString },
+    Hostname {
+        name: CString,
+    },
+    Domainname {
+        name: CString,
+    },
     Rlimit(Rlimit),
     /// Install the seccomp program (index into the plan's programs).
     Seccomp(Program),
-    DropBounding { caps: Vec<u32> },
+    DropBounding {
+        caps: Vec<u32>,
+    },
     KeepCaps(bool),
-    SetUser { uid: u32, gid: u32, groups: Vec<libc::gid_t> },
-    Capset { effective: u64, permitted: u64, inheritable: u64 },
-    Ambient { caps: Vec<u32> },
-    Chdir { path: CString },
+    SetUser {
+        uid: u32,
+        gid: u32,
+        groups: Vec<libc::gid_t>,
+    },
+    Capset {
+        effective: u64,
+        permitted: u64,
+        inheritable: u64,
+    },
+    Ambient {
+        caps: Vec<u32>,
+    },
+    Chdir {
+        path: CString,
+    },
     /// Report "ready" and wait for start.
     Barrier,
     NoNewPrivs,
     /// Mark every descriptor above 2 close-on-exec.
     CloseOnExec,
-    Exec { candidates: Vec<CString>, argv: Vec<CString>, envp: Vec<CString> },
+    Exec {
+        candidates: Vec<CString>,
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+    },
 }
 
 impl Action {
@@ -662,7 +709,8 @@ fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
             Action::Ambient { caps } => {
                 check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) as libc::c_long)?;
                 for c in caps {
-                    check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, *c as libc::c_ulong, 0, 0) as libc::c_long)?;
+                    check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, *c as libc::c_ulong, 0, 0)
+                        as libc::c_long)?;
                 }
                 Ok(())
             }

@@ -62,8 +62,17 @@ pub fn from_spec(index: usize, d: &LinuxDevice, bind: bool) -> Result<DeviceStep
     if kind != libc::S_IFIFO && !(0..=0xfff).contains(&major) || !(0..=0xfffff).contains(&minor) {
         return Err(format!("{field}: major {major} / minor {minor} out of range"));
     }
-    step(path, kind, major as u32, minor as u32, d.file_mode().unwrap_or(0o666), d.uid().unwrap_or(0), d.gid().unwrap_or(0), bind && kind != libc::S_IFIFO)
-        .map_err(|e| format!("{field}.path: {e}"))
+    step(
+        path,
+        kind,
+        major as u32,
+        minor as u32,
+        d.file_mode().unwrap_or(0o666),
+        d.uid().unwrap_or(0),
+        d.gid().unwrap_or(0),
+        bind && kind != libc::S_IFIFO,
+    )
+    .map_err(|e| format!("{field}.path: {e}"))
 }
 
 #[cfg(test)]
@@ -83,7 +92,8 @@ mod tests {
 
     #[test]
     fn spec_devices() {
-        let fuse: LinuxDevice = serde_json::from_str(r#"{"path":"/dev/fuse","type":"c","major":10,"minor":229,"fileMode":438,"uid":0,"gid":0}"#).unwrap();
+        let fuse: LinuxDevice =
+            serde_json::from_str(r#"{"path":"/dev/fuse","type":"c","major":10,"minor":229,"fileMode":438,"uid":0,"gid":0}"#).unwrap();
         let s = from_spec(0, &fuse, false).unwrap();
         assert_eq!((s.dev, s.mode), (libc::makedev(10, 229), libc::S_IFCHR | 0o666));
         let outside: LinuxDevice = serde_json::from_str(r#"{"path":"/etc/evil","type":"b","major":8,"minor":0}"#).unwrap();

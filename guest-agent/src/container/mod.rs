@@ -179,7 +179,9 @@ pub fn plan(spec: &Spec, opts: &CreateOptions<'_>, joined: &[JoinFd], seccomp: O
     let root = cstr("root.path", root_str)?;
     let propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => None,
-        Some(p) => Some(rootfs::propagation(p).ok_or_else(|| invalid(format!("linux.rootfsPropagation: {p:?} is not a propagation type")))?),
+        Some(p) => {
+            Some(rootfs::propagation(p).ok_or_else(|| invalid(format!("linux.rootfsPropagation: {p:?} is not a propagation type")))?)
+        }
     };
     let shared = propagation.is_some_and(|p| p & libc::MS_SHARED != 0);
     let first = match propagation {
@@ -302,7 +304,9 @@ fn where_stuck(pid: i32) -> String {
     let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     let field = |i: usize| fields.get(i).copied().unwrap_or("?");
     let status = read("status");
-    let pick = |key: &str| status.lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    let pick = |key: &str| {
+        status.lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    };
     format!(
         "pid {pid} (state {}, system call {}, {} user and {} system ticks, wchan {}, NSpid {}, SigPnd {}, SigBlk {})",
         field(0),
@@ -375,7 +379,10 @@ pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, Contai
     let mut warnings = Vec::new();
     if let Some(p) = &seccomp {
         if !p.unknown_syscalls.is_empty() {
-            warnings.push(format!("linux.seccomp: syscalls unknown to this kernel's libseccomp were skipped: {}", p.unknown_syscalls.join(", ")));
+            warnings.push(format!(
+                "linux.seccomp: syscalls unknown to this kernel's libseccomp were skipped: {}",
+                p.unknown_syscalls.join(", ")
+            ));
         }
     }
     let plan = plan(spec, opts, &joined, seccomp)?;
@@ -387,7 +394,10 @@ pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, Contai
             let (cg, w) = cgroup::Cgroup::create(root, &rel, resources)?;
             warnings.extend(w);
             // Default deny, the spec's rules, then what every container needs.
-            let rules = cgroup_devices::container_rules(resources.and_then(|r| r.devices().as_deref()).unwrap_or_default(), &created_devices(linux))?;
+            let rules = cgroup_devices::container_rules(
+                resources.and_then(|r| r.devices().as_deref()).unwrap_or_default(),
+                &created_devices(linux),
+            )?;
             cg.restrict_devices(&rules)?;
             Some(cg)
         }

@@ -80,9 +80,7 @@ impl Namespaces {
             }
             match n.path() {
                 Some(p) if p.as_os_str().is_empty() => ns.new.push(kind),
-                Some(p) if !p.is_absolute() => {
-                    return Err(format!("linux.namespaces[{i}].path: {} is not an absolute path", p.display()))
-                }
+                Some(p) if !p.is_absolute() => return Err(format!("linux.namespaces[{i}].path: {} is not an absolute path", p.display())),
                 Some(p) => ns.join.push((kind, p.clone())),
                 None => ns.new.push(kind),
             }
@@ -101,10 +99,7 @@ impl Namespaces {
     /// Flags of the new namespaces made with unshare(2) inside the init (all but
     /// user and pid, which come from clone, and time, which needs its own step).
     pub fn unshare_flags(&self) -> libc::c_int {
-        self.new
-            .iter()
-            .filter(|k| !matches!(k, Kind::User | Kind::Pid | Kind::Time))
-            .fold(0, |f, k| f | k.flag())
+        self.new.iter().filter(|k| !matches!(k, Kind::User | Kind::Pid | Kind::Time)).fold(0, |f, k| f | k.flag())
     }
 
     /// Whether the init must fork once more after entering its namespaces: a joined
@@ -158,10 +153,7 @@ pub fn check_mappings(field: &str, mappings: &[LinuxIdMapping]) -> Result<(), St
 
 /// Maps a container id to the id outside the user namespace.
 pub fn map_id(mappings: &[LinuxIdMapping], id: u32) -> Option<u32> {
-    mappings
-        .iter()
-        .find(|m| id >= m.container_id() && id - m.container_id() < m.size())
-        .map(|m| m.host_id() + (id - m.container_id()))
+    mappings.iter().find(|m| id >= m.container_id() && id - m.container_id() < m.size()).map(|m| m.host_id() + (id - m.container_id()))
 }
 
 #[cfg(test)]

@@ -41,11 +41,7 @@ pub fn actions(process: &Process, seccomp: Option<Program>) -> Result<Vec<Action
     a.push(Action::DropBounding { caps: caps.bounding_drops(last).into_iter().collect() });
     let user = process.user();
     a.push(Action::KeepCaps(true));
-    a.push(Action::SetUser {
-        uid: user.uid(),
-        gid: user.gid(),
-        groups: user.additional_gids().clone().unwrap_or_default(),
-    });
+    a.push(Action::SetUser { uid: user.uid(), gid: user.gid(), groups: user.additional_gids().clone().unwrap_or_default() });
     a.push(Action::KeepCaps(false));
     a.push(Action::Capset { effective: caps.effective, permitted: caps.permitted, inheritable: caps.inheritable });
     a.push(Action::Ambient { caps: (0..64).filter(|n| caps.ambient & (1u64 << n) != 0).collect() });
@@ -132,7 +128,9 @@ mod tests {
 
     #[test]
     fn inconsistent_capabilities_are_refused() {
-        let p = process(r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"capabilities":{"ambient":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#);
+        let p = process(
+            r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"capabilities":{"ambient":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        );
         assert!(actions(&p, None).unwrap_err().contains("ambient"));
         let p = process(r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"capabilities":{"effective":["CAP_KILL"]}}"#);
         assert!(actions(&p, None).unwrap_err().contains("effective"));

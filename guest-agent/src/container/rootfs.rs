@@ -108,7 +108,25 @@ fn cstring(field: &str, s: &str) -> Result<CString, String> {
 /// The filesystem types a container may mount (besides binds). Everything a
 /// runc-compatible spec uses; block-device filesystems need a device the container
 /// cannot name anyway.
-pub const FSTYPES: &[&str] = &["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay", "ramfs", "bpf", "securityfs", "fusectl", "configfs", "debugfs", "tracefs", "hugetlbfs", "binfmt_misc"];
+pub const FSTYPES: &[&str] = &[
+    "proc",
+    "sysfs",
+    "tmpfs",
+    "devpts",
+    "mqueue",
+    "cgroup",
+    "cgroup2",
+    "overlay",
+    "ramfs",
+    "bpf",
+    "securityfs",
+    "fusectl",
+    "configfs",
+    "debugfs",
+    "tracefs",
+    "hugetlbfs",
+    "binfmt_misc",
+];
 
 /// Turns `mounts[index]` into a mount step. `bundle` resolves relative bind sources;
 /// `source_is_dir` tells whether a bind source is a directory (checked by the caller
@@ -191,7 +209,8 @@ mod tests {
 
     #[test]
     fn options_become_flags_and_data() {
-        let o = parse_options(&["nosuid".into(), "noexec".into(), "nodev".into(), "mode=755".into(), "size=65536k".into(), "ro".into()]).unwrap();
+        let o = parse_options(&["nosuid".into(), "noexec".into(), "nodev".into(), "mode=755".into(), "size=65536k".into(), "ro".into()])
+            .unwrap();
         assert_eq!(o.flags, libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV | libc::MS_RDONLY);
         assert_eq!(o.data, ["mode=755", "size=65536k"]);
         let rw = parse_options(&["ro".into(), "rw".into(), "rslave".into()]).unwrap();
@@ -216,7 +235,8 @@ mod tests {
         .unwrap();
         assert_eq!(t.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
         assert_eq!(t.data.as_deref(), Some(c"mode=755,size=65536k"));
-        let cg = mount_step(2, &mount(r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup"}"#), None, |_| Ok(true)).unwrap();
+        let cg =
+            mount_step(2, &mount(r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup"}"#), None, |_| Ok(true)).unwrap();
         assert_eq!(cg.fstype.as_deref(), Some(c"cgroup2"));
     }
 

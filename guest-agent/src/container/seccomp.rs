@@ -68,16 +68,19 @@ pub fn action(field: &str, a: LinuxSeccompAction, errno_ret: Option<u32>) -> Res
     let errno = errno_ret.unwrap_or(libc::EPERM as u32);
     Ok(match a {
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => {
-            ScmpAction::Errno(i32::try_from(errno).ok().filter(|e| *e <= 0xffff).ok_or_else(|| invalid(field, format!("errnoRet {errno} is out of range")))?)
-        }
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(
+            i32::try_from(errno)
+                .ok()
+                .filter(|e| *e <= 0xffff)
+                .ok_or_else(|| invalid(field, format!("errnoRet {errno} is out of range")))?,
+        ),
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => ScmpAction::KillThread,
         LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
-        LinuxSeccompAction::ScmpActTrace => {
-            ScmpAction::Trace(u16::try_from(errno).map_err(|_| invalid(field, format!("errnoRet {errno} is out of range for SCMP_ACT_TRACE")))?)
-        }
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(
+            u16::try_from(errno).map_err(|_| invalid(field, format!("errnoRet {errno} is out of range for SCMP_ACT_TRACE")))?,
+        ),
         LinuxSeccompAction::ScmpActNotify => {
             return Err(invalid(field, "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath), which Palisade does not support yet"))
         }
@@ -287,7 +290,8 @@ mod tests {
 
     #[test]
     fn errno_without_errno_ret_is_eperm() {
-        let p = compile(&profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getpriority"],"action":"SCMP_ACT_ERRNO"}]}"#)).unwrap();
+        let p = compile(&profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getpriority"],"action":"SCMP_ACT_ERRNO"}]}"#))
+            .unwrap();
         assert_eq!(exited(in_child(&p, call_getpriority)), Some(100 + libc::EPERM));
     }
 
@@ -376,7 +380,9 @@ mod tests {
 
     #[test]
     fn flags_are_passed_through() {
-        let p = compile(&profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_SPEC_ALLOW"]}"#)).unwrap();
+        let p =
+            compile(&profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_SPEC_ALLOW"]}"#))
+                .unwrap();
         assert_eq!(p.flags, SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW);
         assert!(!p.instructions.is_empty());
     }

@@ -123,10 +123,8 @@ fn prepare(req: &SpawnRequest<'_>) -> Result<Prepared, SpawnError> {
             cstring("an environment entry", e.as_bytes())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let candidates = exec_candidates(program, req.env)
-        .iter()
-        .map(|c| cstring("the program path", c.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let candidates =
+        exec_candidates(program, req.env).iter().map(|c| cstring("the program path", c.as_bytes())).collect::<Result<Vec<_>, _>>()?;
     let root = req.root.map(|r| cstring("the root path", r.as_os_str().as_bytes())).transpose()?;
     let cwd = if req.cwd.is_empty() { "/" } else { req.cwd };
     Ok(Prepared {
@@ -203,11 +201,9 @@ fn read_child_status(status_read: OwnedFd, pid: i32, program: &str, p: &Prepared
             what: String::from_utf8_lossy(p.root.as_ref().map(|r| r.as_bytes()).unwrap_or_default()).into_owned(),
             source,
         },
-        Step::Chdir => SpawnError::Setup {
-            step: "working directory",
-            what: String::from_utf8_lossy(p.cwd.as_bytes()).into_owned(),
-            source,
-        },
+        Step::Chdir => {
+            SpawnError::Setup { step: "working directory", what: String::from_utf8_lossy(p.cwd.as_bytes()).into_owned(), source }
+        }
         other => SpawnError::Setup { step: other.name(), what: String::new(), source },
     };
     Err((Some(pid), err))

@@ -155,12 +155,10 @@ fn relay_output(id: &str, what: &'static str, mut from: File, mut to: Conn) {
 /// Host → child input; closing the pipe (dropping it) tells the child end of input.
 fn relay_input(id: &str, what: &'static str, mut from: Conn, mut to: File) {
     let id = id.to_string();
-    spawn_relay(format!("{what} {id}"), move || {
-        match copy_stream(&mut from, &mut to) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-            Err(e) => tracing::warn!(id, "relaying {what} from the host: {e}"),
-        }
+    spawn_relay(format!("{what} {id}"), move || match copy_stream(&mut from, &mut to) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => tracing::warn!(id, "relaying {what} from the host: {e}"),
     });
 }
 

@@ -219,7 +219,10 @@ mod tests {
         }
         let table = ProcessTable::new();
         let spawn = |id: &str, pid: i32, cgroup: Option<&PathBuf>| {
-            table.spawn_registered(id, || Ok::<_, (Option<i32>, String)>(Spawned { pid, pty_master: None, cgroup: cgroup.cloned() })).unwrap().unwrap();
+            table
+                .spawn_registered(id, || Ok::<_, (Option<i32>, String)>(Spawned { pid, pty_master: None, cgroup: cgroup.cloned() }))
+                .unwrap()
+                .unwrap();
         };
         spawn("oom", 20, Some(&oom));
         spawn("oom-but-exited", 21, Some(&oom));

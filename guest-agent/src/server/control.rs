@@ -1,8 +1,7 @@
 //! The control port: Hello first, then one response per request, in order.
 
 use palisade_protocol::{
-    read_frame, write_frame, ProcessSpec, ProtocolError, Request, Response, RootfsSpec, StreamKind, TtySize,
-    PROTOCOL_VERSION,
+    read_frame, write_frame, ProcessSpec, ProtocolError, Request, Response, RootfsSpec, StreamKind, TtySize, PROTOCOL_VERSION,
 };
 
 use super::Agent;
@@ -191,9 +190,8 @@ fn start_process(agent: &Agent, spec: ProcessSpec) -> Response {
         stdio: child_stdio.child_fds(),
         controlling_tty: spec.terminal,
     };
-    let result = agent
-        .processes
-        .spawn_registered(id, || spawn(&request).map(|pid| Spawned { pid, pty_master: pty_master.clone(), cgroup: None }));
+    let result =
+        agent.processes.spawn_registered(id, || spawn(&request).map(|pid| Spawned { pid, pty_master: pty_master.clone(), cgroup: None }));
     match result {
         Ok(Ok(pid)) => {
             child_stdio.start_relays(id, streams);

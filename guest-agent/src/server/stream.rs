@@ -48,10 +48,7 @@ pub fn handle(agent: &Agent, mut conn: Conn) {
         Err(e) => return refuse(&mut conn, format!("stream hello: {e}")),
     };
     if hello.version != PROTOCOL_VERSION {
-        return refuse(
-            &mut conn,
-            format!("stream hello: protocol version mismatch (agent {PROTOCOL_VERSION}, host {})", hello.version),
-        );
+        return refuse(&mut conn, format!("stream hello: protocol version mismatch (agent {PROTOCOL_VERSION}, host {})", hello.version));
     }
     if agent.processes.contains(&hello.id) {
         return refuse(&mut conn, format!("stream {:?} of process {}: the process was already started", hello.kind, hello.id));

@@ -13,8 +13,7 @@ fn open_console() -> Option<File> {
 
 /// Installs the tracing subscriber writing to `/dev/console` (`console`) or stderr.
 pub fn init_logging(console: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).without_time().with_target(false);
     let result = match console.then(open_console).flatten() {
         Some(file) => builder.with_writer(Mutex::new(file)).try_init(),

@@ -61,7 +61,8 @@ pub fn on_initramfs() -> Result<bool, SwitchRootError> {
         return Ok(false);
     }
     fs::DirBuilder::new().recursive(true).mode(0o555).create("/proc").map_err(io("creating /proc"))?;
-    match nix::mount::mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>) {
+    match nix::mount::mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
+    {
         Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
         Err(e) => return Err(sys("mounting proc on /proc")(e)),
     }

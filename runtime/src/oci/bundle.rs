@@ -68,7 +68,8 @@ pub fn check(text: &str, dir: &Path, path: &Path) -> Result<Bundle, BundleError>
         None => return Err(field("ociVersion", "missing".into())),
     }
 
-    let process = v.get("process").filter(|p| !p.is_null()).ok_or_else(|| field("process", "missing: the bundle must say what to run".into()))?;
+    let process =
+        v.get("process").filter(|p| !p.is_null()).ok_or_else(|| field("process", "missing: the bundle must say what to run".into()))?;
     let args = match process.get("args") {
         None | Some(Value::Null) => return Err(field("process.args", "missing: the bundle must name a program".into())),
         Some(Value::Array(a)) => a,
@@ -102,8 +103,10 @@ pub fn check(text: &str, dir: &Path, path: &Path) -> Result<Bundle, BundleError>
         }
     }
 
-    let root = v.get("root").filter(|r| !r.is_null()).ok_or_else(|| field("root", "missing: the bundle must name its root filesystem".into()))?;
-    let root_path = root.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).ok_or_else(|| field("root.path", "missing".into()))?;
+    let root =
+        v.get("root").filter(|r| !r.is_null()).ok_or_else(|| field("root", "missing: the bundle must name its root filesystem".into()))?;
+    let root_path =
+        root.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).ok_or_else(|| field("root.path", "missing".into()))?;
     let rootfs = dir.join(root_path);
     match std::fs::metadata(&rootfs) {
         Ok(_) => {}

@@ -26,12 +26,47 @@ pub const DEFAULT_CAPS: [&str; 14] = [
 
 /// Every capability (for --privileged and `--cap-add ALL`).
 pub const ALL_CAPS: [&str; 41] = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
-    "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// Docker's masked paths.
@@ -81,7 +116,8 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, Defa
     let is_all = |v: &[String]| v.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
     let adds: Vec<String> = add.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")).map(|c| cap_name(c)).collect::<Result<_, _>>()?;
     let drops: Vec<String> = drop.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")).map(|c| cap_name(c)).collect::<Result<_, _>>()?;
-    let mut caps: Vec<String> = if is_all(add) { ALL_CAPS.iter().map(|c| c.to_string()).collect() } else { DEFAULT_CAPS.iter().map(|c| c.to_string()).collect() };
+    let mut caps: Vec<String> =
+        if is_all(add) { ALL_CAPS.iter().map(|c| c.to_string()).collect() } else { DEFAULT_CAPS.iter().map(|c| c.to_string()).collect() };
     if is_all(drop) {
         caps.clear();
     }
@@ -194,7 +230,14 @@ pub fn default_spec(o: &SpecOptions) -> Result<Value, DefaultsError> {
         (SeccompChoice::Profile(p), _) => p.clone(),
     };
     let sys_options = if o.privileged { json!(["nosuid", "noexec", "nodev", "rw"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) };
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "network"}), json!({"type": "cgroup"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "network"}),
+        json!({"type": "cgroup"}),
+    ];
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -285,7 +328,8 @@ mod tests {
 
     #[test]
     fn the_default_spec_is_valid_for_the_agent() {
-        let s = default_spec(&SpecOptions { hostname: Some("box".into()), memory: Some(64 << 20), pids_limit: Some(20), ..opts() }).unwrap();
+        let s =
+            default_spec(&SpecOptions { hostname: Some("box".into()), memory: Some(64 << 20), pids_limit: Some(20), ..opts() }).unwrap();
         let parsed = spec::parse(&s.to_string()).unwrap();
         let linux = parsed.linux().as_ref().unwrap();
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
@@ -305,7 +349,13 @@ mod tests {
     #[test]
     fn the_default_profile_follows_the_capabilities() {
         let names = |v: &Value| -> Vec<String> {
-            v["syscalls"].as_array().unwrap().iter().filter(|r| r["action"] == "SCMP_ACT_ALLOW").flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string())).collect()
+            v["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["action"] == "SCMP_ACT_ALLOW")
+                .flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()))
+                .collect()
         };
         let plain = default_seccomp(&DEFAULT_CAPS.iter().map(|c| c.to_string()).collect::<Vec<_>>()).unwrap();
         let n = names(&plain);
@@ -327,7 +377,11 @@ mod tests {
         assert!(p["linux"].get("seccomp").is_none(), "no seccomp when privileged");
         assert_eq!(p["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 41);
         assert_eq!(p["linux"]["maskedPaths"], json!([]));
-        assert!(p["mounts"].as_array().unwrap().iter().any(|m| m["type"] == "sysfs" && m["options"].as_array().unwrap().contains(&json!("rw"))));
+        assert!(p["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["type"] == "sysfs" && m["options"].as_array().unwrap().contains(&json!("rw"))));
         assert!(p["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/dev" && m["type"] == "bind" && m["source"] == "/dev"));
         assert_eq!(p["linux"]["resources"]["devices"], json!([{"allow": true, "access": "rwm"}]));
         spec::parse(&p.to_string()).unwrap();
@@ -356,7 +410,10 @@ mod tests {
         let s = seccomp_for_caps(&docker, &["CAP_CHOWN".to_string()]).unwrap();
         assert_eq!(s["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
         assert!(s.get("archMap").is_none());
-        assert_eq!(s["syscalls"], json!([{"names": ["mkdir"], "action": "SCMP_ACT_KILL_PROCESS"}, {"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]));
+        assert_eq!(
+            s["syscalls"],
+            json!([{"names": ["mkdir"], "action": "SCMP_ACT_KILL_PROCESS"}, {"names": ["mount"], "action": "SCMP_ACT_ERRNO"}])
+        );
         seccomp::compile(&serde_json::from_value(s).unwrap()).unwrap();
         assert!(seccomp_for_caps(&json!({"syscalls": []}), &[]).unwrap_err().contains("defaultAction"));
         assert!(seccomp_for_caps(&json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [1]}), &[]).unwrap_err().contains("syscalls[0]"));

@@ -18,8 +18,21 @@ pub const USERNS_BASE_ID: u32 = 100_000;
 
 /// Options that shape the container's spec, which a bundle's config.json already says.
 const SPEC_OPTIONS: [&str; 15] = [
-    "command", "rootfs", "env", "workdir", "tty", "user", "hostname", "privileged", "read_only", "cap_add", "cap_drop",
-    "security_opt", "memory", "pids_limit", "userns",
+    "command",
+    "rootfs",
+    "env",
+    "workdir",
+    "tty",
+    "user",
+    "hostname",
+    "privileged",
+    "read_only",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "memory",
+    "pids_limit",
+    "userns",
 ];
 
 /// Run a command in a fresh micro-VM as an OCI container, like `docker run`.
@@ -247,7 +260,8 @@ mod tests {
 
     #[test]
     fn parses_like_docker_run() {
-        let a = parse(&["--cpus", "2", "--memory", "256", "-e", "A=1", "-e", "B=2", "-w", "/tmp", "-i", "-t", "--", "sh", "-c", "echo hi"]).unwrap();
+        let a = parse(&["--cpus", "2", "--memory", "256", "-e", "A=1", "-e", "B=2", "-w", "/tmp", "-i", "-t", "--", "sh", "-c", "echo hi"])
+            .unwrap();
         assert_eq!((a.cpus, a.memory, a.interactive, a.tty), (2, Some(256), true, true));
         assert_eq!(a.env, ["A=1", "B=2"]);
         assert_eq!(a.workdir, "/tmp");
@@ -270,15 +284,56 @@ mod tests {
     #[test]
     fn container_options() {
         let a = parse(&[
-            "--privileged", "--read-only", "--cap-add", "SYS_ADMIN", "--cap-add", "net_admin", "--cap-drop", "ALL", "--security-opt",
-            "no-new-privileges", "--security-opt", "seccomp=/p.json", "-u", "1000:100", "--hostname", "box", "--pids-limit", "20",
-            "--userns", "--memory", "64", "--vm-memory", "300", "true",
+            "--privileged",
+            "--read-only",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--cap-add",
+            "net_admin",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--security-opt",
+            "seccomp=/p.json",
+            "-u",
+            "1000:100",
+            "--hostname",
+            "box",
+            "--pids-limit",
+            "20",
+            "--userns",
+            "--memory",
+            "64",
+            "--vm-memory",
+            "300",
+            "true",
         ]);
         assert!(a.is_err(), "--userns and --privileged conflict");
         let a = parse(&[
-            "--read-only", "--cap-add", "SYS_ADMIN", "--cap-add", "net_admin", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--security-opt", "seccomp=/p.json", "-u", "1000:100", "--hostname", "box", "--pids-limit", "20", "--userns", "--memory",
-            "64", "--vm-memory", "300", "true",
+            "--read-only",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--cap-add",
+            "net_admin",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--security-opt",
+            "seccomp=/p.json",
+            "-u",
+            "1000:100",
+            "--hostname",
+            "box",
+            "--pids-limit",
+            "20",
+            "--userns",
+            "--memory",
+            "64",
+            "--vm-memory",
+            "300",
+            "true",
         ])
         .unwrap();
         assert!(a.read_only && a.userns && !a.privileged);
@@ -294,7 +349,9 @@ mod tests {
         let a = parse(&["--bundle", "/b", "--cpus", "2", "-i", "--vm-memory", "512"]).unwrap();
         assert_eq!(a.bundle.as_deref(), Some(std::path::Path::new("/b")));
         assert!(a.command.is_empty());
-        for extra in [&["--", "sh"][..], &["--privileged"], &["--memory", "64"], &["-e", "A=1"], &["--rootfs", "/r"], &["-t"], &["--cap-add", "ALL"]] {
+        for extra in
+            [&["--", "sh"][..], &["--privileged"], &["--memory", "64"], &["-e", "A=1"], &["--rootfs", "/r"], &["-t"], &["--cap-add", "ALL"]]
+        {
             let mut v = vec!["--bundle", "/b"];
             v.extend_from_slice(extra);
             assert!(parse(&v).is_err(), "--bundle with {extra:?} must be refused");
@@ -305,7 +362,10 @@ mod tests {
     fn security_opts_user_hostname_and_memory() {
         let o = |v: &[&str]| security_opts(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(o(&["seccomp=unconfined"]).unwrap().seccomp, SeccompOpt::Unconfined);
-        assert_eq!(o(&["seccomp:unconfined", "no-new-privileges:true"]).unwrap(), SecurityOpts { seccomp: SeccompOpt::Unconfined, no_new_privileges: true });
+        assert_eq!(
+            o(&["seccomp:unconfined", "no-new-privileges:true"]).unwrap(),
+            SecurityOpts { seccomp: SeccompOpt::Unconfined, no_new_privileges: true }
+        );
         assert!(!o(&["no-new-privileges=false"]).unwrap().no_new_privileges);
         assert!(matches!(o(&["apparmor=unconfined"]), Err(ArgsError::NoLsm(_))));
         assert!(matches!(o(&["seccomp="]), Err(ArgsError::UnknownSecurityOpt(_))));

@@ -27,9 +27,7 @@ pub fn assets_dir(env_value: Option<PathBuf>, exe: &Path) -> PathBuf {
 
 /// `$PALISADE_VMM`, else `palisade-vmm` beside the executable.
 pub fn vmm_binary(env_value: Option<PathBuf>, exe: &Path) -> PathBuf {
-    env_value
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| exe.parent().unwrap_or(Path::new(".")).join("palisade-vmm"))
+    env_value.filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| exe.parent().unwrap_or(Path::new(".")).join("palisade-vmm"))
 }
 
 /// A file that must exist (and be readable).
@@ -47,8 +45,7 @@ pub fn require_file(what: &'static str, path: &Path) -> Result<(), AssetError> {
 pub fn check_kernel(path: &Path) -> Result<(), AssetError> {
     require_file("kernel", path)?;
     let mut head = [0u8; 0x206];
-    let mut file =
-        std::fs::File::open(path).map_err(|source| AssetError::Unreadable { what: "kernel", path: path.into(), source })?;
+    let mut file = std::fs::File::open(path).map_err(|source| AssetError::Unreadable { what: "kernel", path: path.into(), source })?;
     let mut got = 0;
     while got < head.len() {
         match file.read(&mut head[got..]) {

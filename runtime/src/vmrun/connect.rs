@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use palisade_protocol::{
-    read_frame, write_frame, ProtocolError, Request, Response, StreamHello, StreamKind, AGENT_CONTROL_PORT,
-    AGENT_STREAM_PORT, PROTOCOL_VERSION,
+    read_frame, write_frame, ProtocolError, Request, Response, StreamHello, StreamKind, AGENT_CONTROL_PORT, AGENT_STREAM_PORT,
+    PROTOCOL_VERSION,
 };
 
 /// Longest `OK …` line accepted from the VMM.
@@ -122,9 +122,7 @@ impl ControlClient {
         let mut client = ControlClient { stream, timeout };
         match client.call(&Request::Hello { version: PROTOCOL_VERSION })? {
             Response::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(client),
-            Response::Hello { version, .. } => {
-                Err(ProtocolError::Version { ours: PROTOCOL_VERSION, theirs: version }.into())
-            }
+            Response::Hello { version, .. } => Err(ProtocolError::Version { ours: PROTOCOL_VERSION, theirs: version }.into()),
             Response::Error { message } => Err(ConnectError::Refused { what: "hello".into(), message }),
             other => Err(ConnectError::Unexpected { what: "hello".into(), answer: Box::new(other) }),
         }
@@ -146,7 +144,10 @@ impl ControlClient {
             _ => ConnectError::Protocol(e),
         };
         if deadline.is_none() {
-            self.stream.set_read_timeout(None).and_then(|_| self.stream.set_write_timeout(None)).map_err(|e| ConnectError::Protocol(e.into()))?;
+            self.stream
+                .set_read_timeout(None)
+                .and_then(|_| self.stream.set_write_timeout(None))
+                .map_err(|e| ConnectError::Protocol(e.into()))?;
         }
         let mut io = DeadlineStream { stream: &self.stream, deadline };
         write_frame(&mut io, request).map_err(no_answer)?;

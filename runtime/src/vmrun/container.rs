@@ -116,7 +116,8 @@ pub fn load_profile(path: &Path, caps: &[String]) -> Result<Value, ContainerErro
     let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| problem(format!("not valid JSON: {e}")))?;
     let seccomp = defaults::seccomp_for_caps(&value, caps).map_err(problem)?;
-    serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(seccomp.clone()).map_err(|e| problem(format!("not a seccomp profile: {e}")))?;
+    serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(seccomp.clone())
+        .map_err(|e| problem(format!("not a seccomp profile: {e}")))?;
     Ok(seccomp)
 }
 
@@ -135,7 +136,22 @@ mod tests {
 
     #[test]
     fn the_command_line_shapes_the_spec() {
-        let s = spec_of(&["--hostname", "box", "-u", "1000:1000", "--memory", "64", "--pids-limit", "20", "--security-opt", "no-new-privileges", "--", "sh", "-c", "x"]);
+        let s = spec_of(&[
+            "--hostname",
+            "box",
+            "-u",
+            "1000:1000",
+            "--memory",
+            "64",
+            "--pids-limit",
+            "20",
+            "--security-opt",
+            "no-new-privileges",
+            "--",
+            "sh",
+            "-c",
+            "x",
+        ]);
         assert_eq!(s["hostname"], "box");
         assert_eq!(s["process"]["args"], serde_json::json!(["sh", "-c", "x"]));
         assert_eq!(s["process"]["user"], serde_json::json!({"uid": 1000, "gid": 1000}));
@@ -169,7 +185,11 @@ mod tests {
     fn a_profile_file_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("p.json");
-        std::fs::write(&good, r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#).unwrap();
+        std::fs::write(
+            &good,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+        )
+        .unwrap();
         let s = spec_of(&["--security-opt", &format!("seccomp={}", good.display()), "true"]);
         assert_eq!(s["linux"]["seccomp"]["syscalls"][0]["action"], "SCMP_ACT_KILL_PROCESS");
         let bad = dir.path().join("bad.json");

@@ -86,9 +86,13 @@ pub fn make_erofs(dir: &Path, out: &Path) -> Result<(), ImageError> {
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, crate::vmrun::signals::unblock_all_in_child);
     }
-    let output = cmd
-        .output()
-        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { ImageError::NoMkfs } else { ImageError::Mkfs { path: dir.into(), detail: e.to_string() } })?;
+    let output = cmd.output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ImageError::NoMkfs
+        } else {
+            ImageError::Mkfs { path: dir.into(), detail: e.to_string() }
+        }
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let detail = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();

@@ -127,7 +127,13 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
 
     let tty_size = if plan.terminal { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
     let spec = SessionSpec {
-        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: image_kind.fstype().into(), writable: !plan.read_only, process_mounts: false },
+        rootfs: RootfsSpec {
+            id: "root".into(),
+            device: "/dev/vda".into(),
+            fstype: image_kind.fstype().into(),
+            writable: !plan.read_only,
+            process_mounts: false,
+        },
         launch: Launch::Container {
             spec: ContainerSpec {
                 id: CONTAINER_ID.into(),

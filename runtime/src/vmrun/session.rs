@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use palisade_protocol::{ContainerSpec, ExitStatus, ProcessSpec, Request, Response, RootfsSpec, StreamKind};
 
-use super::connect::{attach_stream, ControlClient, ConnectError};
+use super::connect::{attach_stream, ConnectError, ControlClient};
 use super::signals::FORWARDED;
 use super::vmm::Vm;
 
@@ -180,13 +180,7 @@ pub fn run_session(
     }
 }
 
-fn session(
-    socket: &Path,
-    vm: &mut dyn Vm,
-    spec: &SessionSpec,
-    io: HostIo,
-    signals: &Receiver<i32>,
-) -> Result<ExitStatus, SessionError> {
+fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signals: &Receiver<i32>) -> Result<ExitStatus, SessionError> {
     let id = spec.launch.id().to_string();
     let terminal = spec.launch.terminal();
     let mut control = wait_for_agent(socket, vm, spec, signals)?;

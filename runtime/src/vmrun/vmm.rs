@@ -6,8 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The guest kernel command line.
-pub const KERNEL_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
 /// The command line, with `RUST_LOG=<filter>` for the guest agent when
 /// `PALISADE_AGENT_LOG` asks for its logs on the console (debugging, with `--console`).
 pub fn kernel_cmdline(agent_log: Option<&str>) -> String {
@@ -329,7 +328,10 @@ mod tests {
             stderr_file: None,
         };
         let args = c.args().join(" ");
-        assert!(args.contains("--disk /a/busybox.erofs,ro --vsock-uds /r/vsock.sock --vsock-cid 3 --serial file:/r/serial.log --rng"), "{args}");
+        assert!(
+            args.contains("--disk /a/busybox.erofs,ro --vsock-uds /r/vsock.sock --vsock-cid 3 --serial file:/r/serial.log --rng"),
+            "{args}"
+        );
         assert!(args.contains("--cpus 2 --memory 256"), "{args}");
     }
 

@@ -155,7 +155,11 @@ fn init_logging() {
         match budget.judge(meta as *const _ as usize, std::time::Instant::now()) {
             Verdict::Write { held_back: 0 } => true,
             Verdict::Write { held_back } => {
-                eprintln!("palisade-vmm: {held_back} log lines from {}:{} were held back (log budget)", meta.file().unwrap_or("?"), meta.line().unwrap_or(0));
+                eprintln!(
+                    "palisade-vmm: {held_back} log lines from {}:{} were held back (log budget)",
+                    meta.file().unwrap_or("?"),
+                    meta.line().unwrap_or(0)
+                );
                 true
             }
             Verdict::Drop => false,
@@ -173,11 +177,7 @@ fn init_logging() {
 /// usage and tips left out (they are in `--help`).
 fn one_line_usage_error(e: &clap::Error) -> String {
     let text = e.to_string();
-    let message: Vec<&str> = text
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(|l| l.trim())
-        .collect();
+    let message: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(|l| l.trim()).collect();
     let message = message.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
     format!("palisade-vmm: {message} (see palisade-vmm --help)")

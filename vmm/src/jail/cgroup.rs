@@ -120,11 +120,10 @@ fn plan(mountinfo: &str, proc_cgroup: &str, v2_available: impl Fn(&Path) -> Vec<
     let mounts = parse_mountinfo(mountinfo);
     let memberships = parse_proc_cgroup(proc_cgroup);
     let mut hierarchies: Vec<Hierarchy> = Vec::new();
-    let mut add = |version, mount: &CgroupMount, own: PathBuf, controller: &'static str| {
-        match hierarchies.iter_mut().find(|h| h.own == own) {
-            Some(h) => h.controllers.push(controller),
-            None => hierarchies.push(Hierarchy { version, mount: mount.mount_point.clone(), own, controllers: vec![controller] }),
-        }
+    let mut add = |version, mount: &CgroupMount, own: PathBuf, controller: &'static str| match hierarchies.iter_mut().find(|h| h.own == own)
+    {
+        Some(h) => h.controllers.push(controller),
+        None => hierarchies.push(Hierarchy { version, mount: mount.mount_point.clone(), own, controllers: vec![controller] }),
     };
     let v2 = mounts.iter().find(|m| m.version == Version::V2);
     let v2_own = v2.and_then(|m| {
@@ -152,11 +151,7 @@ pub fn detect() -> Vec<Hierarchy> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     plan(&mountinfo, &proc_cgroup, |dir| {
-        std::fs::read_to_string(dir.join("cgroup.controllers"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default().split_whitespace().map(str::to_string).collect()
     })
 }
 
@@ -214,10 +209,7 @@ impl VmCgroups {
             .flat_map(|(_, dir)| ["memory.oom_control", "memory.events"].map(|f| dir.join(f)))
             .filter_map(|path| std::fs::read_to_string(path).ok())
             .flat_map(|text| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("oom_kill "))
-                    .filter_map(|n| n.trim().parse::<u64>().ok())
-                    .collect::<Vec<_>>()
+                text.lines().filter_map(|l| l.strip_prefix("oom_kill ")).filter_map(|n| n.trim().parse::<u64>().ok()).collect::<Vec<_>>()
             })
             .sum()
     }

@@ -97,7 +97,9 @@ impl Default for JailConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("the jail needs root (namespaces, pivot_root, device nodes, cgroups): run palisade-vmm as root, or pass --no-jail (debugging only)")]
+    #[error(
+        "the jail needs root (namespaces, pivot_root, device nodes, cgroups): run palisade-vmm as root, or pass --no-jail (debugging only)"
+    )]
     NotRoot,
     #[error("jail: palisade-vmm must still be single-threaded when it jails itself ({0} threads)")]
     Threaded(usize),
@@ -148,10 +150,8 @@ impl JailId {
 
     fn of_self() -> Result<JailId, JailError> {
         let pid = std::process::id();
-        let start_time = start_time(pid).ok_or_else(|| JailError::Sys {
-            what: "reading /proc/self/stat".into(),
-            source: io::Error::from(ErrorKind::NotFound),
-        })?;
+        let start_time = start_time(pid)
+            .ok_or_else(|| JailError::Sys { what: "reading /proc/self/stat".into(), source: io::Error::from(ErrorKind::NotFound) })?;
         Ok(JailId { pid, start_time })
     }
 
@@ -398,17 +398,11 @@ fn plan(config: &VmConfig, uid: u32, gid: u32) -> Result<Plan, JailError> {
         // Created here, as the caller asked, and handed to the VMM's uid, which writes it.
         // Only a regular file named directly is handed over: never a device (/dev/null)
         // or whatever a symbolic link points to.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(log)
-            .map_err(input_err("serial log", log))?;
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(log).map_err(input_err("serial log", log))?;
         let direct = std::fs::symlink_metadata(log).is_ok_and(|m| m.file_type().is_file());
         let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
         if direct && regular {
-            nix::unistd::fchown(file.as_fd(), Some(uid.into()), Some(gid.into()))
-                .map_err(|e| input_err("serial log", log)(e.into()))?;
+            nix::unistd::fchown(file.as_fd(), Some(uid.into()), Some(gid.into())).map_err(|e| input_err("serial log", log)(e.into()))?;
         }
         jailed.serial.log_file = Some(bind(&mut entries, log, "serial.log", false));
     }
@@ -511,9 +505,7 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
 
     // The supervisor takes its signals from a signalfd: block them before the fork so none
     // is lost; the child restores the mask it had.
-    let old_mask = supervisor_signals()
-        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-        .map_err(|e| JailError::sys("blocking signals", e))?;
+    let old_mask = supervisor_signals().thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(|e| JailError::sys("blocking signals", e))?;
     let (go_read, go_write) = nix::unistd::pipe().map_err(|e| JailError::sys("pipe", e))?;
     namespaces::unshare_pid_for_children()?;
     // SAFETY: the process is single-threaded (checked above), so the child may do anything.
@@ -663,8 +655,7 @@ fn clear_environment(area: Option<(usize, usize)>) {
 /// Waits for the jailed VMM, killing it if the supervisor is asked to end; returns the
 /// exit status to pass on.
 fn supervise(child: Pid, cgroups: &VmCgroups, memory_limit: u64) -> Result<u8, JailError> {
-    let signals = SignalFd::with_flags(&supervisor_signals(), SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| JailError::sys("signalfd", e))?;
+    let signals = SignalFd::with_flags(&supervisor_signals(), SfdFlags::SFD_CLOEXEC).map_err(|e| JailError::sys("signalfd", e))?;
     let mut asked_to_end: Option<Signal> = None;
     let status = loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
@@ -706,9 +697,7 @@ fn supervise(child: Pid, cgroups: &VmCgroups, memory_limit: u64) -> Result<u8, J
 /// One line saying why the jailed VMM died of `signal`.
 fn death_message(signal: Signal, oom_kills: u64, memory_limit: u64) -> String {
     match signal {
-        Signal::SIGSYS => {
-            "killed by seccomp (SIGSYS): a VMM thread made a system call outside its allowlist".to_string()
-        }
+        Signal::SIGSYS => "killed by seccomp (SIGSYS): a VMM thread made a system call outside its allowlist".to_string(),
         Signal::SIGKILL if oom_kills > 0 => format!(
             "killed by the out-of-memory killer: the VMM exceeded its cgroup memory limit of {} MiB (guest RAM + --jail-memory-overhead)",
             memory_limit >> 20

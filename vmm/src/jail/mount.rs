@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, major, minor, Mode, SFlag};
+use nix::sys::stat::{major, makedev, minor, mknod, Mode, SFlag};
 use nix::unistd::{chdir, chown, pivot_root, Gid, Uid};
 
 use super::JailError;
@@ -54,14 +54,8 @@ pub fn enter_root(root: &Path, entries: &[Entry], uid: u32, gid: u32) -> Result<
     // Nothing mounted from here on may reach the host's mount namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(sys("making / private in the new mount namespace".into()))?;
-    mount(
-        Some("palisade-jail"),
-        root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=256k,nr_inodes=64"),
-    )
-    .map_err(sys(format!("mounting the jail's tmpfs on {}", root.display())))?;
+    mount(Some("palisade-jail"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=256k,nr_inodes=64"))
+        .map_err(sys(format!("mounting the jail's tmpfs on {}", root.display())))?;
 
     for entry in entries {
         let target = under(root, entry.path());
@@ -82,8 +76,11 @@ pub fn enter_root(root: &Path, entries: &[Entry], uid: u32, gid: u32) -> Result<
             }
             Entry::Bind { host, read_only, .. } => {
                 std::fs::File::create(&target).map_err(io(format!("creating the mount point {}", target.display())))?;
-                mount(Some(host.as_path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(sys(format!("bind-mounting {} at {}", host.display(), entry.path().display())))?;
+                mount(Some(host.as_path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys(format!(
+                    "bind-mounting {} at {}",
+                    host.display(),
+                    entry.path().display()
+                )))?;
                 let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
                 if *read_only {
                     flags |= MsFlags::MS_RDONLY;

@@ -57,9 +57,7 @@ fn any_capability() -> Result<u64, JailError> {
     if unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) } != 0 {
         return Err(last_error("capget"));
     }
-    Ok(data.iter().enumerate().fold(0, |acc, (i, d)| {
-        acc | (u64::from(d.effective | d.permitted | d.inheritable) << (32 * i))
-    }))
+    Ok(data.iter().enumerate().fold(0, |acc, (i, d)| acc | (u64::from(d.effective | d.permitted | d.inheritable) << (32 * i))))
 }
 
 fn prctl(what: &str, option: libc::c_int, arg: libc::c_ulong) -> Result<libc::c_int, JailError> {

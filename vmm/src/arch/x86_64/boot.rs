@@ -15,15 +15,15 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::{load_cmdline, KernelLoader};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{load_cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::layout::{
-    self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PVH_INFO_START, PVH_MEMMAP_START,
-    PVH_MODLIST_START, VIRTIO_MMIO_SIZE, ZERO_PAGE_START,
+    self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, VIRTIO_MMIO_SIZE,
+    ZERO_PAGE_START,
 };
 use super::regs::BootEntry;
 use crate::devices::virtio::GuestMemory;
@@ -193,10 +193,8 @@ pub fn configure_boot(
                 memmap_entries: map.len() as u32,
                 ..Default::default()
             };
-            let memmap: Vec<hvm_memmap_table_entry> = map
-                .iter()
-                .map(|e| hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind as u32, reserved: 0 })
-                .collect();
+            let memmap: Vec<hvm_memmap_table_entry> =
+                map.iter().map(|e| hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind as u32, reserved: 0 }).collect();
             let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_START));
             params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
             if let Some(initrd) = initrd {
@@ -206,8 +204,7 @@ pub fn configure_boot(
                 let module = hvm_modlist_entry { paddr: initrd.addr, size: initrd.size, ..Default::default() };
                 params.set_modules(&[module], GuestAddress(PVH_MODLIST_START));
             }
-            PvhBootConfigurator::write_bootparams(&params, mem)
-                .map_err(|source| BootError::BootParams { protocol: "PVH", source })
+            PvhBootConfigurator::write_bootparams(&params, mem).map_err(|source| BootError::BootParams { protocol: "PVH", source })
         }
         BootEntry::Linux64(_) => {
             let mut zero_page = boot_params::default();
@@ -229,8 +226,7 @@ pub fn configure_boot(
             }
             zero_page.e820_entries = map.len().min(zero_page.e820_table.len()) as u8;
             let params = BootParams::new(&zero_page, GuestAddress(ZERO_PAGE_START));
-            LinuxBootConfigurator::write_bootparams(&params, mem)
-                .map_err(|source| BootError::BootParams { protocol: "Linux", source })
+            LinuxBootConfigurator::write_bootparams(&params, mem).map_err(|source| BootError::BootParams { protocol: "Linux", source })
         }
     }
 }

@@ -66,9 +66,7 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], vcpu_id: u8, vcpu_count: u
     for entry in entries.iter_mut() {
         match entry.function {
             0x1 => {
-                entry.ebx = (entry.ebx & 0x0000_ffff)
-                    | (apic_id << LEAF1_EBX_APIC_ID_SHIFT)
-                    | (count << LEAF1_EBX_CPU_COUNT_SHIFT);
+                entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << LEAF1_EBX_APIC_ID_SHIFT) | (count << LEAF1_EBX_CPU_COUNT_SHIFT);
                 entry.ecx |= LEAF1_ECX_HYPERVISOR;
                 entry.ecx &= !(LEAF1_ECX_VMX
                     | LEAF1_ECX_MONITOR

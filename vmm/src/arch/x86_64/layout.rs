@@ -144,9 +144,7 @@ mod tests {
         let ram: u64 = map.iter().filter(|e| e.kind == MemoryKind::Ram).map(|e| e.size).sum();
         // All RAM but the legacy hole [EBDA_START, HIMEM_START) is reported.
         assert_eq!(ram, four_gib - (HIMEM_START - EBDA_START));
-        assert!(map.iter().all(|e| e.kind == MemoryKind::Reserved
-            || e.addr + e.size <= MMIO_GAP_START
-            || e.addr >= MMIO_GAP_END));
+        assert!(map.iter().all(|e| e.kind == MemoryKind::Reserved || e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
     }
 
     #[test]

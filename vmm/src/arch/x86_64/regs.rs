@@ -11,8 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 use super::gdt::{self, LINUX64_GDT, PVH_GDT};
 use super::layout::{
-    BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
-    PVH_INFO_START, ZERO_PAGE_START,
+    BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START, PVH_INFO_START, ZERO_PAGE_START,
 };
 use crate::devices::virtio::GuestMemory;
 
@@ -116,8 +115,7 @@ pub fn write_boot_tables(mem: &GuestMemory, entry: BootEntry) -> Result<(), Regs
         mem.write_obj(PDPTE_START | PRESENT_RW, GuestAddress(PML4_START)).map_err(err("page tables"))?;
         mem.write_obj(PDE_START | PRESENT_RW, GuestAddress(PDPTE_START)).map_err(err("page tables"))?;
         for i in 0..512u64 {
-            mem.write_obj((i << 21) | PRESENT_RW | HUGE, GuestAddress(PDE_START + i * 8))
-                .map_err(err("page tables"))?;
+            mem.write_obj((i << 21) | PRESENT_RW | HUGE, GuestAddress(PDE_START + i * 8)).map_err(err("page tables"))?;
         }
     }
     Ok(())

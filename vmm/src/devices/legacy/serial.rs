@@ -113,8 +113,8 @@ impl Serial {
         let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
         if let Some(path) = &config.log_file {
             // Bounded: the guest decides how much it prints (see tail_log).
-            let log = TailLog::create(path, tail_log::DEFAULT_LIMIT)
-                .map_err(|source| SerialError::LogFile { path: path.clone(), source })?;
+            let log =
+                TailLog::create(path, tail_log::DEFAULT_LIMIT).map_err(|source| SerialError::LogFile { path: path.clone(), source })?;
             sinks.push(Box::new(BufWriter::new(log)));
         }
         if config.to_stdout {
@@ -200,10 +200,7 @@ mod tests {
         type_text(&mut serial, "[    0.512000] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n");
         assert!(exit.panic_age().is_some());
         exit.request(VmExit::Reset);
-        assert_eq!(
-            exit.outcome(),
-            Some(VmExit::Panic { message: "Kernel panic - not syncing: VFS: Unable to mount root fs".into() })
-        );
+        assert_eq!(exit.outcome(), Some(VmExit::Panic { message: "Kernel panic - not syncing: VFS: Unable to mount root fs".into() }));
     }
 
     #[test]

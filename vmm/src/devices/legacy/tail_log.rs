@@ -48,7 +48,8 @@ impl TailLog {
         // Start the kept part at a line boundary when there is one.
         let start = tail.iter().position(|&b| b == b'\n').map(|i| i + 1).filter(|&i| i < tail.len()).unwrap_or(0);
         self.dropped += from - self.header + start as u64;
-        let header = format!("[palisade-vmm: {} bytes of older console output dropped to keep this log under {} bytes]\n", self.dropped, self.limit);
+        let header =
+            format!("[palisade-vmm: {} bytes of older console output dropped to keep this log under {} bytes]\n", self.dropped, self.limit);
         self.file.write_all_at(header.as_bytes(), 0)?;
         self.file.write_all_at(&tail[start..], header.len() as u64)?;
         self.header = header.len() as u64;
@@ -95,7 +96,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("line 019999 of a guest that never stops printing\n"));
         let first = text.lines().next().unwrap();
-        assert_eq!(first, format!("[palisade-vmm: {} bytes of older console output dropped to keep this log under 65536 bytes]", log.dropped()));
+        assert_eq!(
+            first,
+            format!("[palisade-vmm: {} bytes of older console output dropped to keep this log under 65536 bytes]", log.dropped())
+        );
         // Every line after the header is whole, and nothing kept was counted as dropped.
         assert!(text.lines().skip(1).all(|l| l.starts_with("line ") && l.ends_with("printing")));
         assert_eq!(written - log.dropped(), (text.len() - first.len() - 1) as u64);

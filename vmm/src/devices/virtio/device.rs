@@ -84,12 +84,7 @@ pub trait VirtioDevice: Send {
     /// One eventfd per queue, in queue order.
     fn queue_events(&self) -> &[EventFd];
     /// Called when the driver sets DRIVER_OK, with the queues it configured.
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        irq: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError>;
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError>;
     /// Called when the driver writes 0 to `Status`: drop queues, go back to pre-activation.
     fn reset(&mut self);
     fn is_activated(&self) -> bool;

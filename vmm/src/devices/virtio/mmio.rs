@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{debug, error, warn};
 use virtio_bindings::bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
@@ -76,13 +75,9 @@ pub struct MmioTransport {
     config_generation: u32,
 }
 
-fn lock<'a>(
-    device: &'a Mutex<dyn VirtioDevice + 'static>,
-) -> MutexGuard<'a, dyn VirtioDevice + 'static> {
+fn lock<'a>(device: &'a Mutex<dyn VirtioDevice + 'static>) -> MutexGuard<'a, dyn VirtioDevice + 'static> {
     // A panic elsewhere while holding the lock leaves the device state as it was; keep serving.
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A queue able to hold `max` entries, adjusted to what the split ring allows (a power of
@@ -91,38 +86,24 @@ fn new_queue(device: &'static str, index: usize, max: u16) -> Queue {
     let mut size = max.clamp(1, MAX_QUEUE_SIZE);
     if !size.is_power_of_two() {
         size = 1 << (15 - size.leading_zeros().min(15));
-        warn!(
-            device,
-            index, max, size, "virtio queue maximum size is not a power of two; using {size}"
-        );
+        warn!(device, index, max, size, "virtio queue maximum size is not a power of two; using {size}");
     }
     match Queue::new(size) {
         Ok(q) => q,
         Err(e) => {
             // Unreachable for a power of two in range; a one-entry queue is always valid.
-            error!(
-                device,
-                index, "cannot create virtio queue of size {size}: {e}"
-            );
+            error!(device, index, "cannot create virtio queue of size {size}: {e}");
             Queue::new(1).unwrap_or_else(|_| unreachable!("a one-entry queue is valid"))
         }
     }
 }
 
 impl MmioTransport {
-    pub fn new(
-        mem: GuestMemory,
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        irq: Arc<IrqTrigger>,
-    ) -> MmioTransport {
+    pub fn new(mem: GuestMemory, device: Arc<Mutex<dyn VirtioDevice>>, irq: Arc<IrqTrigger>) -> MmioTransport {
         let queues = {
             let dev = lock(&device);
             let name = dev.name();
-            dev.queue_max_sizes()
-                .iter()
-                .enumerate()
-                .map(|(i, &max)| new_queue(name, i, max))
-                .collect()
+            dev.queue_max_sizes().iter().enumerate().map(|(i, &max)| new_queue(name, i, max)).collect()
         };
         MmioTransport {
             mem,
@@ -158,8 +139,7 @@ impl MmioTransport {
 
     /// Queue registers may change only between FEATURES_OK and DRIVER_OK.
     fn queue_config_allowed(&self) -> bool {
-        self.has(VIRTIO_CONFIG_S_FEATURES_OK)
-            && self.status & (VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED) == 0
+        self.has(VIRTIO_CONFIG_S_FEATURES_OK) && self.status & (VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED) == 0
     }
 
     fn selected_queue(&self) -> Option<&Queue> {
@@ -178,22 +158,12 @@ impl MmioTransport {
             if offset.saturating_add(data.len() as u64) <= MMIO_DEVICE_SIZE {
                 lock(&self.device).read_config(config_offset, data);
             } else {
-                debug!(
-                    device = self.name(),
-                    offset,
-                    len = data.len(),
-                    "virtio-mmio: config read past the window ignored"
-                );
+                debug!(device = self.name(), offset, len = data.len(), "virtio-mmio: config read past the window ignored");
             }
             return;
         }
         let Ok(out) = <&mut [u8; 4]>::try_from(&mut *data) else {
-            debug!(
-                device = self.name(),
-                offset,
-                len = data.len(),
-                "virtio-mmio: register read of wrong width ignored"
-            );
+            debug!(device = self.name(), offset, len = data.len(), "virtio-mmio: register read of wrong width ignored");
             data.fill(0);
             return;
         };
@@ -216,10 +186,7 @@ impl MmioTransport {
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
-                debug!(
-                    device = self.name(),
-                    offset, "virtio-mmio: read of unknown or write-only register ignored"
-                );
+                debug!(device = self.name(), offset, "virtio-mmio: read of unknown or write-only register ignored");
                 0
             }
         };
@@ -230,29 +197,16 @@ impl MmioTransport {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= REG_CONFIG {
             if offset.saturating_add(data.len() as u64) > MMIO_DEVICE_SIZE {
-                debug!(
-                    device = self.name(),
-                    offset,
-                    len = data.len(),
-                    "virtio-mmio: config write past the window ignored"
-                );
+                debug!(device = self.name(), offset, len = data.len(), "virtio-mmio: config write past the window ignored");
             } else if self.status & VIRTIO_CONFIG_S_FAILED != 0 {
-                debug!(
-                    device = self.name(),
-                    offset, "virtio-mmio: config write after FAILED ignored"
-                );
+                debug!(device = self.name(), offset, "virtio-mmio: config write after FAILED ignored");
             } else {
                 lock(&self.device).write_config(offset - REG_CONFIG, data);
             }
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            debug!(
-                device = self.name(),
-                offset,
-                len = data.len(),
-                "virtio-mmio: register write of wrong width ignored"
-            );
+            debug!(device = self.name(), offset, len = data.len(), "virtio-mmio: register write of wrong width ignored");
             return;
         };
         let value = u32::from_le_bytes(bytes);
@@ -261,9 +215,7 @@ impl MmioTransport {
             REG_DRIVER_FEATURES => self.write_driver_features(value),
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
             REG_QUEUE_SEL => self.queue_sel = value,
-            REG_QUEUE_NUM => self.write_queue_register(offset, |q| {
-                u16::try_from(value).is_ok_and(|size| q.try_set_size(size).is_ok())
-            }),
+            REG_QUEUE_NUM => self.write_queue_register(offset, |q| u16::try_from(value).is_ok_and(|size| q.try_set_size(size).is_ok())),
             REG_QUEUE_READY => self.write_queue_register(offset, |q| match value {
                 0 | 1 => {
                     q.set_ready(value == 1);
@@ -297,37 +249,22 @@ impl MmioTransport {
             }),
             REG_QUEUE_NOTIFY => self.notify_queue(value),
             REG_INTERRUPT_ACK => {
-                self.irq
-                    .status
-                    .fetch_and(!value, std::sync::atomic::Ordering::SeqCst);
+                self.irq.status.fetch_and(!value, std::sync::atomic::Ordering::SeqCst);
             }
             REG_STATUS => self.write_status(value),
-            _ => debug!(
-                device = self.name(),
-                offset, value, "virtio-mmio: write to unknown or read-only register ignored"
-            ),
+            _ => debug!(device = self.name(), offset, value, "virtio-mmio: write to unknown or read-only register ignored"),
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         if !self.has(VIRTIO_CONFIG_S_DRIVER) || self.has(VIRTIO_CONFIG_S_FEATURES_OK) {
-            debug!(
-                device = self.name(),
-                status = self.status,
-                "virtio-mmio: DriverFeatures written outside feature negotiation; ignored"
-            );
+            debug!(device = self.name(), status = self.status, "virtio-mmio: DriverFeatures written outside feature negotiation; ignored");
             return;
         }
         match self.driver_features_sel {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
-            1 => {
-                self.driver_features =
-                    (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-            }
-            sel => debug!(
-                device = self.name(),
-                sel, value, "virtio-mmio: DriverFeatures write to unknown bank ignored"
-            ),
+            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
+            sel => debug!(device = self.name(), sel, value, "virtio-mmio: DriverFeatures write to unknown bank ignored"),
         }
     }
 
@@ -336,32 +273,17 @@ impl MmioTransport {
     fn write_queue_register(&mut self, offset: u64, apply: impl FnOnce(&mut Queue) -> bool) {
         let name = self.name();
         if !self.queue_config_allowed() {
-            debug!(
-                device = name,
-                offset,
-                status = self.status,
-                "virtio-mmio: queue register written outside queue setup; ignored"
-            );
+            debug!(device = name, offset, status = self.status, "virtio-mmio: queue register written outside queue setup; ignored");
             return;
         }
         let sel = self.queue_sel;
         match self.selected_queue_mut() {
             Some(q) => {
                 if !apply(q) {
-                    debug!(
-                        device = name,
-                        offset,
-                        queue = sel,
-                        "virtio-mmio: invalid queue register value ignored"
-                    );
+                    debug!(device = name, offset, queue = sel, "virtio-mmio: invalid queue register value ignored");
                 }
             }
-            None => debug!(
-                device = name,
-                offset,
-                queue = sel,
-                "virtio-mmio: queue register write for a queue that does not exist ignored"
-            ),
+            None => debug!(device = name, offset, queue = sel, "virtio-mmio: queue register write for a queue that does not exist ignored"),
         }
     }
 
@@ -370,18 +292,10 @@ impl MmioTransport {
         match dev.queue_events().get(index as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    error!(
-                        device = dev.name(),
-                        queue = index,
-                        "virtio-mmio: cannot signal queue eventfd: {e}"
-                    );
+                    error!(device = dev.name(), queue = index, "virtio-mmio: cannot signal queue eventfd: {e}");
                 }
             }
-            None => debug!(
-                device = dev.name(),
-                queue = index,
-                "virtio-mmio: notification for a queue that does not exist ignored"
-            ),
+            None => debug!(device = dev.name(), queue = index, "virtio-mmio: notification for a queue that does not exist ignored"),
         }
     }
 
@@ -392,20 +306,12 @@ impl MmioTransport {
         }
         let name = self.name();
         if value & self.status != self.status {
-            debug!(
-                device = name,
-                old = self.status,
-                new = value,
-                "virtio-mmio: status write clears bits without a reset; ignored"
-            );
+            debug!(device = name, old = self.status, new = value, "virtio-mmio: status write clears bits without a reset; ignored");
             return;
         }
         let added = value & !self.status;
         if added & VIRTIO_CONFIG_S_FAILED != 0 {
-            warn!(
-                device = name,
-                "virtio-mmio: the driver gave up on the device (FAILED)"
-            );
+            warn!(device = name, "virtio-mmio: the driver gave up on the device (FAILED)");
             self.status |= VIRTIO_CONFIG_S_FAILED;
         }
         // Bits come in the spec's order: ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK.
@@ -416,10 +322,7 @@ impl MmioTransport {
             if self.has(VIRTIO_CONFIG_S_ACKNOWLEDGE) {
                 self.status |= VIRTIO_CONFIG_S_DRIVER;
             } else {
-                debug!(
-                    device = name,
-                    "virtio-mmio: DRIVER set before ACKNOWLEDGE; ignored"
-                );
+                debug!(device = name, "virtio-mmio: DRIVER set before ACKNOWLEDGE; ignored");
             }
         }
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
@@ -435,11 +338,7 @@ impl MmioTransport {
                 | VIRTIO_CONFIG_S_DRIVER_OK
                 | VIRTIO_CONFIG_S_FAILED);
         if unknown != 0 {
-            debug!(
-                device = name,
-                bits = unknown,
-                "virtio-mmio: unknown or device-owned status bits ignored"
-            );
+            debug!(device = name, bits = unknown, "virtio-mmio: unknown or device-owned status bits ignored");
         }
     }
 
@@ -448,10 +347,7 @@ impl MmioTransport {
     fn features_ok(&mut self) {
         let name = self.name();
         if !self.has(VIRTIO_CONFIG_S_DRIVER) {
-            debug!(
-                device = name,
-                "virtio-mmio: FEATURES_OK set before DRIVER; ignored"
-            );
+            debug!(device = name, "virtio-mmio: FEATURES_OK set before DRIVER; ignored");
             return;
         }
         let offered = lock(&self.device).avail_features();
@@ -461,7 +357,10 @@ impl MmioTransport {
             return;
         }
         if wanted & (1 << VIRTIO_F_VERSION_1) == 0 {
-            warn!(device = name, wanted, "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported); refusing FEATURES_OK");
+            warn!(
+                device = name,
+                wanted, "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported); refusing FEATURES_OK"
+            );
             return;
         }
         lock(&self.device).set_acked_features(wanted);
@@ -473,22 +372,14 @@ impl MmioTransport {
     fn driver_ok(&mut self) {
         let name = self.name();
         if !self.has(VIRTIO_CONFIG_S_FEATURES_OK) {
-            debug!(
-                device = name,
-                "virtio-mmio: DRIVER_OK set before FEATURES_OK; ignored"
-            );
+            debug!(device = name, "virtio-mmio: DRIVER_OK set before FEATURES_OK; ignored");
             return;
         }
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         for queue in &mut self.queues {
             queue.set_event_idx(event_idx);
         }
-        if let Some((index, queue)) = self
-            .queues
-            .iter()
-            .enumerate()
-            .find(|(_, q)| !q.is_valid(&self.mem))
-        {
+        if let Some((index, queue)) = self.queues.iter().enumerate().find(|(_, q)| !q.is_valid(&self.mem)) {
             error!(
                 device = name,
                 queue = index,
@@ -508,11 +399,7 @@ impl MmioTransport {
             match Queue::try_from(queue.state()) {
                 Ok(q) => queues.push(q),
                 Err(e) => {
-                    error!(
-                        device = name,
-                        queue = index,
-                        "virtio-mmio: cannot copy queue configuration: {e}"
-                    );
+                    error!(device = name, queue = index, "virtio-mmio: cannot copy queue configuration: {e}");
                     self.needs_reset();
                     return;
                 }
@@ -531,10 +418,7 @@ impl MmioTransport {
     fn needs_reset(&mut self) {
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         if let Err(e) = self.irq.trigger_config() {
-            error!(
-                device = self.name(),
-                "virtio-mmio: cannot signal the configuration interrupt: {e}"
-            );
+            error!(device = self.name(), "virtio-mmio: cannot signal the configuration interrupt: {e}");
         }
     }
 
@@ -553,18 +437,14 @@ impl MmioTransport {
         for queue in &mut self.queues {
             queue.reset();
         }
-        self.irq
-            .status
-            .store(0, std::sync::atomic::Ordering::SeqCst);
+        self.irq.status.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::device::{
-        ActivateError, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
-    };
+    use crate::devices::virtio::device::{ActivateError, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
     use std::sync::atomic::Ordering;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
@@ -586,10 +466,7 @@ mod tests {
         fn new(queue_sizes: &[u16]) -> Self {
             Self {
                 queue_sizes: queue_sizes.to_vec(),
-                events: queue_sizes
-                    .iter()
-                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                    .collect(),
+                events: queue_sizes.iter().map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect(),
                 acked: 0,
                 activated_with: None,
                 config: *b"\x01\x02\x03\x04\x05\x06\x07\x08",
@@ -617,11 +494,7 @@ mod tests {
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
-                *b = usize::try_from(offset)
-                    .ok()
-                    .and_then(|o| self.config.get(o + i))
-                    .copied()
-                    .unwrap_or(0);
+                *b = usize::try_from(offset).ok().and_then(|o| self.config.get(o + i)).copied().unwrap_or(0);
             }
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -634,17 +507,9 @@ mod tests {
         fn queue_events(&self) -> &[EventFd] {
             &self.events
         }
-        fn activate(
-            &mut self,
-            _mem: GuestMemory,
-            _irq: Arc<IrqTrigger>,
-            queues: Vec<Queue>,
-        ) -> Result<(), ActivateError> {
+        fn activate(&mut self, _mem: GuestMemory, _irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
             if self.refuse_activation {
-                return Err(ActivateError::Backend {
-                    device: "dummy",
-                    reason: "refused".into(),
-                });
+                return Err(ActivateError::Backend { device: "dummy", reason: "refused".into() });
             }
             self.activated_with = Some(queues);
             Ok(())
@@ -683,18 +548,12 @@ mod tests {
         }
         fn negotiate(&mut self, features: u64) -> u32 {
             self.w32(REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-            self.w32(
-                REG_STATUS,
-                VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
-            );
+            self.w32(REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
             self.w32(REG_DRIVER_FEATURES_SEL, 0);
             self.w32(REG_DRIVER_FEATURES, features as u32);
             self.w32(REG_DRIVER_FEATURES_SEL, 1);
             self.w32(REG_DRIVER_FEATURES, (features >> 32) as u32);
-            self.w32(
-                REG_STATUS,
-                VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
-            );
+            self.w32(REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
             self.r32(REG_STATUS)
         }
         /// Configures queue `i` with rings at `base` (desc), `base + 0x1000`, `base + 0x2000`.
@@ -716,8 +575,7 @@ mod tests {
         }
     }
 
-    const NEGOTIATED: u32 =
-        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+    const NEGOTIATED: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
 
     #[test]
     fn identification_registers() {
@@ -790,20 +648,11 @@ mod tests {
         h.w32(REG_STATUS, VIRTIO_CONFIG_S_DRIVER);
         assert_eq!(h.r32(REG_STATUS), 0);
         h.w32(REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        h.w32(
-            REG_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK,
-        );
-        assert_eq!(
-            h.r32(REG_STATUS),
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER
-        );
+        h.w32(REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(h.r32(REG_STATUS), VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
         // Clearing a bit without a reset is ignored.
         h.w32(REG_STATUS, VIRTIO_CONFIG_S_DRIVER);
-        assert_eq!(
-            h.r32(REG_STATUS),
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER
-        );
+        assert_eq!(h.r32(REG_STATUS), VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
         // Features written after FEATURES_OK are ignored.
         h.negotiate(VERSION_1);
         h.w32(REG_DRIVER_FEATURES_SEL, 0);
@@ -838,11 +687,7 @@ mod tests {
         assert_eq!(queues[0].desc_table(), 0x1_0000);
         assert_eq!(queues[0].avail_ring(), 0x1_1000);
         assert_eq!(queues[0].used_ring(), 0x1_2000);
-        assert_eq!(
-            queues[1].size(),
-            8,
-            "size 16 exceeds the maximum of 8 and 3 is not a power of two"
-        );
+        assert_eq!(queues[1].size(), 8, "size 16 exceeds the maximum of 8 and 3 is not a power of two");
         drop(dev);
 
         // Queue registers are frozen after DRIVER_OK.
@@ -860,10 +705,7 @@ mod tests {
         assert_eq!(status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
         assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
         assert!(!h.dev.lock().unwrap().is_activated());
-        assert_ne!(
-            h.irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_CONFIG,
-            0
-        );
+        assert_ne!(h.irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_CONFIG, 0);
 
         let mut h = harness(&[16, 16]);
         h.negotiate(VERSION_1);
@@ -902,14 +744,8 @@ mod tests {
         // And it can be brought up again.
         assert_eq!(h.negotiate(VERSION_1), NEGOTIATED);
         h.setup_queue(0, 16, 0x1_0000);
-        assert_eq!(
-            h.driver_ok() & VIRTIO_CONFIG_S_DRIVER_OK,
-            VIRTIO_CONFIG_S_DRIVER_OK
-        );
-        assert_eq!(
-            h.dev.lock().unwrap().activated_with.as_ref().unwrap()[0].size(),
-            16
-        );
+        assert_eq!(h.driver_ok() & VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(h.dev.lock().unwrap().activated_with.as_ref().unwrap()[0].size(), 16);
     }
 
     #[test]
@@ -917,10 +753,7 @@ mod tests {
         let mut h = harness(&[16]);
         h.irq.trigger_vring().unwrap();
         h.irq.trigger_config().unwrap();
-        assert_eq!(
-            h.r32(REG_INTERRUPT_STATUS),
-            VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG
-        );
+        assert_eq!(h.r32(REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
         h.w32(REG_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
         assert_eq!(h.r32(REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
         h.w32(REG_INTERRUPT_ACK, VIRTIO_MMIO_INT_CONFIG);

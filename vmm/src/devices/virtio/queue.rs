@@ -35,25 +35,11 @@ pub enum ChainError {
     #[error("descriptor chain {head}: buffer {addr:#x}+{len:#x} is outside guest memory")]
     OutsideMemory { head: u16, addr: u64, len: u64 },
     #[error("descriptor chain {head}: range {offset:#x}+{len:#x} exceeds the {available:#x} bytes of its buffers")]
-    ShortBuffers {
-        head: u16,
-        offset: u64,
-        len: u64,
-        available: u64,
-    },
+    ShortBuffers { head: u16, offset: u64, len: u64, available: u64 },
     #[error("descriptor chain {head}: guest memory access at {addr:#x} failed: {reason}")]
-    MemoryAccess {
-        head: u16,
-        addr: u64,
-        reason: String,
-    },
+    MemoryAccess { head: u16, addr: u64, reason: String },
     #[error("descriptor chain {head}: I/O between guest memory at {addr:#x} and {what} failed: {source}")]
-    Io {
-        head: u16,
-        addr: u64,
-        what: &'static str,
-        source: io::Error,
-    },
+    Io { head: u16, addr: u64, what: &'static str, source: io::Error },
 }
 
 /// Why a queue could not be processed at all.
@@ -116,32 +102,18 @@ impl ChainBuffers {
             let len = u64::from(desc.len());
             if desc.is_write_only() {
                 if len > 0 {
-                    writable.push(Segment {
-                        addr: desc.addr(),
-                        len,
-                    });
+                    writable.push(Segment { addr: desc.addr(), len });
                 }
             } else if !writable.is_empty() {
                 return Err(ChainError::ReadableAfterWritable { head });
             } else if len > 0 {
-                readable.push(Segment {
-                    addr: desc.addr(),
-                    len,
-                });
+                readable.push(Segment { addr: desc.addr(), len });
             }
             if !in_memory(mem, desc.addr(), len) {
-                return Err(ChainError::OutsideMemory {
-                    head,
-                    addr: desc.addr().0,
-                    len,
-                });
+                return Err(ChainError::OutsideMemory { head, addr: desc.addr().0, len });
             }
         }
-        Ok(Self {
-            head_index: head,
-            readable,
-            writable,
-        })
+        Ok(Self { head_index: head, readable, writable })
     }
 
     pub fn readable_len(&self) -> u64 {
@@ -162,11 +134,7 @@ pub fn last_writable_byte(mem: &GuestMemory, chain: &Chain<'_>) -> Option<GuestA
     if !last.is_write_only() || last.len() == 0 {
         return None;
     }
-    let addr = last
-        .addr()
-        .0
-        .checked_add(u64::from(last.len()) - 1)
-        .map(GuestAddress)?;
+    let addr = last.addr().0.checked_add(u64::from(last.len()) - 1).map(GuestAddress)?;
     in_memory(mem, addr, 1).then_some(addr)
 }
 
@@ -176,19 +144,9 @@ pub fn total_len(segments: &[Segment]) -> u64 {
 
 /// The pieces of `segments` covering the byte range `offset..offset + len` of their
 /// concatenation.
-pub fn sub_segments(
-    head: u16,
-    segments: &[Segment],
-    offset: u64,
-    len: u64,
-) -> Result<Vec<Segment>, ChainError> {
+pub fn sub_segments(head: u16, segments: &[Segment], offset: u64, len: u64) -> Result<Vec<Segment>, ChainError> {
     let available = total_len(segments);
-    let short = || ChainError::ShortBuffers {
-        head,
-        offset,
-        len,
-        available,
-    };
+    let short = || ChainError::ShortBuffers { head, offset, len, available };
     let end = offset.checked_add(len).ok_or_else(short)?;
     if end > available {
         return Err(short());
@@ -201,10 +159,7 @@ pub fn sub_segments(
         let to = end.min(seg_end);
         if from < to {
             // Both in range: `from - start < seg.len` and the segment was checked in memory.
-            pieces.push(Segment {
-                addr: GuestAddress(seg.addr.0 + (from - start)),
-                len: to - from,
-            });
+            pieces.push(Segment { addr: GuestAddress(seg.addr.0 + (from - start)), len: to - from });
         }
         start = seg_end;
         if start >= end {
@@ -215,114 +170,55 @@ pub fn sub_segments(
 }
 
 /// Copies `buf.len()` bytes from the buffers, starting `offset` bytes in.
-pub fn read_bytes(
-    mem: &GuestMemory,
-    head: u16,
-    segments: &[Segment],
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), ChainError> {
+pub fn read_bytes(mem: &GuestMemory, head: u16, segments: &[Segment], offset: u64, buf: &mut [u8]) -> Result<(), ChainError> {
     let mut done = 0usize;
     let total = buf.len() as u64;
     for piece in sub_segments(head, segments, offset, total)? {
         // `piece.len` is at most `buf.len() - done` by construction of `sub_segments`.
         let n = piece.len as usize;
-        let dst = buf
-            .get_mut(done..done + n)
-            .ok_or(ChainError::ShortBuffers {
-                head,
-                offset,
-                len: total,
-                available: done as u64,
-            })?;
-        mem.read_slice(dst, piece.addr)
-            .map_err(|e| ChainError::MemoryAccess {
-                head,
-                addr: piece.addr.0,
-                reason: e.to_string(),
-            })?;
+        let dst = buf.get_mut(done..done + n).ok_or(ChainError::ShortBuffers { head, offset, len: total, available: done as u64 })?;
+        mem.read_slice(dst, piece.addr).map_err(|e| ChainError::MemoryAccess { head, addr: piece.addr.0, reason: e.to_string() })?;
         done += n;
     }
     Ok(())
 }
 
 /// Copies `buf` into the buffers, starting `offset` bytes in.
-pub fn write_bytes(
-    mem: &GuestMemory,
-    head: u16,
-    segments: &[Segment],
-    offset: u64,
-    buf: &[u8],
-) -> Result<(), ChainError> {
+pub fn write_bytes(mem: &GuestMemory, head: u16, segments: &[Segment], offset: u64, buf: &[u8]) -> Result<(), ChainError> {
     let mut done = 0usize;
     for piece in sub_segments(head, segments, offset, buf.len() as u64)? {
         let n = piece.len as usize;
-        let src = buf.get(done..done + n).ok_or(ChainError::ShortBuffers {
-            head,
-            offset,
-            len: buf.len() as u64,
-            available: done as u64,
-        })?;
-        mem.write_slice(src, piece.addr)
-            .map_err(|e| ChainError::MemoryAccess {
-                head,
-                addr: piece.addr.0,
-                reason: e.to_string(),
-            })?;
+        let src =
+            buf.get(done..done + n).ok_or(ChainError::ShortBuffers { head, offset, len: buf.len() as u64, available: done as u64 })?;
+        mem.write_slice(src, piece.addr).map_err(|e| ChainError::MemoryAccess { head, addr: piece.addr.0, reason: e.to_string() })?;
         done += n;
     }
     Ok(())
 }
 
-fn volatile_error(
-    head: u16,
-    addr: GuestAddress,
-    what: &'static str,
-    e: impl std::fmt::Display,
-) -> ChainError {
-    ChainError::Io {
-        head,
-        addr: addr.0,
-        what,
-        source: io::Error::other(e.to_string()),
-    }
+fn volatile_error(head: u16, addr: GuestAddress, what: &'static str, e: impl std::fmt::Display) -> ChainError {
+    ChainError::Io { head, addr: addr.0, what, source: io::Error::other(e.to_string()) }
 }
 
 /// Fills the guest buffers `pieces` from `file` at its current position, with no host-side copy.
-pub fn fill_from_file(
-    mem: &GuestMemory,
-    head: u16,
-    pieces: &[Segment],
-    file: &mut File,
-    what: &'static str,
-) -> Result<(), ChainError> {
+pub fn fill_from_file(mem: &GuestMemory, head: u16, pieces: &[Segment], file: &mut File, what: &'static str) -> Result<(), ChainError> {
     for piece in pieces {
-        let len =
-            usize::try_from(piece.len).map_err(|e| volatile_error(head, piece.addr, what, e))?;
+        let len = usize::try_from(piece.len).map_err(|e| volatile_error(head, piece.addr, what, e))?;
         for slice in GuestMemoryBackend::get_slices(mem, piece.addr, len) {
             let mut slice = slice.map_err(|e| volatile_error(head, piece.addr, what, e))?;
-            file.read_exact_volatile(&mut slice)
-                .map_err(|e| volatile_error(head, piece.addr, what, e))?;
+            file.read_exact_volatile(&mut slice).map_err(|e| volatile_error(head, piece.addr, what, e))?;
         }
     }
     Ok(())
 }
 
 /// Writes the guest buffers `pieces` to `file` at its current position, with no host-side copy.
-pub fn drain_to_file(
-    mem: &GuestMemory,
-    head: u16,
-    pieces: &[Segment],
-    file: &mut File,
-    what: &'static str,
-) -> Result<(), ChainError> {
+pub fn drain_to_file(mem: &GuestMemory, head: u16, pieces: &[Segment], file: &mut File, what: &'static str) -> Result<(), ChainError> {
     for piece in pieces {
-        let len =
-            usize::try_from(piece.len).map_err(|e| volatile_error(head, piece.addr, what, e))?;
+        let len = usize::try_from(piece.len).map_err(|e| volatile_error(head, piece.addr, what, e))?;
         for slice in GuestMemoryBackend::get_slices(mem, piece.addr, len) {
             let slice = slice.map_err(|e| volatile_error(head, piece.addr, what, e))?;
-            file.write_all_volatile(&slice)
-                .map_err(|e| volatile_error(head, piece.addr, what, e))?;
+            file.write_all_volatile(&slice).map_err(|e| volatile_error(head, piece.addr, what, e))?;
         }
     }
     Ok(())
@@ -332,12 +228,7 @@ pub fn drain_to_file(
 /// index, so at most one queue's worth: a guest that keeps adding cannot keep us here).
 /// `handle` returns the number of bytes it wrote into the chain (the used length); each chain
 /// is then returned on the used ring. Returns whether the driver should be interrupted.
-pub fn process_available<F>(
-    name: &'static str,
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    mut handle: F,
-) -> Result<bool, QueueError>
+pub fn process_available<F>(name: &'static str, queue: &mut Queue, mem: &GuestMemory, mut handle: F) -> Result<bool, QueueError>
 where
     F: FnMut(Chain<'_>) -> u32,
 {
@@ -349,18 +240,13 @@ where
         match queue.add_used(mem, head, used_len) {
             Ok(()) => used_any = true,
             // A head index past the queue size cannot be returned; the chain is dropped.
-            Err(e) => warn!(
-                device = name,
-                head, "cannot return descriptor chain to the used ring: {e}"
-            ),
+            Err(e) => warn!(device = name, head, "cannot return descriptor chain to the used ring: {e}"),
         }
     }
     if !used_any {
         return Ok(false);
     }
-    queue
-        .needs_notification(mem)
-        .map_err(QueueError::Notification)
+    queue.needs_notification(mem).map_err(QueueError::Notification)
 }
 
 /// What a device holds once activated: guest memory, its interrupt and its queues.
@@ -380,11 +266,7 @@ impl ActiveQueues {
         queues: Vec<Queue>,
     ) -> Result<Self, ActivateError> {
         if queues.len() != expected {
-            return Err(ActivateError::QueueCount {
-                device,
-                expected,
-                got: queues.len(),
-            });
+            return Err(ActivateError::QueueCount { device, expected, got: queues.len() });
         }
         if let Some(index) = queues.iter().position(|q| !q.is_valid(&mem)) {
             return Err(ActivateError::InvalidQueue { device, index });
@@ -446,19 +328,11 @@ pub(crate) mod test_utils {
     }
 
     pub fn r(addr: u64, len: u32) -> Desc {
-        Desc {
-            addr,
-            len,
-            writable: false,
-        }
+        Desc { addr, len, writable: false }
     }
 
     pub fn w(addr: u64, len: u32) -> Desc {
-        Desc {
-            addr,
-            len,
-            writable: true,
-        }
+        Desc { addr, len, writable: true }
     }
 
     pub struct TestQueue<'a> {
@@ -468,10 +342,7 @@ pub(crate) mod test_utils {
 
     impl<'a> TestQueue<'a> {
         pub fn new(mem: &'a GuestMemory) -> Self {
-            Self {
-                mock: MockSplitQueue::new(mem, QUEUE_SIZE),
-                mem,
-            }
+            Self { mock: MockSplitQueue::new(mem, QUEUE_SIZE), mem }
         }
 
         /// The device-side queue, as the transport would build it.
@@ -487,11 +358,7 @@ pub(crate) mod test_utils {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| {
-                    let mut flags = if d.writable {
-                        VRING_DESC_F_WRITE as u16
-                    } else {
-                        0
-                    };
+                    let mut flags = if d.writable { VRING_DESC_F_WRITE as u16 } else { 0 };
                     let last = i + 1 == descs.len();
                     if !last {
                         flags |= VRING_DESC_F_NEXT as u16;
@@ -506,12 +373,8 @@ pub(crate) mod test_utils {
         /// Makes raw descriptors available as given (flags and next indices untouched): for
         /// loops and dangling links.
         pub fn add_raw(&self, descs: &[(u64, u32, u16, u16)]) {
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .map(|&(addr, len, flags, next)| {
-                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-                })
-                .collect();
+            let raw: Vec<RawDescriptor> =
+                descs.iter().map(|&(addr, len, flags, next)| RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))).collect();
             self.mock.add_desc_chains(&raw, 0).unwrap();
         }
 
@@ -521,13 +384,7 @@ pub(crate) mod test_utils {
 
         /// The (head, len) of used entry `i`.
         pub fn used(&self, i: u16) -> (u32, u32) {
-            let e = self
-                .mock
-                .used()
-                .ring()
-                .ref_at(usize::from(i % QUEUE_SIZE))
-                .unwrap()
-                .load();
+            let e = self.mock.used().ring().ref_at(usize::from(i % QUEUE_SIZE)).unwrap().load();
             (e.id(), e.len())
         }
 
@@ -562,20 +419,9 @@ mod tests {
     fn parse_splits_readable_and_writable() {
         let mem = memory();
         let tq = TestQueue::new(&mem);
-        tq.add_chain(&[
-            r(DATA_BASE, 16),
-            r(DATA_BASE + 0x100, 0),
-            w(DATA_BASE + 0x200, 8),
-            w(DATA_BASE + 0x300, 1),
-        ]);
+        tq.add_chain(&[r(DATA_BASE, 16), r(DATA_BASE + 0x100, 0), w(DATA_BASE + 0x200, 8), w(DATA_BASE + 0x300, 1)]);
         let b = parse_first(&mem, &tq).unwrap();
-        assert_eq!(
-            b.readable,
-            vec![Segment {
-                addr: GuestAddress(DATA_BASE),
-                len: 16
-            }]
-        );
+        assert_eq!(b.readable, vec![Segment { addr: GuestAddress(DATA_BASE), len: 16 }]);
         assert_eq!(b.writable.len(), 2);
         assert_eq!(b.writable_len(), 9);
     }
@@ -586,38 +432,23 @@ mod tests {
         // Outside memory.
         let tq = TestQueue::new(&mem);
         tq.add_chain(&[r(MEM_SIZE as u64 - 8, 16)]);
-        assert!(matches!(
-            parse_first(&mem, &tq),
-            Err(ChainError::OutsideMemory { .. })
-        ));
+        assert!(matches!(parse_first(&mem, &tq), Err(ChainError::OutsideMemory { .. })));
         // Readable after writable.
         let tq = TestQueue::new(&mem);
         tq.add_chain(&[w(DATA_BASE, 16), r(DATA_BASE + 0x100, 16)]);
-        assert!(matches!(
-            parse_first(&mem, &tq),
-            Err(ChainError::ReadableAfterWritable { .. })
-        ));
+        assert!(matches!(parse_first(&mem, &tq), Err(ChainError::ReadableAfterWritable { .. })));
         // A loop 0 -> 1 -> 0.
         let tq = TestQueue::new(&mem);
         tq.add_raw(&[(DATA_BASE, 16, NEXT, 1), (DATA_BASE, 16, NEXT, 0)]);
-        assert!(matches!(
-            parse_first(&mem, &tq),
-            Err(ChainError::Broken { .. })
-        ));
+        assert!(matches!(parse_first(&mem, &tq), Err(ChainError::Broken { .. })));
         // A next index past the table.
         let tq = TestQueue::new(&mem);
         tq.add_raw(&[(DATA_BASE, 16, NEXT, 999)]);
-        assert!(matches!(
-            parse_first(&mem, &tq),
-            Err(ChainError::Broken { count: 1, .. })
-        ));
+        assert!(matches!(parse_first(&mem, &tq), Err(ChainError::Broken { count: 1, .. })));
         // Lengths that overflow u32 together.
         let tq = TestQueue::new(&mem);
         tq.add_raw(&[(DATA_BASE, u32::MAX, NEXT, 1), (DATA_BASE, 2, WRITE, 0)]);
-        assert!(matches!(
-            parse_first(&mem, &tq),
-            Err(ChainError::Broken { .. })
-        ));
+        assert!(matches!(parse_first(&mem, &tq), Err(ChainError::Broken { .. })));
     }
 
     #[test]
@@ -627,10 +458,7 @@ mod tests {
         tq.add_chain(&[r(DATA_BASE, 16), w(DATA_BASE + 0x200, 4)]);
         let mut q = tq.queue();
         let chain = q.iter(&mem).unwrap().next().unwrap();
-        assert_eq!(
-            last_writable_byte(&mem, &chain),
-            Some(GuestAddress(DATA_BASE + 0x203))
-        );
+        assert_eq!(last_writable_byte(&mem, &chain), Some(GuestAddress(DATA_BASE + 0x203)));
 
         let tq = TestQueue::new(&mem);
         tq.add_chain(&[w(DATA_BASE, 16), r(DATA_BASE + 0x200, 4)]);
@@ -639,10 +467,7 @@ mod tests {
         assert_eq!(last_writable_byte(&mem, &chain), None);
 
         let tq = TestQueue::new(&mem);
-        tq.add_raw(&[
-            (DATA_BASE, 16, NEXT | WRITE, 1),
-            (DATA_BASE, 16, NEXT | WRITE, 0),
-        ]);
+        tq.add_raw(&[(DATA_BASE, 16, NEXT | WRITE, 1), (DATA_BASE, 16, NEXT | WRITE, 0)]);
         let mut q = tq.queue();
         let chain = q.iter(&mem).unwrap().next().unwrap();
         assert_eq!(last_writable_byte(&mem, &chain), None);
@@ -651,16 +476,7 @@ mod tests {
     #[test]
     fn byte_ranges_span_segments() {
         let mem = memory();
-        let segs = [
-            Segment {
-                addr: GuestAddress(DATA_BASE),
-                len: 3,
-            },
-            Segment {
-                addr: GuestAddress(DATA_BASE + 0x100),
-                len: 5,
-            },
-        ];
+        let segs = [Segment { addr: GuestAddress(DATA_BASE), len: 3 }, Segment { addr: GuestAddress(DATA_BASE + 0x100), len: 5 }];
         write_bytes(&mem, 0, &segs, 1, b"abcdef").unwrap();
         let mut out = [0u8; 8];
         read_bytes(&mem, 0, &segs, 0, &mut out).unwrap();
@@ -668,10 +484,7 @@ mod tests {
         let tq = TestQueue::new(&mem);
         assert_eq!(tq.read(DATA_BASE + 1, 2), b"ab");
         assert_eq!(tq.read(DATA_BASE + 0x100, 4), b"cdef");
-        assert!(matches!(
-            read_bytes(&mem, 0, &segs, 4, &mut out),
-            Err(ChainError::ShortBuffers { .. })
-        ));
+        assert!(matches!(read_bytes(&mem, 0, &segs, 4, &mut out), Err(ChainError::ShortBuffers { .. })));
         assert!(sub_segments(0, &segs, u64::MAX, 2).is_err());
     }
 }

@@ -19,11 +19,11 @@
 use libc::{c_long, SYS_accept4, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep, SYS_close, SYS_connect};
 use libc::{SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_exit, SYS_exit_group, SYS_fcntl, SYS_fdatasync};
 use libc::{SYS_fstat, SYS_fsync, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid, SYS_ioctl, SYS_lseek};
+use libc::{SYS_ftruncate, SYS_timerfd_settime, SYS_write, SYS_writev};
+use libc::{SYS_getsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill, SYS_timerfd_gettime};
 use libc::{SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep, SYS_pread64};
 use libc::{SYS_preadv, SYS_pwrite64, SYS_pwritev, SYS_read, SYS_readv, SYS_recvfrom, SYS_recvmsg};
 use libc::{SYS_rseq, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_yield, SYS_sendmsg, SYS_sendto};
-use libc::{SYS_getsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill, SYS_timerfd_gettime};
-use libc::{SYS_ftruncate, SYS_timerfd_settime, SYS_write, SYS_writev};
 
 /// A condition on one argument of a system call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
 
 use filters::{Allowed, Check};
 
@@ -73,8 +71,7 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             entry.push(SeccompRule::new(vec![condition(*check, kick).map_err(err)?]).map_err(err)?);
         }
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(err)?;
+    let filter = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, TargetArch::x86_64).map_err(err)?;
     BpfProgram::try_from(filter).map_err(err)
 }
 
@@ -107,8 +104,7 @@ impl ThreadFilters {
 
     /// Installs the event-loop filter on the calling thread.
     pub fn apply_event_loop(&self) -> Result<(), SeccompError> {
-        seccompiler::apply_filter(&self.event_loop)
-            .map_err(|source| SeccompError::Install { kind: ThreadKind::EventLoop.name(), source })
+        seccompiler::apply_filter(&self.event_loop).map_err(|source| SeccompError::Install { kind: ThreadKind::EventLoop.name(), source })
     }
 
     /// What a vCPU thread installs before it first runs the guest, and the gate it then
@@ -178,8 +174,7 @@ pub struct VcpuSandbox {
 impl VcpuSandbox {
     /// Installs the vCPU filter on the calling thread (vCPU `id`).
     pub fn enter(&self, id: u8) -> Result<(), SeccompError> {
-        seccompiler::apply_filter(&self.filter)
-            .map_err(|source| SeccompError::Install { kind: ThreadKind::Vcpu.name(), source })?;
+        seccompiler::apply_filter(&self.filter).map_err(|source| SeccompError::Install { kind: ThreadKind::Vcpu.name(), source })?;
         #[cfg(debug_assertions)]
         if self.selftest && id == 0 {
             // Debug builds only, asked for by the operator (PALISADE_VMM_SECCOMP_SELFTEST=1):

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
-use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
-};
+use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::Queue;
@@ -78,38 +76,18 @@ impl Block {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let len = file
-            .metadata()
-            .map_err(|source| BlockError::Size {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
+            .map_err(|source| BlockError::Open { path: path.to_path_buf(), source })?;
+        let len = file.metadata().map_err(|source| BlockError::Size { path: path.to_path_buf(), source })?.len();
         if !len.is_multiple_of(SECTOR_SIZE) {
             warn!(path = %path.display(), len, "virtio-blk: disk image size is not a multiple of 512; the last partial sector is not visible to the guest");
         }
-        let queue_event =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BlockError::QueueEvent {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let mut avail_features =
-            (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX);
+        let queue_event = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BlockError::QueueEvent { path: path.to_path_buf(), source })?;
+        let mut avail_features = (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX);
         if read_only {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
         }
         Ok(Block {
-            disk: Disk {
-                file,
-                path: path.to_path_buf(),
-                capacity_sectors: len / SECTOR_SIZE,
-                read_only,
-                serial: serial_for(path),
-            },
+            disk: Disk { file, path: path.to_path_buf(), capacity_sectors: len / SECTOR_SIZE, read_only, serial: serial_for(path) },
             avail_features,
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
@@ -144,10 +122,7 @@ impl Block {
     /// Serves every request the driver has queued, then interrupts it if needed.
     pub(crate) fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
-            debug!(
-                device = NAME,
-                "queue notification before activation ignored"
-            );
+            debug!(device = NAME, "queue notification before activation ignored");
             return;
         };
         let disk = &mut self.disk;
@@ -179,34 +154,19 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.config_bytes();
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
+            *byte = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| config.get(o)).copied().unwrap_or(0);
         }
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            device = NAME,
-            offset,
-            len = data.len(),
-            "write to read-only configuration space ignored"
-        );
+        debug!(device = NAME, offset, len = data.len(), "write to read-only configuration space ignored");
     }
 
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        irq: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.active = Some(ActiveQueues::new(NAME, 1, mem, irq, queues)?);
         debug!(device = NAME, path = %self.disk.path.display(), "activated");
         Ok(())

@@ -10,16 +10,14 @@ use std::io::{Seek, SeekFrom};
 
 use tracing::warn;
 use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vm_memory::Bytes;
 
 use super::device::{Disk, SECTOR_SIZE};
 use crate::devices::virtio::device::GuestMemory;
 use crate::devices::virtio::queue::{
-    drain_to_file, fill_from_file, last_writable_byte, read_bytes, sub_segments, write_bytes,
-    Chain, ChainBuffers, ChainError,
+    drain_to_file, fill_from_file, last_writable_byte, read_bytes, sub_segments, write_bytes, Chain, ChainBuffers, ChainError,
 };
 
 /// Size of the request header.
@@ -32,28 +30,16 @@ pub enum RequestError {
     Chain(#[from] ChainError),
     #[error("virtio-blk request {head}: header needs 16 device-readable bytes, got {len}")]
     HeaderTooShort { head: u16, len: u64 },
-    #[error(
-        "virtio-blk request {head}: type {kind} carries {len} bytes of data in the wrong direction"
-    )]
+    #[error("virtio-blk request {head}: type {kind} carries {len} bytes of data in the wrong direction")]
     WrongDirection { head: u16, kind: u32, len: u64 },
     #[error("virtio-blk request {head}: data length {len} is not a multiple of 512")]
     UnalignedLength { head: u16, len: u64 },
     #[error("virtio-blk request {head}: sectors {sector}+{len} bytes are beyond the disk's {capacity} sectors")]
-    OutOfRange {
-        head: u16,
-        sector: u64,
-        len: u64,
-        capacity: u64,
-    },
+    OutOfRange { head: u16, sector: u64, len: u64, capacity: u64 },
     #[error("virtio-blk request {head}: write to read-only disk {path}")]
     ReadOnly { head: u16, path: String },
     #[error("virtio-blk request {head}: {op} on disk {path} failed: {source}")]
-    Io {
-        head: u16,
-        op: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    Io { head: u16, op: &'static str, path: String, source: std::io::Error },
     #[error("virtio-blk request {head}: unsupported request type {kind}")]
     Unsupported { head: u16, kind: u32 },
 }
@@ -63,10 +49,7 @@ pub enum RequestError {
 pub(crate) fn serve(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> u32 {
     let head = chain.head_index();
     let Some(status_addr) = last_writable_byte(mem, &chain) else {
-        warn!(
-            device = "block",
-            head, "request chain has no device-writable status byte at its end; dropped"
-        );
+        warn!(device = "block", head, "request chain has no device-writable status byte at its end; dropped");
         return 0;
     };
     let (status, data_written) = match execute(disk, mem, chain) {
@@ -83,10 +66,7 @@ pub(crate) fn serve(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> u32
     // `status_addr` was checked to be inside guest memory; a failure here means the guest
     // memory map is broken, and the chain goes back untouched.
     if let Err(e) = mem.write_obj(status as u8, status_addr) {
-        warn!(
-            device = "block",
-            head, "cannot write request status at {:#x}: {e}", status_addr.0
-        );
+        warn!(device = "block", head, "cannot write request status at {:#x}: {e}", status_addr.0);
         return 0;
     }
     data_written.saturating_add(1)
@@ -94,12 +74,7 @@ pub(crate) fn serve(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> u32
 
 /// Checks that `len` bytes at `sector` lie within the disk; returns the byte offset.
 fn disk_offset(disk: &Disk, head: u16, sector: u64, len: u64) -> Result<u64, RequestError> {
-    let out_of_range = || RequestError::OutOfRange {
-        head,
-        sector,
-        len,
-        capacity: disk.capacity_sectors,
-    };
+    let out_of_range = || RequestError::OutOfRange { head, sector, len, capacity: disk.capacity_sectors };
     let offset = sector.checked_mul(SECTOR_SIZE).ok_or_else(out_of_range)?;
     let end = offset.checked_add(len).ok_or_else(out_of_range)?;
     if end > disk.capacity_sectors * SECTOR_SIZE {
@@ -109,12 +84,7 @@ fn disk_offset(disk: &Disk, head: u16, sector: u64, len: u64) -> Result<u64, Req
 }
 
 fn io_error(disk: &Disk, head: u16, op: &'static str, source: std::io::Error) -> RequestError {
-    RequestError::Io {
-        head,
-        op,
-        path: disk.path.display().to_string(),
-        source,
-    }
+    RequestError::Io { head, op, path: disk.path.display().to_string(), source }
 }
 
 /// Runs the request; returns the number of data bytes written into the chain.
@@ -123,10 +93,7 @@ fn execute(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, 
     let head = buffers.head_index;
     let readable = buffers.readable_len();
     if readable < HEADER_LEN {
-        return Err(RequestError::HeaderTooShort {
-            head,
-            len: readable,
-        });
+        return Err(RequestError::HeaderTooShort { head, len: readable });
     }
     let mut header = [0u8; HEADER_LEN as usize];
     read_bytes(mem, head, &buffers.readable, 0, &mut header)?;
@@ -142,67 +109,43 @@ fn execute(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, 
     match kind {
         VIRTIO_BLK_T_IN => {
             if data_in != 0 {
-                return Err(RequestError::WrongDirection {
-                    head,
-                    kind,
-                    len: data_in,
-                });
+                return Err(RequestError::WrongDirection { head, kind, len: data_in });
             }
             if !data_out.is_multiple_of(SECTOR_SIZE) {
-                return Err(RequestError::UnalignedLength {
-                    head,
-                    len: data_out,
-                });
+                return Err(RequestError::UnalignedLength { head, len: data_out });
             }
             let offset = disk_offset(disk, head, sector, data_out)?;
             let pieces = sub_segments(head, &buffers.writable, 0, data_out)?;
-            disk.file
-                .seek(SeekFrom::Start(offset))
-                .map_err(|e| io_error(disk, head, "seek", e))?;
+            disk.file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(disk, head, "seek", e))?;
             fill_from_file(mem, head, &pieces, &mut disk.file, "disk image")?;
             // A chain's total length fits in u32 (the queue iterator enforces it).
             Ok(u32::try_from(data_out).unwrap_or(u32::MAX))
         }
         VIRTIO_BLK_T_OUT => {
             if disk.read_only {
-                return Err(RequestError::ReadOnly {
-                    head,
-                    path: disk.path.display().to_string(),
-                });
+                return Err(RequestError::ReadOnly { head, path: disk.path.display().to_string() });
             }
             if data_out != 0 {
-                return Err(RequestError::WrongDirection {
-                    head,
-                    kind,
-                    len: data_out,
-                });
+                return Err(RequestError::WrongDirection { head, kind, len: data_out });
             }
             if !data_in.is_multiple_of(SECTOR_SIZE) {
                 return Err(RequestError::UnalignedLength { head, len: data_in });
             }
             let offset = disk_offset(disk, head, sector, data_in)?;
             let pieces = sub_segments(head, &buffers.readable, HEADER_LEN, data_in)?;
-            disk.file
-                .seek(SeekFrom::Start(offset))
-                .map_err(|e| io_error(disk, head, "seek", e))?;
+            disk.file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(disk, head, "seek", e))?;
             drain_to_file(mem, head, &pieces, &mut disk.file, "disk image")?;
             Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
             if !disk.read_only {
-                disk.file
-                    .sync_data()
-                    .map_err(|e| io_error(disk, head, "flush", e))?;
+                disk.file.sync_data().map_err(|e| io_error(disk, head, "flush", e))?;
             }
             Ok(0)
         }
         VIRTIO_BLK_T_GET_ID => {
             if data_in != 0 {
-                return Err(RequestError::WrongDirection {
-                    head,
-                    kind,
-                    len: data_in,
-                });
+                return Err(RequestError::WrongDirection { head, kind, len: data_in });
             }
             let n = data_out.min(disk.serial.len() as u64) as usize;
             let serial = disk.serial.get(..n).unwrap_or_default();
@@ -248,9 +191,7 @@ mod tests {
         file.flush().unwrap();
         let mut block = Block::new(file.path(), read_only).unwrap();
         let irq = Arc::new(IrqTrigger::new().unwrap());
-        block
-            .activate(mem.clone(), irq.clone(), vec![tq.queue()])
-            .unwrap();
+        block.activate(mem.clone(), irq.clone(), vec![tq.queue()]).unwrap();
         Fixture { file, block, irq }
     }
 
@@ -272,11 +213,7 @@ mod tests {
         let before = tq.used_idx();
         tq.add_chain(descs);
         f.block.process_queue();
-        assert_eq!(
-            tq.used_idx(),
-            before.wrapping_add(1),
-            "exactly one chain consumed"
-        );
+        assert_eq!(tq.used_idx(), before.wrapping_add(1), "exactly one chain consumed");
         tq.used(before)
     }
 
@@ -322,10 +259,7 @@ mod tests {
         let tq = TestQueue::new(&mem);
         let mut f = fixture(&mem, &tq, false);
         read_sector_ok(&mut f, &tq, 3);
-        assert_ne!(
-            f.irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING,
-            0
-        );
+        assert_ne!(f.irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING, 0);
         assert_eq!(f.irq.evt.read().unwrap(), 1);
     }
 
@@ -338,11 +272,7 @@ mod tests {
         tq.write(BUF, &data[..100]);
         tq.write(BUF + 0x1000, &data[100..1024]);
         header(&tq, VIRTIO_BLK_T_OUT, 5);
-        let (_, len) = run(
-            &mut f,
-            &tq,
-            &[r(HDR, 16), r(BUF, 100), r(BUF + 0x1000, 924), w(STATUS, 1)],
-        );
+        let (_, len) = run(&mut f, &tq, &[r(HDR, 16), r(BUF, 100), r(BUF + 0x1000, 924), w(STATUS, 1)]);
         assert_eq!(len, 1);
         assert_eq!(status(&tq), VIRTIO_BLK_S_OK as u8);
         let disk = file_contents(&mut f);
@@ -352,17 +282,7 @@ mod tests {
 
         // Read it back into three pieces, the last sharing its descriptor with the status.
         header(&tq, VIRTIO_BLK_T_IN, 5);
-        let (_, len) = run(
-            &mut f,
-            &tq,
-            &[
-                r(HDR, 16),
-                w(BUF + 0x3000, 10),
-                w(BUF + 0x4000, 1014),
-                w(BUF + 0x5000, 0),
-                w(STATUS, 1),
-            ],
-        );
+        let (_, len) = run(&mut f, &tq, &[r(HDR, 16), w(BUF + 0x3000, 10), w(BUF + 0x4000, 1014), w(BUF + 0x5000, 0), w(STATUS, 1)]);
         assert_eq!(len, 1025);
         let mut back = tq.read(BUF + 0x3000, 10);
         back.extend(tq.read(BUF + 0x4000, 1014));
@@ -432,112 +352,30 @@ mod tests {
         let mut f = fixture(&mem, &tq, false);
         let end = MEM_SIZE as u64;
         let cases: Vec<(&str, u32, u64, Vec<Desc>)> = vec![
-            (
-                "sector past the end",
-                VIRTIO_BLK_T_IN,
-                DISK_SECTORS,
-                vec![r(HDR, 16), w(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "write past the end",
-                VIRTIO_BLK_T_OUT,
-                DISK_SECTORS,
-                vec![r(HDR, 16), r(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "write crossing the end",
-                VIRTIO_BLK_T_OUT,
-                DISK_SECTORS - 1,
-                vec![r(HDR, 16), r(BUF, 1024), w(STATUS, 1)],
-            ),
-            (
-                "range crossing the end",
-                VIRTIO_BLK_T_IN,
-                DISK_SECTORS - 1,
-                vec![r(HDR, 16), w(BUF, 1024), w(STATUS, 1)],
-            ),
-            (
-                "sector overflowing u64",
-                VIRTIO_BLK_T_OUT,
-                u64::MAX / 2,
-                vec![r(HDR, 16), r(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "header too short",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![r(HDR, 8), w(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "no header at all",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![w(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "read with readable data",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![r(HDR, 16), r(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "write with writable data",
-                VIRTIO_BLK_T_OUT,
-                0,
-                vec![r(HDR, 16), w(BUF, 512), w(STATUS, 1)],
-            ),
-            (
-                "unaligned length",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![r(HDR, 16), w(BUF, 100), w(STATUS, 1)],
-            ),
-            (
-                "data outside guest memory",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![r(HDR, 16), w(end - 256, 512), w(STATUS, 1)],
-            ),
-            (
-                "data at a huge address",
-                VIRTIO_BLK_T_OUT,
-                0,
-                vec![r(HDR, 16), r(u64::MAX - 100, 512), w(STATUS, 1)],
-            ),
-            (
-                "huge length",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![r(HDR, 16), w(BUF, u32::MAX - 100), w(STATUS, 1)],
-            ),
-            (
-                "readable after writable",
-                VIRTIO_BLK_T_IN,
-                0,
-                vec![r(HDR, 16), w(BUF, 512), r(BUF, 16), w(STATUS, 1)],
-            ),
+            ("sector past the end", VIRTIO_BLK_T_IN, DISK_SECTORS, vec![r(HDR, 16), w(BUF, 512), w(STATUS, 1)]),
+            ("write past the end", VIRTIO_BLK_T_OUT, DISK_SECTORS, vec![r(HDR, 16), r(BUF, 512), w(STATUS, 1)]),
+            ("write crossing the end", VIRTIO_BLK_T_OUT, DISK_SECTORS - 1, vec![r(HDR, 16), r(BUF, 1024), w(STATUS, 1)]),
+            ("range crossing the end", VIRTIO_BLK_T_IN, DISK_SECTORS - 1, vec![r(HDR, 16), w(BUF, 1024), w(STATUS, 1)]),
+            ("sector overflowing u64", VIRTIO_BLK_T_OUT, u64::MAX / 2, vec![r(HDR, 16), r(BUF, 512), w(STATUS, 1)]),
+            ("header too short", VIRTIO_BLK_T_IN, 0, vec![r(HDR, 8), w(BUF, 512), w(STATUS, 1)]),
+            ("no header at all", VIRTIO_BLK_T_IN, 0, vec![w(BUF, 512), w(STATUS, 1)]),
+            ("read with readable data", VIRTIO_BLK_T_IN, 0, vec![r(HDR, 16), r(BUF, 512), w(STATUS, 1)]),
+            ("write with writable data", VIRTIO_BLK_T_OUT, 0, vec![r(HDR, 16), w(BUF, 512), w(STATUS, 1)]),
+            ("unaligned length", VIRTIO_BLK_T_IN, 0, vec![r(HDR, 16), w(BUF, 100), w(STATUS, 1)]),
+            ("data outside guest memory", VIRTIO_BLK_T_IN, 0, vec![r(HDR, 16), w(end - 256, 512), w(STATUS, 1)]),
+            ("data at a huge address", VIRTIO_BLK_T_OUT, 0, vec![r(HDR, 16), r(u64::MAX - 100, 512), w(STATUS, 1)]),
+            ("huge length", VIRTIO_BLK_T_IN, 0, vec![r(HDR, 16), w(BUF, u32::MAX - 100), w(STATUS, 1)]),
+            ("readable after writable", VIRTIO_BLK_T_IN, 0, vec![r(HDR, 16), w(BUF, 512), r(BUF, 16), w(STATUS, 1)]),
         ];
         for (what, kind, sector, descs) in cases {
             header(&tq, kind, sector);
             let (_, len) = run(&mut f, &tq, &descs);
-            assert_eq!(
-                (len, status(&tq)),
-                (1, VIRTIO_BLK_S_IOERR as u8),
-                "case: {what}"
-            );
+            assert_eq!((len, status(&tq)), (1, VIRTIO_BLK_S_IOERR as u8), "case: {what}");
         }
         let disk = file_contents(&mut f);
-        assert_eq!(
-            disk.len() as u64,
-            DISK_SECTORS * SECTOR_SIZE,
-            "disk not grown"
-        );
+        assert_eq!(disk.len() as u64, DISK_SECTORS * SECTOR_SIZE, "disk not grown");
         assert_eq!(disk[..512], [0u8; 512], "nothing written");
-        assert_eq!(
-            disk[(DISK_SECTORS as usize - 1) * 512..],
-            [DISK_SECTORS as u8 - 1; 512],
-            "last sector untouched"
-        );
+        assert_eq!(disk[(DISK_SECTORS as usize - 1) * 512..], [DISK_SECTORS as u8 - 1; 512], "last sector untouched");
         read_sector_ok(&mut f, &tq, 7);
     }
 
@@ -550,43 +388,22 @@ mod tests {
         header(&tq, VIRTIO_BLK_T_IN, 0);
         let end = MEM_SIZE as u64;
         let cases: Vec<(&str, Vec<Desc>)> = vec![
-            (
-                "status readable",
-                vec![r(HDR, 16), w(BUF, 512), r(STATUS, 1)],
-            ),
-            (
-                "zero-length status",
-                vec![r(HDR, 16), w(BUF, 512), w(STATUS, 0)],
-            ),
-            (
-                "status outside memory",
-                vec![r(HDR, 16), w(BUF, 512), w(end, 1)],
-            ),
+            ("status readable", vec![r(HDR, 16), w(BUF, 512), r(STATUS, 1)]),
+            ("zero-length status", vec![r(HDR, 16), w(BUF, 512), w(STATUS, 0)]),
+            ("status outside memory", vec![r(HDR, 16), w(BUF, 512), w(end, 1)]),
             ("header only", vec![r(HDR, 16)]),
         ];
         for (what, descs) in cases {
             tq.write(BUF, &[0xaa; 512]);
             let (_, len) = run(&mut f, &tq, &descs);
             assert_eq!(len, 0, "case: {what}");
-            assert_eq!(
-                tq.read(BUF, 512),
-                vec![0xaa; 512],
-                "case {what}: no data written"
-            );
+            assert_eq!(tq.read(BUF, 512), vec![0xaa; 512], "case {what}: no data written");
         }
 
         // A descriptor loop and a dangling next index, written raw.
         for raw in [
-            vec![
-                (HDR, 16, NEXT, 1),
-                (BUF, 512, NEXT | WRITE, 2),
-                (STATUS, 1, NEXT | WRITE, 1),
-            ],
-            vec![
-                (HDR, 16, NEXT, 1),
-                (BUF, 512, NEXT | WRITE, 2),
-                (STATUS, 1, NEXT | WRITE, 500),
-            ],
+            vec![(HDR, 16, NEXT, 1), (BUF, 512, NEXT | WRITE, 2), (STATUS, 1, NEXT | WRITE, 1)],
+            vec![(HDR, 16, NEXT, 1), (BUF, 512, NEXT | WRITE, 2), (STATUS, 1, NEXT | WRITE, 500)],
         ] {
             tq.write(STATUS, &[0xff]);
             let before = tq.used_idx();
@@ -606,12 +423,7 @@ mod tests {
         let mut f = fixture(&mem, &tq, false);
         // An available entry naming descriptor 200 of a 16-entry table.
         let idx = tq.mock.avail().idx().load();
-        tq.mock
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % QUEUE_SIZE))
-            .unwrap()
-            .store(200);
+        tq.mock.avail().ring().ref_at(usize::from(idx % QUEUE_SIZE)).unwrap().store(200);
         tq.mock.avail().idx().store(idx.wrapping_add(1));
         f.block.process_queue();
         assert_eq!(tq.used_idx(), 0, "nothing can be returned for a bogus head");

@@ -16,9 +16,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
-use crate::devices::virtio::queue::{
-    fill_from_file, sub_segments, ActiveQueues, Chain, ChainBuffers, ChainError,
-};
+use crate::devices::virtio::queue::{fill_from_file, sub_segments, ActiveQueues, Chain, ChainBuffers, ChainError};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -59,13 +57,7 @@ impl Rng {
     pub fn new() -> Result<Rng, RngError> {
         let source = File::open(Path::new(ENTROPY_SOURCE)).map_err(RngError::Open)?;
         let queue_event = EventFd::new(libc::EFD_NONBLOCK).map_err(RngError::QueueEvent)?;
-        Ok(Rng {
-            source,
-            acked_features: 0,
-            queue_sizes: [QUEUE_SIZE],
-            queue_events: vec![queue_event],
-            active: None,
-        })
+        Ok(Rng { source, acked_features: 0, queue_sizes: [QUEUE_SIZE], queue_events: vec![queue_event], active: None })
     }
 
     /// The features the driver accepted.
@@ -76,10 +68,7 @@ impl Rng {
     /// Serves every request the driver has queued, then interrupts it if needed.
     pub(crate) fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
-            debug!(
-                device = NAME,
-                "queue notification before activation ignored"
-            );
+            debug!(device = NAME, "queue notification before activation ignored");
             return;
         };
         let source = &mut self.source;
@@ -98,10 +87,7 @@ fn fill(source: &mut File, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, R
     let buffers = ChainBuffers::parse(mem, chain)?;
     let head = buffers.head_index;
     if !buffers.readable.is_empty() {
-        return Err(RequestError::Readable {
-            head,
-            len: buffers.readable_len(),
-        });
+        return Err(RequestError::Readable { head, len: buffers.readable_len() });
     }
     let len = buffers.writable_len().min(MAX_BYTES_PER_REQUEST);
     let pieces = sub_segments(head, &buffers.writable, 0, len)?;
@@ -133,34 +119,19 @@ impl VirtioDevice for Rng {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // virtio-rng has no configuration space.
-        debug!(
-            device = NAME,
-            offset,
-            len = data.len(),
-            "read of nonexistent configuration space"
-        );
+        debug!(device = NAME, offset, len = data.len(), "read of nonexistent configuration space");
         data.fill(0);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            device = NAME,
-            offset,
-            len = data.len(),
-            "write to nonexistent configuration space ignored"
-        );
+        debug!(device = NAME, offset, len = data.len(), "write to nonexistent configuration space ignored");
     }
 
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        irq: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.active = Some(ActiveQueues::new(NAME, 1, mem, irq, queues)?);
         debug!(device = NAME, "activated");
         Ok(())
@@ -190,8 +161,7 @@ mod tests {
     fn activated(mem: &GuestMemory, tq: &TestQueue<'_>) -> (Rng, Arc<IrqTrigger>) {
         let mut rng = Rng::new().unwrap();
         let irq = Arc::new(IrqTrigger::new().unwrap());
-        rng.activate(mem.clone(), irq.clone(), vec![tq.queue()])
-            .unwrap();
+        rng.activate(mem.clone(), irq.clone(), vec![tq.queue()]).unwrap();
         (rng, irq)
     }
 
@@ -199,11 +169,7 @@ mod tests {
         let before = tq.used_idx();
         tq.add_chain(descs);
         rng.process_queue();
-        assert_eq!(
-            tq.used_idx(),
-            before.wrapping_add(1),
-            "exactly one chain consumed"
-        );
+        assert_eq!(tq.used_idx(), before.wrapping_add(1), "exactly one chain consumed");
         tq.used(before).1
     }
 
@@ -223,11 +189,7 @@ mod tests {
         assert_eq!(len, 512);
         assert!(randomised(&tq, BUF, 256));
         assert!(randomised(&tq, BUF + 0x1000, 256));
-        assert_eq!(
-            tq.read(BUF + 256, 16),
-            vec![PATTERN; 16],
-            "nothing past the buffer"
-        );
+        assert_eq!(tq.read(BUF + 256, 16), vec![PATTERN; 16], "nothing past the buffer");
         assert_ne!(irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING, 0);
         assert_eq!(irq.evt.read().unwrap(), 1);
     }
@@ -242,10 +204,7 @@ mod tests {
         let len = run(&mut rng, &tq, &[w(BUF, big as u32)]);
         assert_eq!(u64::from(len), MAX_BYTES_PER_REQUEST);
         assert!(randomised(&tq, BUF + MAX_BYTES_PER_REQUEST - 256, 256));
-        assert_eq!(
-            tq.read(BUF + MAX_BYTES_PER_REQUEST, 4096),
-            vec![PATTERN; 4096]
-        );
+        assert_eq!(tq.read(BUF + MAX_BYTES_PER_REQUEST, 4096), vec![PATTERN; 4096]);
     }
 
     #[test]
@@ -264,11 +223,7 @@ mod tests {
         ];
         for (what, descs) in cases {
             assert_eq!(run(&mut rng, &tq, &descs), 0, "case: {what}");
-            assert_eq!(
-                tq.read(BUF, 512),
-                vec![PATTERN; 512],
-                "case {what}: nothing written"
-            );
+            assert_eq!(tq.read(BUF, 512), vec![PATTERN; 512], "case {what}: nothing written");
         }
         // A loop.
         let before = tq.used_idx();

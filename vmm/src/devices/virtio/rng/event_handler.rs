@@ -9,25 +9,14 @@ impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
         for (queue, evt) in self.queue_events.iter().enumerate() {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!(
-                    device = "rng",
-                    queue, "cannot register the queue eventfd with the event loop: {e}"
-                );
+                error!(device = "rng", queue, "cannot register the queue eventfd with the event loop: {e}");
             }
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let Some(evt) = self
-            .queue_events
-            .iter()
-            .find(|e| std::os::fd::AsRawFd::as_raw_fd(*e) == events.fd())
-        else {
-            warn!(
-                device = "rng",
-                fd = events.fd(),
-                "event for an unknown file descriptor ignored"
-            );
+        let Some(evt) = self.queue_events.iter().find(|e| std::os::fd::AsRawFd::as_raw_fd(*e) == events.fd()) else {
+            warn!(device = "rng", fd = events.fd(), "event for an unknown file descriptor ignored");
             return;
         };
         // Drain the notification counter; a spurious wakeup (nothing to read) is harmless.
@@ -37,10 +26,7 @@ impl MutEventSubscriber for Rng {
             }
         }
         if self.active.is_none() {
-            debug!(
-                device = "rng",
-                "queue notification before activation ignored"
-            );
+            debug!(device = "rng", "queue notification before activation ignored");
             return;
         }
         self.process_queue();
@@ -69,16 +55,10 @@ mod tests {
         // Before activation a kick is drained and nothing happens.
         rng.lock().unwrap().queue_events()[0].write(1).unwrap();
         assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
-        assert!(
-            rng.lock().unwrap().queue_events()[0].read().is_err(),
-            "eventfd drained"
-        );
+        assert!(rng.lock().unwrap().queue_events()[0].read().is_err(), "eventfd drained");
 
         let irq = Arc::new(IrqTrigger::new().unwrap());
-        rng.lock()
-            .unwrap()
-            .activate(mem.clone(), irq.clone(), vec![tq.queue()])
-            .unwrap();
+        rng.lock().unwrap().activate(mem.clone(), irq.clone(), vec![tq.queue()]).unwrap();
         tq.add_chain(&[w(DATA_BASE, 32)]);
         rng.lock().unwrap().queue_events()[0].write(1).unwrap();
         assert_eq!(manager.run_with_timeout(100).unwrap(), 1);

@@ -11,11 +11,11 @@ use virtio_vsock::packet::VsockPacket;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::read_tx_chain;
-use crate::devices::virtio::queue::ChainBuffers;
 use super::unix::connection::MAX_PKT_DATA;
 use super::unix::UnixBackend;
 use super::VsockError;
 use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+use crate::devices::virtio::queue::ChainBuffers;
 
 /// Virtio device ID of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -65,41 +65,19 @@ impl Vsock {
     /// A device whose host clients arrive on `listener`, already bound by the caller (the
     /// host jail binds it at the caller's path, outside the VMM's root); `uds_path` is the
     /// prefix of guest-initiated `<uds_path>_<port>` connections, as seen by the VMM.
-    pub fn with_listener(
-        guest_cid: u64,
-        uds_path: &Path,
-        listener: UnixListener,
-    ) -> Result<Vsock, VsockError> {
-        Self::with_backend(guest_cid, || {
-            UnixBackend::with_listener(guest_cid, uds_path, listener)
-        })
+    pub fn with_listener(guest_cid: u64, uds_path: &Path, listener: UnixListener) -> Result<Vsock, VsockError> {
+        Self::with_backend(guest_cid, || UnixBackend::with_listener(guest_cid, uds_path, listener))
     }
 
-    fn with_backend(
-        guest_cid: u64,
-        backend: impl FnOnce() -> Result<UnixBackend, VsockError>,
-    ) -> Result<Vsock, VsockError> {
+    fn with_backend(guest_cid: u64, backend: impl FnOnce() -> Result<UnixBackend, VsockError>) -> Result<Vsock, VsockError> {
         if guest_cid <= super::HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidGuestCid(guest_cid));
         }
-        let new_evt = |what| {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VsockError::EventFd { what, source })
-        };
-        let queue_events = vec![
-            new_evt("rx queue")?,
-            new_evt("tx queue")?,
-            new_evt("event queue")?,
-        ];
+        let new_evt = |what| EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VsockError::EventFd { what, source });
+        let queue_events = vec![new_evt("rx queue")?, new_evt("tx queue")?, new_evt("event queue")?];
         let reset_evt = new_evt("reset")?;
         let backend = backend()?;
-        Ok(Vsock {
-            guest_cid,
-            acked_features: 0,
-            queue_events,
-            reset_evt,
-            active: None,
-            backend,
-        })
+        Ok(Vsock { guest_cid, acked_features: 0, queue_events, reset_evt, active: None, backend })
     }
 
     pub fn guest_cid(&self) -> u64 {
@@ -234,45 +212,25 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.guest_cid.to_le_bytes();
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
+            *byte =
+                offset.checked_add(i as u64).and_then(|at| usize::try_from(at).ok()).and_then(|at| config.get(at).copied()).unwrap_or(0);
         }
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(
-            offset,
-            len = data.len(),
-            "vsock: ignoring a write to the read-only config space"
-        );
+        tracing::warn!(offset, len = data.len(), "vsock: ignoring a write to the read-only config space");
     }
 
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        irq: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         let got = queues.len();
-        let [rx, tx, event]: [Queue; 3] =
-            queues.try_into().map_err(|_| ActivateError::QueueCount {
-                device: "vsock",
-                expected: 3,
-                got,
-            })?;
+        let [rx, tx, event]: [Queue; 3] = queues.try_into().map_err(|_| ActivateError::QueueCount { device: "vsock", expected: 3, got })?;
         for (index, queue) in [&rx, &tx, &event].into_iter().enumerate() {
             if !queue.is_valid(&mem) {
-                return Err(ActivateError::InvalidQueue {
-                    device: "vsock",
-                    index,
-                });
+                return Err(ActivateError::InvalidQueue { device: "vsock", index });
             }
         }
         // The event queue is only for transport-reset events, which this device never sends.

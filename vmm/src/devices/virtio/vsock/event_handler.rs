@@ -21,9 +21,7 @@ impl Vsock {
     }
 
     fn queue_index_of(&self, fd: i32) -> Option<usize> {
-        self.queue_events()
-            .iter()
-            .position(|evt| evt.as_raw_fd() == fd)
+        self.queue_events().iter().position(|evt| evt.as_raw_fd() == fd)
     }
 }
 
@@ -31,10 +29,7 @@ impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, evt) in self.queue_events().iter().enumerate() {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                tracing::error!(
-                    queue = index,
-                    "vsock: cannot watch the queue eventfd: {e:?}"
-                );
+                tracing::error!(queue = index, "vsock: cannot watch the queue eventfd: {e:?}");
             }
         }
         if let Err(e) = ops.add(Events::new(&self.reset_evt, EventSet::IN)) {

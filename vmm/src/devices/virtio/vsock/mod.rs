@@ -36,19 +36,14 @@ pub const HOST_CID: u64 = 2;
 /// Why the vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
-    #[error(
-        "vsock: guest CID {0} is reserved (CIDs 0, 1, 2 and u32::MAX are not usable by a guest)"
-    )]
+    #[error("vsock: guest CID {0} is reserved (CIDs 0, 1, 2 and u32::MAX are not usable by a guest)")]
     InvalidGuestCid(u64),
     #[error("vsock: cannot remove the stale socket file {path}: {source}")]
     RemoveStaleSocket { path: PathBuf, source: io::Error },
     #[error("vsock: cannot listen on the Unix socket {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
     #[error("vsock: cannot create the {what} eventfd: {source}")]
-    EventFd {
-        what: &'static str,
-        source: io::Error,
-    },
+    EventFd { what: &'static str, source: io::Error },
     #[error("vsock: cannot create the connect-timeout timerfd: {0}")]
     TimerFd(io::Error),
 }

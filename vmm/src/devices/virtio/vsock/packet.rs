@@ -133,8 +133,7 @@ pub fn read_tx_chain<M: GuestMemory + ?Sized>(
         }
         let at = bytes.len();
         bytes.resize(at + len, 0);
-        mem.read_slice(&mut bytes[at..], desc.addr())
-            .map_err(|_| TxChainError::OutOfMemory { addr: desc.addr().0, len: desc.len() })?;
+        mem.read_slice(&mut bytes[at..], desc.addr()).map_err(|_| TxChainError::OutOfMemory { addr: desc.addr().0, len: desc.len() })?;
     }
     if count == 0 {
         return Err(TxChainError::Empty);

@@ -62,13 +62,7 @@ impl DriverQueue {
         queue.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
         queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
         queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        let dq = DriverQueue {
-            desc,
-            avail,
-            used,
-            avail_idx: 0,
-            used_seen: 0,
-        };
+        let dq = DriverQueue { desc, avail, used, avail_idx: 0, used_seen: 0 };
         (dq, queue)
     }
 
@@ -77,11 +71,7 @@ impl DriverQueue {
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
             let index = first + i as u16;
             let last = i + 1 == descs.len();
-            let flags = if last {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
+            let flags = if last { flags } else { flags | VRING_DESC_F_NEXT as u16 };
             let at = self.desc + 16 * u64::from(index);
             mem.write_obj(addr, GuestAddress(at)).unwrap();
             mem.write_obj(len, GuestAddress(at + 8)).unwrap();
@@ -95,8 +85,7 @@ impl DriverQueue {
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
     fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
@@ -154,18 +143,7 @@ impl Harness {
         let (tx, txq) = DriverQueue::new(&mem, TX_QUEUE_ADDR);
         let (_, evq) = DriverQueue::new(&mem, EV_QUEUE_ADDR);
         let irq = Arc::new(IrqTrigger::new().unwrap());
-        let mut h = Harness {
-            _dir: dir,
-            uds,
-            mem,
-            dev,
-            em,
-            irq,
-            rx,
-            tx,
-            queues: Some(vec![rxq, txq, evq]),
-            tx_slot: 0,
-        };
+        let mut h = Harness { _dir: dir, uds, mem, dev, em, irq, rx, tx, queues: Some(vec![rxq, txq, evq]), tx_slot: 0 };
         h.pump();
         h
     }
@@ -173,11 +151,7 @@ impl Harness {
     /// Activates the device without giving it any rx buffers.
     fn activate_bare(&mut self) {
         let queues = self.queues.take().expect("activate once per harness");
-        self.dev
-            .lock()
-            .unwrap()
-            .activate(self.mem.clone(), self.irq.clone(), queues)
-            .unwrap();
+        self.dev.lock().unwrap().activate(self.mem.clone(), self.irq.clone(), queues).unwrap();
     }
 
     /// Activates the device and gives it `RX_CHAINS` rx buffers.
@@ -192,18 +166,12 @@ impl Harness {
 
     fn publish_rx_chain(&mut self, j: u16) {
         let hdr = RX_POOL + u64::from(j) * RX_STRIDE;
-        let head = self.rx.write_chain(
-            &self.mem,
-            2 * j,
-            &[(hdr, 44, WO), (hdr + 0x1000, RX_DATA_LEN, WO)],
-        );
+        let head = self.rx.write_chain(&self.mem, 2 * j, &[(hdr, 44, WO), (hdr + 0x1000, RX_DATA_LEN, WO)]);
         self.rx.publish(&self.mem, head);
     }
 
     fn kick(&self, queue: usize) {
-        self.dev.lock().unwrap().queue_events()[queue]
-            .write(1)
-            .unwrap();
+        self.dev.lock().unwrap().queue_events()[queue].write(1).unwrap();
     }
 
     /// Runs the event loop until it is idle.
@@ -226,26 +194,18 @@ impl Harness {
         self.kick(1);
         self.pump();
         let used = self.tx.take_used(&self.mem);
-        assert_eq!(
-            used.len(),
-            1,
-            "the device must consume every tx chain, valid or not"
-        );
+        assert_eq!(used.len(), 1, "the device must consume every tx chain, valid or not");
     }
 
     /// Sends a well-formed packet (header and data in two descriptors).
     fn send(&mut self, mut hdr: Header, data: &[u8]) {
         hdr.len = data.len() as u32;
         let base = TX_POOL + u64::from(self.tx_slot % TX_SLOTS) * TX_STRIDE;
-        self.mem
-            .write_slice(&hdr.to_bytes(), GuestAddress(base))
-            .unwrap();
+        self.mem.write_slice(&hdr.to_bytes(), GuestAddress(base)).unwrap();
         if data.is_empty() {
             self.send_raw(&[(base, 44, RO)]);
         } else {
-            self.mem
-                .write_slice(data, GuestAddress(base + 0x100))
-                .unwrap();
+            self.mem.write_slice(data, GuestAddress(base + 0x100)).unwrap();
             self.send_raw(&[(base, 44, RO), (base + 0x100, data.len() as u32, RO)]);
         }
     }
@@ -263,9 +223,7 @@ impl Harness {
             let hdr = Header::from_bytes(&raw);
             assert_eq!(len, 44 + hdr.len, "used length must be header + payload");
             let mut data = vec![0u8; hdr.len as usize];
-            self.mem
-                .read_slice(&mut data, GuestAddress(base + 0x1000))
-                .unwrap();
+            self.mem.read_slice(&mut data, GuestAddress(base + 0x1000)).unwrap();
             out.push((hdr, data));
             self.publish_rx_chain(j);
         }
@@ -292,10 +250,7 @@ impl Harness {
             if done {
                 return all;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; got {all:?}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; got {all:?}");
             self.pump_wait(10);
         }
     }
@@ -310,9 +265,7 @@ impl Harness {
     /// the host-side port.
     fn establish_host_initiated(&mut self, port: u32) -> (UnixStream, u32) {
         let mut client = self.connect_client();
-        client
-            .write_all(format!("CONNECT {port}\n").as_bytes())
-            .unwrap();
+        client.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
         let pkts = self.pump_recv();
         assert_eq!(pkts.len(), 1, "expected one REQUEST, got {pkts:?}");
         let req = pkts[0].0;
@@ -406,10 +359,7 @@ fn device_contract_values() {
 fn reserved_guest_cids_are_refused_and_stale_sockets_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
-    assert!(matches!(
-        Vsock::new(2, &uds),
-        Err(VsockError::InvalidGuestCid(2))
-    ));
+    assert!(matches!(Vsock::new(2, &uds), Err(VsockError::InvalidGuestCid(2))));
     // A socket file left behind by a dead VMM.
     drop(UnixListener::bind(&uds).unwrap());
     assert!(uds.exists());
@@ -419,10 +369,7 @@ fn reserved_guest_cids_are_refused_and_stale_sockets_replaced() {
     assert!(!uds.exists(), "the socket file is removed with the device");
     // A regular file is not ours to delete.
     std::fs::write(&uds, b"data").unwrap();
-    assert!(matches!(
-        Vsock::new(GUEST_CID, &uds),
-        Err(VsockError::RemoveStaleSocket { .. })
-    ));
+    assert!(matches!(Vsock::new(GUEST_CID, &uds), Err(VsockError::RemoveStaleSocket { .. })));
 }
 
 #[test]
@@ -458,13 +405,7 @@ fn tx_packets_split_over_many_descriptors_arrive_whole() {
     h.mem.write_slice(&data[..1], GuestAddress(base + 0x2000)).unwrap();
     h.mem.write_slice(&data[1..2048], GuestAddress(base + 0x3000)).unwrap();
     h.mem.write_slice(&data[2048..], GuestAddress(base + 0x5000)).unwrap();
-    h.send_raw(&[
-        (base, 20, RO),
-        (base + 0x1000, 24, RO),
-        (base + 0x2000, 1, RO),
-        (base + 0x3000, 2047, RO),
-        (base + 0x5000, 952, RO),
-    ]);
+    h.send_raw(&[(base, 20, RO), (base + 0x1000, 24, RO), (base + 0x2000, 1, RO), (base + 0x3000, 2047, RO), (base + 0x5000, 952, RO)]);
     let mut got = vec![0u8; data.len()];
     client.read_exact(&mut got).unwrap();
     assert!(got == data, "the split packet's bytes must arrive in order");
@@ -556,14 +497,7 @@ fn malformed_connect_lines_close_the_client() {
     let mut h = Harness::new();
     h.activate();
     let long = "A".repeat(40);
-    for line in [
-        "CONNECT abc\n",
-        "HELLO 5\n",
-        "CONNECT 99999999999\n",
-        "CONNECT  5\n",
-        "\n",
-        &long,
-    ] {
+    for line in ["CONNECT abc\n", "HELLO 5\n", "CONNECT 99999999999\n", "CONNECT  5\n", "\n", &long] {
         let mut client = h.connect_client();
         let _ = client.write_all(line.as_bytes());
         h.pump();
@@ -589,10 +523,7 @@ fn guest_connects_to_a_listening_host_port() {
     assert_eq!(pkts.len(), 1);
     let resp = pkts[0].0;
     assert_eq!(resp.op, OP_RESPONSE);
-    assert_eq!(
-        (resp.src_cid, resp.src_port, resp.dst_cid, resp.dst_port),
-        (HOST_CID, 5000, GUEST_CID, 777)
-    );
+    assert_eq!((resp.src_cid, resp.src_port, resp.dst_cid, resp.dst_port), (HOST_CID, 5000, GUEST_CID, 777));
     let (mut server, _) = listener.accept().unwrap();
     server.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     h.send(gh(OP_RW, 777, 5000), b"from guest");
@@ -642,10 +573,7 @@ fn sixteen_mib_guest_to_host_arrive_intact_within_credit() {
             h.send(gh(OP_RW, 900, 6000), &data[sent..sent + n]);
             sent += n;
         } else {
-            assert!(
-                Instant::now() < deadline,
-                "stalled at {sent} bytes: no credit update"
-            );
+            assert!(Instant::now() < deadline, "stalled at {sent} bytes: no credit update");
             h.pump_wait(5);
         }
         for (hdr, _) in h.recv() {
@@ -659,13 +587,7 @@ fn sixteen_mib_guest_to_host_arrive_intact_within_credit() {
     }
     assert!(credit_updates > 0);
     // Half-close: the host reader sees EOF after the last byte.
-    h.send(
-        Header {
-            flags: SHUTDOWN_F_SEND,
-            ..gh(OP_SHUTDOWN, 900, 6000)
-        },
-        b"",
-    );
+    h.send(Header { flags: SHUTDOWN_F_SEND, ..gh(OP_SHUTDOWN, 900, 6000) }, b"");
     while !reader.is_finished() {
         assert!(Instant::now() < deadline, "host reader never saw EOF");
         h.pump_wait(5);
@@ -675,9 +597,7 @@ fn sixteen_mib_guest_to_host_arrive_intact_within_credit() {
     assert!(got == data, "guest->host data corrupted");
     // The host side closed too: the guest is told, then the connection is done.
     let pkts = h.recv_until("RST closing the connection", |p| p.op == OP_RST);
-    assert!(pkts
-        .iter()
-        .any(|(p, _)| p.op == OP_SHUTDOWN && p.flags & SHUTDOWN_F_SEND != 0));
+    assert!(pkts.iter().any(|(p, _)| p.op == OP_SHUTDOWN && p.flags & SHUTDOWN_F_SEND != 0));
     assert_eq!(h.conn_count(), 0);
 }
 
@@ -712,11 +632,7 @@ fn sixteen_mib_host_to_guest_arrive_intact_within_credit() {
     let mut advertised_fwd = 0u32;
     let deadline = Instant::now() + Duration::from_secs(120);
     'outer: loop {
-        assert!(
-            Instant::now() < deadline,
-            "stalled after {} bytes",
-            got.len()
-        );
+        assert!(Instant::now() < deadline, "stalled after {} bytes", got.len());
         h.pump_wait(5);
         let pkts = h.recv();
         for (hdr, payload) in pkts {
@@ -724,10 +640,7 @@ fn sixteen_mib_host_to_guest_arrive_intact_within_credit() {
                 OP_RW => {
                     got.extend_from_slice(&payload);
                     let in_flight = (got.len() as u32).wrapping_sub(advertised_fwd);
-                    assert!(
-                        in_flight <= GUEST_BUF,
-                        "device overran the guest's credit: {in_flight}"
-                    );
+                    assert!(in_flight <= GUEST_BUF, "device overran the guest's credit: {in_flight}");
                 }
                 OP_SHUTDOWN => {
                     assert_ne!(hdr.flags & SHUTDOWN_F_SEND, 0);
@@ -767,31 +680,18 @@ fn half_close_from_the_host_keeps_guest_to_host_flowing() {
     client.write_all(b"last words").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let pkts = h.recv_until("SHUTDOWN", |p| p.op == OP_SHUTDOWN);
-    let data: Vec<u8> = pkts
-        .iter()
-        .filter(|(p, _)| p.op == OP_RW)
-        .flat_map(|(_, d)| d.clone())
-        .collect();
+    let data: Vec<u8> = pkts.iter().filter(|(p, _)| p.op == OP_RW).flat_map(|(_, d)| d.clone()).collect();
     assert_eq!(data, b"last words");
     assert_eq!(pkts.last().unwrap().0.flags, SHUTDOWN_F_SEND);
     h.send(gh(OP_RW, 42, local), b"still here");
     let mut buf = [0u8; 10];
     client.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here");
-    h.send(
-        Header {
-            flags: SHUTDOWN_F_SEND,
-            ..gh(OP_SHUTDOWN, 42, local)
-        },
-        b"",
-    );
+    h.send(Header { flags: SHUTDOWN_F_SEND, ..gh(OP_SHUTDOWN, 42, local) }, b"");
     assert!(is_closed(&mut client));
     let pkts = h.pump_recv();
     assert_eq!(pkts.len(), 1);
-    assert_eq!(
-        pkts[0].0.op, OP_RST,
-        "both directions done: the connection is closed"
-    );
+    assert_eq!(pkts[0].0.op, OP_RST, "both directions done: the connection is closed");
     assert_eq!(h.conn_count(), 0);
 }
 
@@ -801,13 +701,7 @@ fn half_close_from_the_guest_keeps_host_to_guest_flowing() {
     h.activate();
     let (mut client, local) = h.establish_host_initiated(43);
     h.send(gh(OP_RW, 43, local), b"bye");
-    h.send(
-        Header {
-            flags: SHUTDOWN_F_SEND,
-            ..gh(OP_SHUTDOWN, 43, local)
-        },
-        b"",
-    );
+    h.send(Header { flags: SHUTDOWN_F_SEND, ..gh(OP_SHUTDOWN, 43, local) }, b"");
     let mut got = Vec::new();
     client.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"bye", "EOF after the guest's data");
@@ -896,14 +790,9 @@ fn hostile_tx_packets_are_dropped_and_the_device_keeps_serving() {
     h.activate();
     let scratch = 0xD0_0000;
     let write_hdr = |h: &Harness, hdr: Header| {
-        h.mem
-            .write_slice(&hdr.to_bytes(), GuestAddress(scratch))
-            .unwrap();
+        h.mem.write_slice(&hdr.to_bytes(), GuestAddress(scratch)).unwrap();
     };
-    let rw = Header {
-        len: 1000,
-        ..gh(OP_RW, 1, 2)
-    };
+    let rw = Header { len: 1000, ..gh(OP_RW, 1, 2) };
 
     // Header descriptor shorter than a header.
     write_hdr(&h, gh(OP_REQUEST, 1, 2));
@@ -931,35 +820,14 @@ fn hostile_tx_packets_are_dropped_and_the_device_keeps_serving() {
     h.pump();
     h.tx.take_used(&h.mem);
     // Wrong source or destination CID: dropped silently.
-    write_hdr(
-        &h,
-        Header {
-            src_cid: 7,
-            ..gh(OP_REQUEST, 1, 2)
-        },
-    );
+    write_hdr(&h, Header { src_cid: 7, ..gh(OP_REQUEST, 1, 2) });
     h.send_raw(&[(scratch, 44, RO)]);
-    write_hdr(
-        &h,
-        Header {
-            dst_cid: 5,
-            ..gh(OP_REQUEST, 1, 2)
-        },
-    );
+    write_hdr(&h, Header { dst_cid: 5, ..gh(OP_REQUEST, 1, 2) });
     h.send_raw(&[(scratch, 44, RO)]);
-    assert!(
-        h.pump_recv().is_empty(),
-        "malformed or misaddressed packets get no answer"
-    );
+    assert!(h.pump_recv().is_empty(), "malformed or misaddressed packets get no answer");
 
     // Wrong socket type, unknown op, data for no connection: answered with RST.
-    h.send(
-        Header {
-            type_: 2,
-            ..gh(OP_REQUEST, 11, 12)
-        },
-        b"",
-    );
+    h.send(Header { type_: 2, ..gh(OP_REQUEST, 11, 12) }, b"");
     h.send(gh(42, 13, 14), b"");
     h.send(gh(OP_RW, 15, 16), b"orphan");
     let rsts: Vec<(u32, u32)> = h
@@ -1034,11 +902,7 @@ fn hostile_rx_buffers_are_skipped() {
     let (skipped, good): (Vec<_>, Vec<_>) = used.iter().partition(|(id, _)| bad_heads.contains(id));
     assert_eq!(skipped.len(), bad.len() + 1, "{used:?}");
     assert!(skipped.iter().all(|&&(_, len)| len == 0));
-    assert_eq!(
-        good,
-        [&(0, 44)],
-        "the REQUEST lands in the first good buffer"
-    );
+    assert_eq!(good, [&(0, 44)], "the REQUEST lands in the first good buffer");
     let mut raw = [0u8; 44];
     h.mem.read_slice(&mut raw, GuestAddress(RX_POOL)).unwrap();
     assert_eq!(Header::from_bytes(&raw).op, OP_REQUEST);

@@ -23,8 +23,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::super::packet::{
-    op_name, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
-    OP_SHUTDOWN, TYPE_STREAM,
+    op_name, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
 };
 use super::super::{VsockError, HOST_CID};
 use super::connection::{reset_header, write_header, Close, ConnKey, Connection, Fill};
@@ -73,10 +72,7 @@ pub struct UnixBackend {
 impl UnixBackend {
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
         remove_stale_socket(uds_path)?;
-        let listen_err = |source| VsockError::Listen {
-            path: uds_path.to_owned(),
-            source,
-        };
+        let listen_err = |source| VsockError::Listen { path: uds_path.to_owned(), source };
         let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
         let mut backend = Self::with_listener(guest_cid, uds_path, listener)?;
         backend.owns_socket_file = true;
@@ -86,17 +82,8 @@ impl UnixBackend {
     /// A backend accepting host clients on `listener`, a socket someone else bound (the host
     /// jail binds it outside the VMM's jail, whose root does not contain it). The socket file
     /// is left alone; `uds_path` is only the prefix of guest-initiated `<uds_path>_<port>`.
-    pub fn with_listener(
-        guest_cid: u64,
-        uds_path: &Path,
-        listener: UnixListener,
-    ) -> Result<Self, VsockError> {
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| VsockError::Listen {
-                path: uds_path.to_owned(),
-                source,
-            })?;
+    pub fn with_listener(guest_cid: u64, uds_path: &Path, listener: UnixListener) -> Result<Self, VsockError> {
+        listener.set_nonblocking(true).map_err(|source| VsockError::Listen { path: uds_path.to_owned(), source })?;
         Ok(Self {
             owns_socket_file: false,
             uds_path: uds_path.to_owned(),
@@ -206,15 +193,11 @@ impl UnixBackend {
                 continue;
             }
             if self.clients.len() + self.conns.len() >= MAX_CONNECTIONS {
-                tracing::warn!(
-                    "vsock: refusing a host connection: {MAX_CONNECTIONS} connections open"
-                );
+                tracing::warn!("vsock: refusing a host connection: {MAX_CONNECTIONS} connections open");
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                tracing::warn!(
-                    "vsock: refusing a host connection: cannot make it non-blocking: {e}"
-                );
+                tracing::warn!("vsock: refusing a host connection: cannot make it non-blocking: {e}");
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -252,18 +235,11 @@ impl UnixBackend {
             return;
         };
         let registered = self.client_registered.remove(&fd).unwrap_or(false);
-        let key = ConnKey {
-            local_port,
-            peer_port: port,
-        };
+        let key = ConnKey { local_port, peer_port: port };
         let deadline = Instant::now() + self.connect_timeout;
         let mut conn = Connection::host_initiated(client.stream, key, self.guest_cid, deadline);
         conn.registered = registered.then_some(EventSet::IN);
-        tracing::debug!(
-            local_port,
-            guest_port = port,
-            "vsock: host connection request"
-        );
+        tracing::debug!(local_port, guest_port = port, "vsock: host connection request");
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
     }
@@ -299,10 +275,7 @@ impl UnixBackend {
         }
         if set.contains(EventSet::OUT) || hangup {
             if let Err(e) = conn.flush_to_host() {
-                tracing::debug!(
-                    local_port = key.local_port,
-                    "vsock: write to host socket: {e}"
-                );
+                tracing::debug!(local_port = key.local_port, "vsock: write to host socket: {e}");
                 conn.set_close(Close::Reset("writing to the host socket failed"));
             }
         }
@@ -325,9 +298,7 @@ impl UnixBackend {
                     guest_port = conn.key.peer_port,
                     "vsock: the guest did not answer a host connection request in time"
                 );
-                conn.set_close(Close::Reset(
-                    "the guest did not answer the connection request",
-                ));
+                conn.set_close(Close::Reset("the guest did not answer the connection request"));
             }
         }
     }
@@ -344,15 +315,9 @@ impl UnixBackend {
             );
             return;
         }
-        let key = ConnKey {
-            local_port: hdr.dst_port,
-            peer_port: hdr.src_port,
-        };
+        let key = ConnKey { local_port: hdr.dst_port, peer_port: hdr.src_port };
         if hdr.type_ != TYPE_STREAM {
-            tracing::warn!(
-                type_ = hdr.type_,
-                "vsock: unsupported socket type from the guest"
-            );
+            tracing::warn!(type_ = hdr.type_, "vsock: unsupported socket type from the guest");
             if hdr.op != OP_RST {
                 self.queue_reset(key);
             }
@@ -379,14 +344,9 @@ impl UnixBackend {
             OP_REQUEST => conn.set_close(Close::Reset("guest sent REQUEST on an open connection")),
             OP_RESPONSE => {
                 if conn.is_established() {
-                    conn.set_close(Close::Reset(
-                        "guest sent RESPONSE on an established connection",
-                    ));
+                    conn.set_close(Close::Reset("guest sent RESPONSE on an established connection"));
                 } else {
-                    tracing::debug!(
-                        local_port = key.local_port,
-                        "vsock: guest accepted a host connection"
-                    );
+                    tracing::debug!(local_port = key.local_port, "vsock: guest accepted a host connection");
                     conn.on_response();
                     if let Err(e) = conn.flush_to_host() {
                         tracing::debug!("vsock: writing OK to the host client: {e}");
@@ -417,20 +377,14 @@ impl UnixBackend {
             _ => conn.set_close(Close::Reset("guest sent an unknown operation")),
         }
         if let Some(Close::Reset(reason) | Close::Silent(reason)) = conn.close {
-            tracing::debug!(
-                local_port = key.local_port,
-                guest_port = key.peer_port,
-                "vsock: closing: {reason}"
-            );
+            tracing::debug!(local_port = key.local_port, guest_port = key.peer_port, "vsock: closing: {reason}");
         }
     }
 
     /// The guest connects to host port `key.local_port`: relay to `<uds_path>_<port>`.
     fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
         if self.conns.len() + self.clients.len() >= MAX_CONNECTIONS {
-            tracing::warn!(
-                "vsock: refusing a guest connection: {MAX_CONNECTIONS} connections open"
-            );
+            tracing::warn!("vsock: refusing a guest connection: {MAX_CONNECTIONS} connections open");
             self.queue_reset(key);
             return;
         }
@@ -445,10 +399,7 @@ impl UnixBackend {
         };
         tracing::debug!(path = %path.display(), guest_port = key.peer_port, "vsock: guest connected");
         self.by_fd.insert(stream.as_raw_fd(), key);
-        self.conns.insert(
-            key,
-            Connection::guest_initiated(stream, key, self.guest_cid, hdr),
-        );
+        self.conns.insert(key, Connection::guest_initiated(stream, key, self.guest_cid, hdr));
     }
 
     /// `<uds_path>_<port>`.
@@ -469,12 +420,7 @@ impl UnixBackend {
     /// Drops connections that are finished or broken, and queues those with something for the
     /// guest. Returns whether there is rx work.
     pub fn prepare(&mut self) -> bool {
-        let closing: Vec<ConnKey> = self
-            .conns
-            .values()
-            .filter(|c| c.close.is_some() || c.is_finished())
-            .map(|c| c.key)
-            .collect();
+        let closing: Vec<ConnKey> = self.conns.values().filter(|c| c.close.is_some() || c.is_finished()).map(|c| c.key).collect();
         for key in closing {
             let Some(conn) = self.conns.remove(&key) else {
                 continue;
@@ -484,11 +430,7 @@ impl UnixBackend {
                 Some(Close::Silent(_)) => {}
                 Some(Close::Reset(_)) | None => self.queue_reset(key),
             }
-            tracing::debug!(
-                local_port = key.local_port,
-                guest_port = key.peer_port,
-                "vsock: connection closed"
-            );
+            tracing::debug!(local_port = key.local_port, guest_port = key.peer_port, "vsock: connection closed");
             self.dead.push((conn.stream, conn.registered.is_some()));
         }
         for conn in self.conns.values_mut() {
@@ -570,13 +512,8 @@ impl UnixBackend {
             match result {
                 Ok(()) => conn.registered = (!want.is_empty()).then_some(want),
                 Err(e) => {
-                    tracing::warn!(
-                        local_port = conn.key.local_port,
-                        "vsock: cannot update the watch on a connection: {e:?}"
-                    );
-                    conn.set_close(Close::Reset(
-                        "the event loop refused the connection's socket",
-                    ));
+                    tracing::warn!(local_port = conn.key.local_port, "vsock: cannot update the watch on a connection: {e:?}");
+                    conn.set_close(Close::Reset("the event loop refused the connection's socket"));
                 }
             }
         }
@@ -584,12 +521,7 @@ impl UnixBackend {
     }
 
     fn arm_timer(&mut self) {
-        let earliest = self
-            .conns
-            .values()
-            .filter_map(Connection::deadline)
-            .chain(self.clients.values().map(|c| c.deadline))
-            .min();
+        let earliest = self.conns.values().filter_map(Connection::deadline).chain(self.clients.values().map(|c| c.deadline)).min();
         if earliest == self.timer_deadline {
             return;
         }
@@ -623,16 +555,10 @@ impl Drop for UnixBackend {
 /// Removes a socket file left behind by an earlier VMM; anything that is not a socket is left
 /// alone and reported.
 fn remove_stale_socket(path: &Path) -> Result<(), VsockError> {
-    let err = |source| VsockError::RemoveStaleSocket {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| VsockError::RemoveStaleSocket { path: path.to_owned(), source };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(err),
-        Ok(_) => Err(err(io::Error::new(
-            ErrorKind::AlreadyExists,
-            "exists and is not a socket",
-        ))),
+        Ok(_) => Err(err(io::Error::new(ErrorKind::AlreadyExists, "exists and is not a socket"))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(err(e)),
     }
@@ -641,12 +567,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), VsockError> {
 /// Connects to a Unix socket without ever blocking the event loop (a listener with a full
 /// backlog is an error, like a missing one).
 fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     let addr = UnixAddr::new(path)?;
     connect(fd.as_raw_fd(), &addr)?;
     Ok(UnixStream::from(fd))
@@ -655,12 +576,7 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
 /// A `CLOCK_MONOTONIC` timerfd that is non-blocking, so a stale expiry never blocks the loop.
 fn new_nonblocking_timer() -> io::Result<TimerFd> {
     // SAFETY: timerfd_create takes no pointers; the return value is checked below.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -23,8 +23,8 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{ReadVolatile, VolatileMemoryError};
 
 use super::super::packet::{
-    Header, HEADER_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
-    OP_RW, OP_SHUTDOWN, SHUTDOWN_F_RCV, SHUTDOWN_F_SEND, TYPE_STREAM,
+    Header, HEADER_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_F_RCV,
+    SHUTDOWN_F_SEND, TYPE_STREAM,
 };
 use super::super::HOST_CID;
 
@@ -146,18 +146,8 @@ impl Connection {
     }
 
     /// A connection a host client asked for; OP_REQUEST goes to the guest next.
-    pub fn host_initiated(
-        stream: UnixStream,
-        key: ConnKey,
-        guest_cid: u64,
-        deadline: Instant,
-    ) -> Self {
-        let mut conn = Self::new(
-            stream,
-            key,
-            guest_cid,
-            ConnState::AwaitingResponse { deadline },
-        );
+    pub fn host_initiated(stream: UnixStream, key: ConnKey, guest_cid: u64, deadline: Instant) -> Self {
+        let mut conn = Self::new(stream, key, guest_cid, ConnState::AwaitingResponse { deadline });
         conn.pending_request = true;
         conn
     }
@@ -249,10 +239,7 @@ impl Connection {
         let mut written = 0;
         if self.reply.is_empty() && self.to_host.is_empty() && !self.host_write_shut {
             written = send_nonblocking(&self.stream, bytes).map_err(|e| {
-                tracing::debug!(
-                    port = self.key.local_port,
-                    "vsock: write to host socket: {e}"
-                );
+                tracing::debug!(port = self.key.local_port, "vsock: write to host socket: {e}");
                 "writing to the host socket failed"
             })?;
             self.forwarded(written);
@@ -295,19 +282,13 @@ impl Connection {
 
     fn forwarded(&mut self, n: usize) {
         self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
-        if !self.guest_shut_send
-            && self.fwd_cnt.wrapping_sub(self.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD
-        {
+        if !self.guest_shut_send && self.fwd_cnt.wrapping_sub(self.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD {
             self.pending_credit_update = true;
         }
     }
 
     fn can_send_data(&self) -> bool {
-        self.is_established()
-            && self.host_readable
-            && !self.host_eof
-            && !self.guest_shut_rcv
-            && self.peer_credit() > 0
+        self.is_established() && self.host_readable && !self.host_eof && !self.guest_shut_rcv && self.peer_credit() > 0
     }
 
     /// Whether the connection has something for the guest's rx queue. Also decides to ask the
@@ -322,19 +303,12 @@ impl Connection {
         {
             self.pending_credit_request = true;
         }
-        self.pending_request
-            || self.pending_response
-            || self.pending_credit_update
-            || self.pending_credit_request
-            || self.can_send_data()
+        self.pending_request || self.pending_response || self.pending_credit_update || self.pending_credit_request || self.can_send_data()
     }
 
     /// Both directions are done: the connection can go (with OP_RST, as the spec wants).
     pub fn is_finished(&self) -> bool {
-        self.is_established()
-            && self.guest_shut_send
-            && self.host_write_shut
-            && (self.host_eof || self.guest_shut_rcv)
+        self.is_established() && self.guest_shut_send && self.host_write_shut && (self.host_eof || self.guest_shut_rcv)
     }
 
     /// The epoll interest the connection needs now. Empty means: unregister, nothing to wait for
@@ -420,32 +394,19 @@ impl Connection {
             }
             Err(VolatileMemoryError::IOError(e)) if e.kind() == ErrorKind::Interrupted => None,
             Err(e) => {
-                tracing::debug!(
-                    port = self.key.local_port,
-                    "vsock: read from host socket: {e}"
-                );
+                tracing::debug!(port = self.key.local_port, "vsock: read from host socket: {e}");
                 self.set_close(Close::Silent("reading the host socket failed"));
                 Some(Fill::Broken)
             }
         }
     }
 
-    fn send_control<B: BitmapSlice>(
-        &mut self,
-        pkt: &mut VsockPacket<'_, B>,
-        op: u16,
-        flags: u32,
-    ) -> Fill {
+    fn send_control<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>, op: u16, flags: u32) -> Fill {
         let hdr = self.header(op, flags, 0);
         self.send_header(pkt, &hdr, 0)
     }
 
-    fn send_header<B: BitmapSlice>(
-        &mut self,
-        pkt: &mut VsockPacket<'_, B>,
-        hdr: &Header,
-        data_len: u32,
-    ) -> Fill {
+    fn send_header<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>, hdr: &Header, data_len: u32) -> Fill {
         // Every header tells the guest our fwd_cnt: no separate credit update is owed now.
         self.last_fwd_cnt_sent = hdr.fwd_cnt;
         self.pending_credit_update = false;
@@ -487,11 +448,7 @@ fn send_nonblocking(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
         return Ok(0);
     }
     loop {
-        match send(
-            stream.as_raw_fd(),
-            buf,
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-        ) {
+        match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
             Ok(n) => return Ok(n),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => return Ok(0),

@@ -29,11 +29,7 @@ pub enum LineStatus {
 
 impl PendingClient {
     pub fn new(stream: UnixStream, deadline: Instant) -> Self {
-        Self {
-            stream,
-            line: Vec::with_capacity(MAX_CONNECT_LINE),
-            deadline,
-        }
+        Self { stream, line: Vec::with_capacity(MAX_CONNECT_LINE), deadline }
     }
 
     /// Reads the line one byte at a time, so that nothing the client sends after the newline is
@@ -42,9 +38,7 @@ impl PendingClient {
         loop {
             let mut byte = [0u8; 1];
             match self.stream.read(&mut byte) {
-                Ok(0) => {
-                    return LineStatus::Reject("client hung up before finishing its CONNECT line")
-                }
+                Ok(0) => return LineStatus::Reject("client hung up before finishing its CONNECT line"),
                 Ok(_) => {
                     if byte[0] == b'\n' {
                         return match parse_connect_line(&self.line) {

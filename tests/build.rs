@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The probes, each `probes/NAME.c`, built to `$OUT_DIR/NAME`.
+const PROBES: &[&str] = &["vsock_probe"];
+
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    for probe in ["vsock_probe"] {
+    for probe in PROBES {
         let source = format!("probes/{probe}.c");
         println!("cargo:rerun-if-changed={source}");
         let binary = out.join(probe);

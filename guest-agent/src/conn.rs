@@ -101,7 +101,7 @@ impl Listener for VsockListener {
                         Ok(peer) => {
                             // Counted, and said once per 64: a container could flood the log.
                             let refused = self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if refused % 64 == 0 {
+                            if refused.is_multiple_of(64) {
                                 tracing::warn!(
                                     port = self.port,
                                     peer_cid = peer.cid(),

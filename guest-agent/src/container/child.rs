@@ -409,8 +409,9 @@ fn ptr(c: &Option<CString>) -> *const libc::c_char {
 /// Flags of the mount at `fd` that a remount in a user namespace must keep
 /// (the kernel locks them).
 fn locked_flags(path: *const libc::c_char) -> libc::c_ulong {
-    // SAFETY: statvfs into a zeroed local with a valid path.
+    // SAFETY: statvfs is plain old data, for which all zeroes is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the local above; `path` is a valid C string of the caller's.
     if unsafe { libc::statvfs(path, &mut st) } < 0 {
         return 0;
     }
@@ -532,8 +533,9 @@ fn pivot_root(root: &CString) -> Result<(), Errno> {
 }
 
 fn is_dir(path: &CString) -> Result<bool, Errno> {
-    // SAFETY: stat into a zeroed local with a valid path.
+    // SAFETY: stat is plain old data, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: stat writes into the local above; `path` is a valid C string.
     check(unsafe { libc::stat(path.as_ptr(), &mut st) } as libc::c_long)?;
     Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
@@ -627,7 +629,7 @@ fn exec(candidates: &[CString], argv: &[CString], envp: &[CString]) -> Errno {
 
 fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
     let null = std::ptr::null::<libc::c_char>();
-    // SAFETY (for the whole match): every call is a raw system call on data prepared
+    // SAFETY: (for the whole match) every call is a raw system call on data prepared
     // before the clone and alive for the call; see each helper.
     unsafe {
         match action {
@@ -779,6 +781,7 @@ mod tests {
         let p = fd_path(1234, &mut buf);
         // SAFETY: fd_path NUL-terminates inside `buf`.
         assert_eq!(unsafe { std::ffi::CStr::from_ptr(p) }, c"/proc/self/fd/1234");
+        // SAFETY: as above.
         assert_eq!(unsafe { std::ffi::CStr::from_ptr(fd_path(0, &mut buf)) }, c"/proc/self/fd/0");
     }
 }

@@ -76,8 +76,6 @@ pub fn handle_request(agent: &Agent, request: Request) -> Response {
     response
 }
 
-/// A request's name for log lines (without its payload, which may be large).
-
 fn answer_request(agent: &Agent, request: Request) -> Response {
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => hello(),

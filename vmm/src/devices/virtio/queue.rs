@@ -68,12 +68,20 @@ pub struct ChainBuffers {
     pub writable: Vec<Segment>,
 }
 
-/// Walks a chain to its end; `Err` carries how many descriptors were read before it broke.
+/// The most descriptors a chain may have: the largest queue any device offers. No device
+/// offers `VIRTIO_RING_F_INDIRECT_DESC`, so a chain lives in its queue's descriptor table and
+/// cannot be longer; `virtio_queue` follows indirect tables regardless (up to 65,535 more
+/// descriptors), and a chain longer than this is refused as one that used one.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 256;
+
+/// Walks a chain to its end; `Err` carries how many descriptors were read before it broke
+/// (more than [`MAX_CHAIN_DESCRIPTORS`] is broken too).
 fn collect_descriptors(chain: Chain<'_>) -> Result<Vec<Descriptor>, (u16, usize)> {
     let head = chain.head_index();
-    let descriptors: Vec<Descriptor> = chain.collect();
+    let descriptors: Vec<Descriptor> = chain.take(MAX_CHAIN_DESCRIPTORS + 1).collect();
     match descriptors.last() {
         None => Err((head, 0)),
+        Some(_) if descriptors.len() > MAX_CHAIN_DESCRIPTORS => Err((head, descriptors.len())),
         // The iterator stops early (without an error) on a bad next index, a loop (its TTL), an
         // unreadable descriptor or a length overflow: the last descriptor it gave still says NEXT.
         Some(last) if last.has_next() => Err((head, descriptors.len())),
@@ -449,6 +457,26 @@ mod tests {
         let tq = TestQueue::new(&mem);
         tq.add_raw(&[(DATA_BASE, u32::MAX, NEXT, 1), (DATA_BASE, 2, WRITE, 0)]);
         assert!(matches!(parse_first(&mem, &tq), Err(ChainError::Broken { .. })));
+    }
+
+    #[test]
+    fn a_chain_through_an_indirect_table_longer_than_any_queue_is_refused() {
+        // VIRTIO_RING_F_INDIRECT_DESC is never offered, but virtio_queue follows an indirect
+        // descriptor anyway: a table of 1000 descriptors would make a 1000-descriptor chain.
+        let mem = memory();
+        let table = DATA_BASE + 0x1_0000;
+        for i in 0..1000u64 {
+            let flags = if i < 999 { NEXT } else { 0 };
+            mem.write_obj(DATA_BASE, GuestAddress(table + 16 * i)).unwrap();
+            mem.write_obj(16u32, GuestAddress(table + 16 * i + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(table + 16 * i + 12)).unwrap();
+            mem.write_obj((i + 1) as u16, GuestAddress(table + 16 * i + 14)).unwrap();
+        }
+        let indirect = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        let tq = TestQueue::new(&mem);
+        tq.add_raw(&[(table, 16 * 1000, indirect, 0)]);
+        let got = parse_first(&mem, &tq);
+        assert!(matches!(got, Err(ChainError::Broken { count: 257, .. })), "{got:?}");
     }
 
     #[test]

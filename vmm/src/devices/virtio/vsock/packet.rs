@@ -121,8 +121,12 @@ pub fn read_tx_chain<M: GuestMemory + ?Sized>(
     // unreadable descriptor: the last descriptor it gave then still says NEXT.
     let mut count = 0;
     let mut last_has_next = false;
-    for desc in chain {
+    for desc in chain.take(crate::devices::virtio::queue::MAX_CHAIN_DESCRIPTORS + 1) {
         count += 1;
+        if count > crate::devices::virtio::queue::MAX_CHAIN_DESCRIPTORS {
+            // Only an indirect table (never offered) makes a chain this long.
+            return Err(TxChainError::Broken(count));
+        }
         last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(TxChainError::WriteOnlyDescriptor);
@@ -193,6 +197,9 @@ mod tests {
         let dangling = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, next, 999)];
         assert_eq!(read_tx_chain(&mem, dangling.into_iter(), 4096), Err(TxChainError::Broken(1)));
         assert_eq!(read_tx_chain(&mem, std::iter::empty(), 4096), Err(TxChainError::Empty));
+        // Longer than any queue: only an indirect table (never offered) gives that.
+        let long = vec![Descriptor::new(0x1000, 0, next, 0); 300];
+        assert_eq!(read_tx_chain(&mem, long.into_iter(), 4096), Err(TxChainError::Broken(257)));
         // The same header in a chain that ends properly is a packet.
         let whole = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, 0, 0)];
         assert_eq!(read_tx_chain(&mem, whole.into_iter(), 4096).map(|(h, _)| h.op), Ok(OP_REQUEST));

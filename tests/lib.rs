@@ -325,7 +325,7 @@ pub fn lost_boot_fault(in_testhost: bool, boot: u32, code: i32, text: &str) -> O
         Some("triple fault while running")
     } else if text.contains("the guest agent did not answer within") {
         Some("no agent answer during boot")
-    } else if text.contains("the guest stopped answering while the command ran") {
+    } else if text.contains("the guest stopped answering") {
         Some("the guest stopped answering")
     } else {
         None
@@ -590,7 +590,7 @@ mod lost_boot_tests {
         assert_eq!(lost_boot_fault(true, 2, 125, TRIPLE), None);
         let silent = "vmrun: the guest agent did not answer within 120 s (PALISADE_BOOT_TIMEOUT_SECS): vsock port 1024";
         assert_eq!(lost_boot_fault(true, 1, 125, silent), Some("no agent answer during boot"));
-        let stopped = "vmrun: the guest stopped answering while the command ran (the guest agent did not answer ping within 120 s)";
+        let stopped = "vmrun: the guest stopped answering (the guest agent did not answer ping within 120 s); the VM was stopped";
         assert_eq!(lost_boot_fault(true, 1, 125, stopped), Some("the guest stopped answering"));
         assert_eq!(lost_boot_fault(false, 1, 125, stopped), None);
         let running =

@@ -238,7 +238,7 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
 
-    let serial = Serial::new(&config.serial, exit.clone())?;
+    let serial = Serial::new(&config.serial)?;
     vm.register_irqfd(serial.irq_evt(), SERIAL_GSI).map_err(kvm_err("KVM_IRQFD for the serial port"))?;
     pio.insert(Arc::new(Mutex::new(serial)), SERIAL_PORT_BASE, SERIAL_PORT_SIZE)?;
     pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT_BASE, I8042_PORT_SIZE)?;

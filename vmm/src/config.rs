@@ -73,8 +73,6 @@ pub enum VmExit {
     Reset,
     /// The guest asked KVM for a shutdown (a clean power-off).
     PowerOff,
-    /// The guest kernel panicked; `message` is its "Kernel panic - not syncing" line.
-    Panic { message: String },
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
     TripleFault { vcpu: u8 },
     /// KVM could not emulate or handle something the guest did.
@@ -99,7 +97,6 @@ impl fmt::Display for VmExit {
         match self {
             VmExit::Reset => write!(f, "the guest reset the VM (power-off)"),
             VmExit::PowerOff => write!(f, "the guest powered off"),
-            VmExit::Panic { message } => write!(f, "guest kernel panic: {message}"),
             VmExit::TripleFault { vcpu } => {
                 write!(f, "vCPU {vcpu}: triple fault (the guest hit an exception it could not handle)")
             }
@@ -121,15 +118,12 @@ mod tests {
     fn only_reset_and_power_off_are_clean() {
         assert!(VmExit::Reset.is_clean());
         assert!(VmExit::PowerOff.is_clean());
-        assert!(!VmExit::Panic { message: "x".into() }.is_clean());
         assert!(!VmExit::TripleFault { vcpu: 0 }.is_clean());
         assert!(!VmExit::InternalError { vcpu: 0, reason: "emulation failure".into() }.is_clean());
     }
 
     #[test]
     fn exits_display_as_one_line() {
-        let panic = VmExit::Panic { message: "Kernel panic - not syncing: VFS: Unable to mount root fs".into() };
-        assert_eq!(panic.to_string(), "guest kernel panic: Kernel panic - not syncing: VFS: Unable to mount root fs");
         for exit in [VmExit::Reset, VmExit::TripleFault { vcpu: 1 }, VmExit::FailEntry { vcpu: 0, hardware_reason: 7 }] {
             assert!(!exit.to_string().contains('\n'));
         }

@@ -3,17 +3,14 @@
 //! until the VM's [`ExitSignal`] fires.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
 use crate::config::VmExit;
 use crate::exit::ExitSignal;
 
-/// How long a guest may stay up after printing a kernel panic line before the VMM ends it
-/// (with `panic=-1` it normally resets at once).
-pub const PANIC_GRACE: Duration = Duration::from_secs(2);
-/// How often the loop wakes up to check the panic deadline.
+/// How often the loop wakes up at the latest to check the exit signal (its eventfd wakes it
+/// at once too).
 const TICK_MS: i32 = 100;
 
 /// Anything the event loop can dispatch to.
@@ -61,17 +58,11 @@ impl EventLoop {
         self.manager.add_subscriber(subscriber);
     }
 
-    /// Dispatches events until the VM is asked to stop, or a kernel panic line has been
-    /// on the console for [`PANIC_GRACE`] without the guest going down.
+    /// Dispatches events until the VM is asked to stop.
     pub fn run_until_exit(&mut self, exit: &ExitSignal) -> Result<VmExit, EventLoopError> {
         loop {
             if let Some(outcome) = exit.outcome() {
                 return Ok(outcome);
-            }
-            if exit.panic_age().is_some_and(|age| age >= PANIC_GRACE) {
-                tracing::debug!("the guest hung after a kernel panic");
-                exit.request(VmExit::Halted { vcpu: 0 });
-                continue;
             }
             self.manager.run_with_timeout(TICK_MS).map_err(EventLoopError::Run)?;
         }
@@ -81,7 +72,6 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[test]
     fn returns_the_requested_exit() {
@@ -89,22 +79,10 @@ mod tests {
         let mut event_loop = EventLoop::new(exit.clone()).unwrap();
         let remote = exit.clone();
         let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(50));
             remote.request(VmExit::Reset);
         });
         assert_eq!(event_loop.run_until_exit(&exit).unwrap(), VmExit::Reset);
         t.join().unwrap();
-    }
-
-    #[test]
-    fn a_guest_hanging_after_a_panic_ends_as_that_panic() {
-        let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut event_loop = EventLoop::new(exit.clone()).unwrap();
-        exit.record_panic("Kernel panic - not syncing: test".into());
-        let started = Instant::now();
-        let outcome = event_loop.run_until_exit(&exit).unwrap();
-        assert_eq!(outcome, VmExit::Panic { message: "Kernel panic - not syncing: test".into() });
-        assert!(started.elapsed() >= PANIC_GRACE - Duration::from_millis(50));
-        assert!(started.elapsed() < PANIC_GRACE + Duration::from_secs(1));
     }
 }

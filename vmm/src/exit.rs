@@ -4,7 +4,6 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,7 +14,6 @@ use crate::config::VmExit;
 pub struct ExitSignal {
     stopping: AtomicBool,
     reason: Mutex<Option<VmExit>>,
-    panic: Mutex<Option<(String, Instant)>>,
     evt: EventFd,
 }
 
@@ -25,12 +23,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ExitSignal {
     pub fn new() -> io::Result<Self> {
-        Ok(ExitSignal {
-            stopping: AtomicBool::new(false),
-            reason: Mutex::new(None),
-            panic: Mutex::new(None),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
+        Ok(ExitSignal { stopping: AtomicBool::new(false), reason: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
     /// Asks for the VM to stop because of `exit` (ignored if a reason was already given).
@@ -51,28 +44,10 @@ impl ExitSignal {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Records a kernel panic line seen on the console (the first one wins).
-    pub fn record_panic(&self, line: String) {
-        let mut panic = lock(&self.panic);
-        if panic.is_none() {
-            tracing::debug!(%line, "guest kernel panic seen on the console");
-            *panic = Some((line, Instant::now()));
-        }
-    }
-
-    /// How long ago a kernel panic was seen, if one was.
-    pub fn panic_age(&self) -> Option<Duration> {
-        lock(&self.panic).as_ref().map(|(_, at)| at.elapsed())
-    }
-
-    /// Why the VM stopped: a panic seen on the console explains whatever came after it
-    /// (the reset `panic=-1` causes, a triple fault, a hang).
+    /// Why the VM stopped: what the VMM itself saw (a reset, a triple fault, a KVM error),
+    /// never what the guest printed — console text is the guest's to choose.
     pub fn outcome(&self) -> Option<VmExit> {
-        let reason = lock(&self.reason).clone()?;
-        match lock(&self.panic).as_ref() {
-            Some((line, _)) => Some(VmExit::Panic { message: line.clone() }),
-            None => Some(reason),
-        }
+        lock(&self.reason).clone()
     }
 
     /// Becomes readable when an exit is requested.
@@ -86,7 +61,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_reason_wins_and_a_panic_explains_the_reset() {
+    fn first_reason_wins() {
         let exit = ExitSignal::new().unwrap();
         assert!(!exit.is_stopping());
         assert_eq!(exit.outcome(), None);
@@ -94,12 +69,5 @@ mod tests {
         exit.request(VmExit::Reset);
         assert!(exit.is_stopping());
         assert_eq!(exit.outcome(), Some(VmExit::TripleFault { vcpu: 1 }));
-        assert_eq!(exit.evt().read().unwrap(), 2);
-
-        let exit = ExitSignal::new().unwrap();
-        exit.record_panic("Kernel panic - not syncing: Attempted to kill init!".into());
-        exit.record_panic("Kernel panic - not syncing: second".into());
-        exit.request(VmExit::Reset);
-        assert_eq!(exit.outcome(), Some(VmExit::Panic { message: "Kernel panic - not syncing: Attempted to kill init!".into() }));
     }
 }

@@ -96,7 +96,7 @@ pub enum SessionError {
     BootTimeout { secs: u64, last: String },
     #[error("the VM ended before the command finished: {0}")]
     VmEnded(String),
-    #[error("the guest stopped answering while the command ran ({detail}); the VM was stopped{}", console_tail(.last_console))]
+    #[error("the guest stopped answering ({detail}); the VM was stopped{}", console_tail(.last_console))]
     GuestSilent { detail: String, last_console: Option<String> },
     #[error("the guest rebooted while the command was running, which ends the VM ({0})")]
     GuestRebooted(String),
@@ -145,11 +145,12 @@ enum Event {
     GuestSilent(String),
 }
 
-/// How the VM's end while the command ran is reported: a clean end that is not a
-/// kernel panic is the guest resetting the VM, i.e. a reboot (vmrun had not asked
-/// for a shutdown yet).
+/// How the VM's end while the command ran is reported: a clean end is the guest resetting
+/// the VM — a reboot, or a kernel panic with `panic=-1`, which the reason's console note may
+/// show — since vmrun had not asked for a shutdown yet. What the VMM saw decides, not the
+/// console.
 fn ended_early(end: super::vmm::VmEnd) -> SessionError {
-    if end.clean && !end.reason.contains("panicked") {
+    if end.clean {
         SessionError::GuestRebooted(end.reason)
     } else {
         SessionError::VmEnded(end.reason)
@@ -174,7 +175,14 @@ pub fn run_session(
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(SessionError::Agent(e))
+            // The agent had answered, the VM still runs, and now it takes no connection or
+            // answers no request: the guest has stopped answering.
+            match e {
+                ConnectError::NotYet { .. } | ConnectError::NoAnswer { .. } => {
+                    Err(SessionError::GuestSilent { detail: e.to_string(), last_console: vm.last_console_line() })
+                }
+                e => Err(SessionError::Agent(e)),
+            }
         }
         other => other,
     }
@@ -485,7 +493,7 @@ mod tests {
         let reset = ended_early(VmEnd { clean: true, reason: "the VM reset (last console line: sysrq: Resetting)".into() });
         assert!(matches!(reset, SessionError::GuestRebooted(_)) && reset.to_string().contains("rebooted"), "{reset}");
         assert_eq!(reset.exit_code(), 125);
-        let panic = ended_early(VmEnd { clean: true, reason: "the guest kernel panicked: Kernel panic".into() });
-        assert!(matches!(panic, SessionError::VmEnded(_)));
+        let crash = ended_early(VmEnd { clean: false, reason: "vCPU 0: triple fault".into() });
+        assert!(matches!(crash, SessionError::VmEnded(_)));
     }
 }

@@ -165,14 +165,11 @@ pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// One line saying why a VM ended: the VMM's `palisade-vmm: …` line, else a kernel
-/// panic line from the serial log, else the VMM's status and the last serial line.
+/// One line saying why a VM ended. The reason is what the VMM saw: its `palisade-vmm: …`
+/// line, else its exit status (0: the guest reset the VM). The console is the guest's text
+/// and only adds to it, marked as such: its kernel panic line when it printed one, else its
+/// last line.
 pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) -> VmEnd {
-    let panic_line = serial
-        .lines()
-        .map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
-        .find(|l| l.contains("Kernel panic"))
-        .map(console_line);
     let vmm_line = vmm_stderr
         .lines()
         .rev()
@@ -180,20 +177,20 @@ pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) ->
         .find(|l| l.starts_with("palisade-vmm:"))
         .or_else(|| vmm_stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()))
         .map(|l| l.trim_start_matches("palisade-vmm:").trim().to_string());
-    let reason = match (panic_line, vmm_line) {
-        (Some(panic), _) => format!("the guest kernel panicked: {panic}"),
-        (None, Some(line)) => line,
-        (None, None) => {
-            let last = serial.lines().map(str::trim).rev().find(|l| !l.is_empty()).map(console_line);
-            match (clean, last) {
-                (true, Some(l)) => format!("the VM reset (last console line: {l})"),
-                (true, None) => "the VM reset".to_string(),
-                (false, Some(l)) => format!("palisade-vmm {status} (last console line: {l})"),
-                (false, None) => format!("palisade-vmm {status}"),
-            }
-        }
+    let reason = match (vmm_line, clean) {
+        (Some(line), _) => line,
+        (None, true) => "the VM reset".to_string(),
+        (None, false) => format!("palisade-vmm {status}"),
     };
-    VmEnd { clean, reason }
+    let lines = || serial.lines().map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
+    let note = match lines().find(|l| l.contains("Kernel panic")) {
+        Some(panic) => format!(" (the guest's console said: {})", console_line(panic)),
+        None => match lines().rev().find(|l| !l.is_empty()) {
+            Some(last) => format!(" (last line of the guest's console: {})", console_line(last)),
+            None => String::new(),
+        },
+    };
+    VmEnd { clean, reason: reason + &note }
 }
 
 /// A console line as the host shows it: without the kernel's timestamp, [`sanitize`]d.
@@ -287,10 +284,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_kernel_panic_is_named() {
+    fn the_reason_is_what_the_vmm_saw_and_a_panic_line_is_the_guests_text() {
         let serial = "[    0.1] booting\n[    3.2] Kernel panic - not syncing: sysrq triggered crash\n[    3.3] Rebooting in 1 seconds..\n";
         let end = explain_end(true, "exit status: 0", "", serial);
-        assert_eq!(end.reason, "the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash");
+        assert_eq!(end.reason, "the VM reset (the guest's console said: Kernel panic - not syncing: sysrq triggered crash)");
+        // Console text cannot replace what the VMM saw.
+        let end = explain_end(false, "exit status: 1", "palisade-vmm: vCPU 0: triple fault\n", "Kernel panic - not syncing: fake\n");
+        assert_eq!(end.reason, "vCPU 0: triple fault (the guest's console said: Kernel panic - not syncing: fake)");
     }
 
     #[test]
@@ -298,7 +298,7 @@ mod tests {
         let end = explain_end(false, "exit status: 1", "palisade-vmm: kernel /k: bad ELF header\n", "");
         assert_eq!(end, VmEnd { clean: false, reason: "kernel /k: bad ELF header".into() });
         let end = explain_end(false, "signal: 9 (SIGKILL)", "", "last words\n");
-        assert_eq!(end.reason, "palisade-vmm signal: 9 (SIGKILL) (last console line: last words)");
+        assert_eq!(end.reason, "palisade-vmm signal: 9 (SIGKILL) (last line of the guest's console: last words)");
     }
 
     #[test]

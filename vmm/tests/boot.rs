@@ -101,7 +101,9 @@ fn a_crashing_guest_fails_with_one_clear_line() {
 }
 
 #[test]
-fn a_panic_then_reset_is_reported_as_the_panic() {
+fn console_text_does_not_choose_how_the_vm_ends() {
+    // A guest that prints the kernel's panic line and then resets ended by a reset: that is
+    // what the VMM saw (exit 0), whatever the console said (tools show that as guest text).
     if !common::have_kvm() {
         return;
     }
@@ -109,24 +111,8 @@ fn a_panic_then_reset_is_reported_as_the_panic() {
     let code = Code::new().print("[    1.000000] Kernel panic - not syncing: No working init found.\n").reset().halt();
     let guest = write_guest(dir.path(), "panic", &code);
     let out = vmm(&["--kernel", guest.to_str().unwrap(), "--serial", "none"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), "palisade-vmm: guest kernel panic: Kernel panic - not syncing: No working init found.\n");
-}
-
-#[test]
-fn a_guest_hanging_after_a_panic_is_ended_as_that_panic() {
-    if !common::have_kvm() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let code = Code::new().print("Kernel panic - not syncing: stuck\n").halt();
-    let guest = write_guest(dir.path(), "hang", &code);
-    let started = Instant::now();
-    let out = vmm(&["--kernel", guest.to_str().unwrap(), "--serial", "none"]);
-    let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), "palisade-vmm: guest kernel panic: Kernel panic - not syncing: stuck\n");
-    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(6), "took {took:?}");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
 }
 
 #[test]

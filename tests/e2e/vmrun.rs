@@ -32,6 +32,7 @@ pub fn tests() -> Vec<Trial> {
         trial("vmrun::cpus_and_memory_are_what_was_asked", cpus_and_memory_are_what_was_asked),
         trial("vmrun::guest_kernel_panic_is_reported", guest_kernel_panic_is_reported),
         trial("vmrun::rootfs_directory_becomes_the_root", rootfs_directory_becomes_the_root),
+        trial("vmrun::device_read_bps_holds_a_16_mib_read_to_the_rate", device_read_bps_holds_a_16_mib_read_to_the_rate),
         trial("vmrun::tty_window_size_and_ctrl_c", tty_window_size_and_ctrl_c),
         trial("vmrun::tty_without_i_does_not_read_the_terminal", tty_without_i_does_not_read_the_terminal),
         trial("vmrun::a_lost_first_boot_is_booted_once_more_only_under_emulation", a_lost_first_boot_is_booted_once_more),
@@ -118,7 +119,9 @@ fn guest_kernel_panic_is_reported() -> TestResult {
     Ok(())
 }
 
-fn rootfs_directory_becomes_the_root() -> TestResult {
+/// A root filesystem directory: busybox as /bin/busybox and /bin/sh, and empty /proc, /dev,
+/// /tmp.
+fn busybox_rootfs() -> Result<tempfile::TempDir, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = dir.path();
     for d in ["bin", "proc", "dev", "tmp"] {
@@ -126,11 +129,54 @@ fn rootfs_directory_becomes_the_root() -> TestResult {
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| format!("/bin/busybox: {e}"))?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+fn rootfs_directory_becomes_the_root() -> TestResult {
+    let dir = busybox_rootfs()?;
+    let root = dir.path();
     std::fs::write(root.join("marker"), "from-a-directory\n").map_err(|e| e.to_string())?;
     let out = vm(&["--rootfs", &root.display().to_string(), "--", "/bin/sh", "-c", "/bin/busybox cat /marker; /bin/busybox ls /"], None)?;
     ensure!(out.code() == 0, "{}", out.describe());
     ensure!(out.stdout_str().starts_with("from-a-directory\n"), "{}", out.describe());
     ensure!(out.stdout_str().contains("marker"), "{}", out.describe());
+    Ok(())
+}
+
+/// `--device-read-bps /dev/vda:1mb`: reading a 16 MiB file of the root filesystem takes at
+/// least 15 s in the guest (a one-second burst, then 1 MiB a second), and the bytes arrive
+/// intact.
+fn device_read_bps_holds_a_16_mib_read_to_the_rate() -> TestResult {
+    let dir = busybox_rootfs()?;
+    let root = dir.path();
+    // Bytes that no file system would store smaller.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let blob: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(root.join("blob"), &blob).map_err(|e| e.to_string())?;
+    let script = "read a _ </proc/uptime; /bin/busybox sha256sum /blob; read b _ </proc/uptime; echo \"$a $b\"";
+    let out = vm(&["--device-read-bps", "/dev/vda:1mb", "--rootfs", &root.display().to_string(), "--", "/bin/sh", "-c", script], None)?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    let stdout = out.stdout_str();
+    let mut lines = stdout.lines();
+    let theirs = lines.next().and_then(|l| l.split_whitespace().next()).unwrap_or_default().to_string();
+    let ours = format!("{:x}", Sha256::digest(&blob));
+    ensure!(theirs == ours, "the file read in the guest has sha256 {theirs}, expected {ours}: {}", out.describe());
+    let times: Vec<f64> = lines.next().unwrap_or_default().split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    let [before, after] = times[..] else {
+        return Err(format!("no uptimes in the output: {}", out.describe()).into());
+    };
+    let took = after - before;
+    // 15 s by the limiter's arithmetic; 14 leaves room for the guest's clock.
+    let held_to_the_rate = took >= 14.0;
+    ensure!(held_to_the_rate, "16 MiB at 1 MiB/s took {took:.1} s in the guest, expected at least 14: {}", out.describe());
+    eprintln!("[e2e] 16 MiB read at --device-read-bps /dev/vda:1mb took {took:.1} s in the guest");
     Ok(())
 }
 

@@ -160,6 +160,7 @@ fn attach_virtio_devices(
 ) -> Result<(), VmmError> {
     for disk in &config.disks {
         let block = Block::new(&disk.path, disk.read_only)
+            .and_then(|block| block.with_rate_limits(disk.read_rates, disk.write_rates))
             .map_err(|e| VmmError::Device { what: format!("disk {}", disk.path.display()), reason: e.to_string() })?;
         attacher.attach(block)?;
     }
@@ -173,7 +174,7 @@ fn attach_virtio_devices(
         attacher.attach(device)?;
     }
     if config.rng {
-        let rng = Rng::new().map_err(|e| VmmError::Device { what: "virtio-rng".into(), reason: e.to_string() })?;
+        let rng = Rng::with_rates(config.rng_rates).map_err(|e| VmmError::Device { what: "virtio-rng".into(), reason: e.to_string() })?;
         attacher.attach(rng)?;
     }
     Ok(())

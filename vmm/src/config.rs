@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::rate_limiter::Rates;
+
 /// Default kernel command line: serial console, reset through the i8042 on reboot (our
 /// clean power-off), reboot immediately on panic.
 /// (The i8042 options tell Linux there is no keyboard to probe and no mouse port: the VMM's
@@ -24,6 +26,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// What the guest may draw from the rng device a second (default
+    /// [`crate::devices::virtio::rng::DEFAULT_RATES`]).
+    pub rng_rates: Rates,
     pub serial: SerialConfig,
 }
 
@@ -40,15 +45,20 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             rng: false,
+            rng_rates: crate::devices::virtio::rng::DEFAULT_RATES,
             serial: SerialConfig { log_file: None, to_stdout: true, to_stderr: false },
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The guest's reads of the disk, at most this a second (bytes, requests).
+    pub read_rates: Rates,
+    /// The guest's writes to the disk, at most this a second.
+    pub write_rates: Rates,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,7 @@ pub mod host;
 pub mod jail;
 pub mod log_budget;
 pub mod memory;
+pub mod rate_limiter;
 pub mod testing;
 pub mod vcpu;
 

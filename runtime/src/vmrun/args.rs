@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use palisade_vmm::rate_limiter::Rates;
 
 /// `PATH` of the command unless `-e PATH=…` says otherwise (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -112,6 +113,21 @@ pub struct VmrunArgs {
     /// Run the command on a pseudo-terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Limit the reads of a disk of the VM, in bytes a second: `/dev/vda:RATE` (the root
+    /// disk, the VM's only one), RATE a number with an optional unit kb, mb or gb
+    /// (1024-based, like Docker's).
+    #[arg(long, value_name = "DEVICE:RATE")]
+    pub device_read_bps: Vec<String>,
+    /// Limit the writes to a disk, in bytes a second (`/dev/vda:RATE`). The root disk is
+    /// read-only (the container writes to an overlay in memory), so no write reaches it.
+    #[arg(long, value_name = "DEVICE:RATE")]
+    pub device_write_bps: Vec<String>,
+    /// Limit the reads of a disk, in requests a second: `/dev/vda:N`.
+    #[arg(long, value_name = "DEVICE:N")]
+    pub device_read_iops: Vec<String>,
+    /// Limit the writes to a disk, in requests a second: `/dev/vda:N`.
+    #[arg(long, value_name = "DEVICE:N")]
+    pub device_write_iops: Vec<String>,
     /// Show the guest's serial console on stderr (debugging).
     #[arg(long)]
     pub console: bool,
@@ -141,6 +157,68 @@ pub enum ArgsError {
     CapsWithPrivileged,
     #[error("--vm-memory {vm} MiB is less than the container's --memory {limit} MiB")]
     VmSmallerThanLimit { vm: u32, limit: u32 },
+    #[error("--{flag} {value:?}: expected {ROOT_DISK}:{expected}")]
+    BadDeviceRate { flag: &'static str, value: String, expected: &'static str },
+    #[error("--{flag} {value:?}: the VM has one disk, {ROOT_DISK} (the container's root filesystem)")]
+    NoSuchDevice { flag: &'static str, value: String },
+}
+
+/// The VM's root disk, as the guest names it.
+pub const ROOT_DISK: &str = "/dev/vda";
+
+/// The read and write limits of the root disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskRates {
+    pub read: Rates,
+    pub write: Rates,
+}
+
+/// A rate with an optional unit: `1048576`, `512k`, `1mb`, `2G` (1024-based, case-insensitive,
+/// as Docker's `--device-read-bps`). `None` for no number, zero, or an overflow.
+fn bytes_with_unit(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return None,
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift).filter(|&n| n > 0)
+}
+
+/// The `--device-{read,write}-{bps,iops}` values, as the root disk's limits (the last of a
+/// flag given twice wins, as with Docker).
+pub fn disk_rates(args: &VmrunArgs) -> Result<DiskRates, ArgsError> {
+    let mut rates = DiskRates::default();
+    let flags: [(&'static str, &[String], bool); 4] = [
+        ("device-read-bps", &args.device_read_bps, true),
+        ("device-write-bps", &args.device_write_bps, true),
+        ("device-read-iops", &args.device_read_iops, false),
+        ("device-write-iops", &args.device_write_iops, false),
+    ];
+    for (flag, values, bytes) in flags {
+        for value in values {
+            let expected = if bytes { "RATE (bytes a second, e.g. 1mb)" } else { "N (requests a second)" };
+            let bad = || ArgsError::BadDeviceRate { flag, value: value.clone(), expected };
+            let (device, rate) = value.rsplit_once(':').ok_or_else(bad)?;
+            if device != ROOT_DISK {
+                return Err(ArgsError::NoSuchDevice { flag, value: value.clone() });
+            }
+            let n = if bytes { bytes_with_unit(rate) } else { rate.trim().parse::<u64>().ok().filter(|&n| n > 0) };
+            let n = Some(n.ok_or_else(bad)?);
+            match flag {
+                "device-read-bps" => rates.read.bytes_per_sec = n,
+                "device-write-bps" => rates.write.bytes_per_sec = n,
+                "device-read-iops" => rates.read.ops_per_sec = n,
+                _ => rates.write.ops_per_sec = n,
+            }
+        }
+    }
+    Ok(rates)
 }
 
 /// The seccomp profile asked for with `--security-opt seccomp=…`.
@@ -253,6 +331,39 @@ pub fn command_env(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_rates_take_dockers_syntax_for_the_root_disk_only() {
+        let args = parse(&[
+            "--device-read-bps",
+            "/dev/vda:1mb",
+            "--device-write-bps=/dev/vda:512K",
+            "--device-read-iops",
+            "/dev/vda:100",
+            "--device-write-iops",
+            "/dev/vda:7",
+            "true",
+        ])
+        .unwrap();
+        let rates = disk_rates(&args).unwrap();
+        assert_eq!(rates.read, Rates { bytes_per_sec: Some(1 << 20), ops_per_sec: Some(100) });
+        assert_eq!(rates.write, Rates { bytes_per_sec: Some(512 << 10), ops_per_sec: Some(7) });
+        assert_eq!(disk_rates(&parse(&["true"]).unwrap()).unwrap(), DiskRates::default());
+        let last_wins = parse(&["--device-read-bps", "/dev/vda:1", "--device-read-bps", "/dev/vda:2gb", "true"]).unwrap();
+        assert_eq!(disk_rates(&last_wins).unwrap().read.bytes_per_sec, Some(2 << 30));
+        for (flag, value, says) in [
+            ("--device-read-bps", "/dev/sda:1mb", "one disk, /dev/vda"),
+            ("--device-read-bps", "/dev/vda", "expected /dev/vda:RATE"),
+            ("--device-read-bps", "/dev/vda:fast", "expected /dev/vda:RATE"),
+            ("--device-read-bps", "/dev/vda:0", "expected /dev/vda:RATE"),
+            ("--device-read-bps", "/dev/vda:1tb", "expected /dev/vda:RATE"),
+            ("--device-read-bps", "/dev/vda:99999999999999gb", "expected /dev/vda:RATE"),
+            ("--device-read-iops", "/dev/vda:1k", "expected /dev/vda:N"),
+        ] {
+            let err = disk_rates(&parse(&[flag, value, "true"]).unwrap()).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains(value), "{flag} {value}: {err}");
+        }
+    }
 
     fn parse(args: &[&str]) -> Result<VmrunArgs, clap::Error> {
         VmrunArgs::try_parse_from(std::iter::once("vmrun").chain(args.iter().copied()))

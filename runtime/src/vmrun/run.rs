@@ -9,7 +9,7 @@ use std::time::Duration;
 use palisade_protocol::{ContainerSpec, ExitStatus, RootfsSpec};
 use palisade_vmm::host::{probe_kvm_host, KvmHostKind, PVM_EXPLANATION};
 
-use super::args::{vm_memory_mib, ArgsError, VmrunArgs};
+use super::args::{disk_rates, vm_memory_mib, ArgsError, VmrunArgs};
 use super::assets::{self, AssetError};
 use super::container::{self, ContainerError};
 use super::image::{self, ImageError};
@@ -101,6 +101,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     // The container first: a bad option or bundle fails here, before any VM.
     let plan = container::plan(args, |k| std::env::var(k).ok())?;
     let memory_mib = vm_memory_mib(args.vm_memory, plan.memory_limit_mib)?;
+    let disk_rates = disk_rates(args)?;
 
     let kind = check_kvm()?;
     if kind == KvmHostKind::Pvm && args.kernel.is_none() {
@@ -157,6 +158,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         kernel: &kernel,
         initrd: &initrd,
         disk: &disk,
+        disk_rates,
         cpus: args.cpus,
         memory_mib,
         vsock_socket: &run_dir.vsock_socket(),

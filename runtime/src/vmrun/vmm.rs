@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::args::DiskRates;
+
 /// The guest kernel command line.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
 /// The command line, with `RUST_LOG=<filter>` for the guest agent when
@@ -59,6 +61,8 @@ pub struct VmmConfig<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub disk: &'a Path,
+    /// Limits on the guest's reads and writes of the disk.
+    pub disk_rates: DiskRates,
     pub cpus: u32,
     pub memory_mib: u32,
     pub vsock_socket: &'a Path,
@@ -73,6 +77,17 @@ impl VmmConfig<'_> {
     pub fn args(&self) -> Vec<String> {
         let mut disk = self.disk.display().to_string();
         disk.push_str(",ro");
+        let limits = [
+            ("read-bps", self.disk_rates.read.bytes_per_sec),
+            ("write-bps", self.disk_rates.write.bytes_per_sec),
+            ("read-iops", self.disk_rates.read.ops_per_sec),
+            ("write-iops", self.disk_rates.write.ops_per_sec),
+        ];
+        for (option, rate) in limits {
+            if let Some(rate) = rate {
+                disk.push_str(&format!(",{option}={rate}"));
+            }
+        }
         let serial = match self.serial_log {
             Some(log) => format!("file:{}", log.display()),
             None => "stderr".into(),
@@ -282,6 +297,7 @@ impl Drop for VmmProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_vmm::rate_limiter::Rates;
 
     #[test]
     fn the_reason_is_what_the_vmm_saw_and_a_panic_line_is_the_guests_text() {
@@ -321,6 +337,7 @@ mod tests {
             kernel: Path::new("/a/vmlinux"),
             initrd: Path::new("/a/initramfs.cpio"),
             disk: Path::new("/a/busybox.erofs"),
+            disk_rates: DiskRates::default(),
             cpus: 2,
             memory_mib: 256,
             vsock_socket: Path::new("/r/vsock.sock"),
@@ -332,6 +349,15 @@ mod tests {
             args.contains("--disk /a/busybox.erofs,ro --vsock-uds /r/vsock.sock --vsock-cid 3 --serial file:/r/serial.log --rng"),
             "{args}"
         );
+        let limited = VmmConfig {
+            disk_rates: DiskRates {
+                read: Rates { bytes_per_sec: Some(1 << 20), ops_per_sec: None },
+                write: Rates { bytes_per_sec: None, ops_per_sec: Some(5) },
+            },
+            ..c
+        };
+        let args = limited.args().join(" ");
+        assert!(args.contains("--disk /a/busybox.erofs,ro,read-bps=1048576,write-iops=5 "), "{args}");
         assert!(args.contains("--cpus 2 --memory 256"), "{args}");
     }
 
@@ -347,6 +373,7 @@ mod tests {
             kernel: Path::new("k"),
             initrd: Path::new("i"),
             disk: Path::new("d"),
+            disk_rates: DiskRates::default(),
             cpus: 1,
             memory_mib: 64,
             vsock_socket: Path::new("s"),

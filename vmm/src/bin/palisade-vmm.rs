@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use palisade_vmm::config::{DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use palisade_vmm::devices::virtio::rng::DEFAULT_RATES as DEFAULT_RNG_RATES;
 use palisade_vmm::jail::{JailConfig, Jailed, PathMap, Role, DEFAULT_BASE_DIR, DEFAULT_MEMORY_OVERHEAD_MIB};
+use palisade_vmm::rate_limiter::Rates;
 use palisade_vmm::{run_vm, run_vm_with, DiskConfig, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
 
 /// Boot a KVM micro-VM: a Linux kernel with a serial console, an i8042 reset line and
@@ -32,9 +34,11 @@ struct Args {
     /// Guest memory in MiB (at least 16).
     #[arg(long, value_name = "MiB", default_value_t = DEFAULT_MEMORY_MIB)]
     memory: u32,
-    /// A virtio block device backed by a raw image; append `,ro` for read-only. Repeat for
-    /// more disks: the first is /dev/vda.
-    #[arg(long, value_name = "PATH[,ro]", value_parser = parse_disk)]
+    /// A virtio block device backed by a raw image; append `,ro` for read-only, and
+    /// `,read-bps=N`, `,write-bps=N` (bytes a second), `,read-iops=N`, `,write-iops=N`
+    /// (requests a second) to limit the guest's I/O (0: no limit). Repeat for more disks:
+    /// the first is /dev/vda.
+    #[arg(long, value_name = "PATH[,ro][,read-bps=N]…", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
     /// Add a virtio-vsock device whose host side is this Unix socket (`CONNECT <port>\n`).
     #[arg(long, value_name = "PATH")]
@@ -48,6 +52,12 @@ struct Args {
     /// Add a virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// The most random bytes the guest may draw a second (0: no limit).
+    #[arg(long, value_name = "N", requires = "rng", default_value_t = DEFAULT_RNG_RATES.bytes_per_sec.unwrap_or(0))]
+    rng_bps: u64,
+    /// The most rng requests the guest may make a second (0: no limit).
+    #[arg(long, value_name = "N", requires = "rng", default_value_t = DEFAULT_RNG_RATES.ops_per_sec.unwrap_or(0))]
+    rng_iops: u64,
     /// Run without the host jail (namespaces, pivot_root, unprivileged uid, no capabilities,
     /// seccomp, cgroups). For debugging only: the VMM then runs with all of the caller's rights.
     #[arg(long)]
@@ -69,17 +79,45 @@ struct Args {
     jail_cpus: Option<f64>,
 }
 
+/// `PATH[,ro|,rw][,read-bps=N][,write-bps=N][,read-iops=N][,write-iops=N]`; options are
+/// taken from the end up to the first that is not one, so a path may hold commas when an
+/// option follows it.
 fn parse_disk(value: &str) -> Result<DiskConfig, String> {
-    let (path, read_only) = match value.rsplit_once(',') {
-        Some((path, "ro")) => (path, true),
-        Some((path, "rw")) => (path, false),
-        Some((_, option)) => return Err(format!("unknown disk option {option:?} (expected ro or rw)")),
-        None => (value, false),
-    };
-    if path.is_empty() {
+    let mut disk = DiskConfig::default();
+    let mut rest = value;
+    let mut seen = Vec::new();
+    while let Some((before, option)) = rest.rsplit_once(',') {
+        let (key, number) = option.split_once('=').unwrap_or((option, ""));
+        if seen.contains(&key) {
+            return Err(format!("disk option {key} given twice"));
+        }
+        let rate = || match number.parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(format!("disk option {option:?}: expected {key}=N, N a whole number (0: no limit)")),
+        };
+        match key {
+            "ro" | "rw" if number.is_empty() => disk.read_only = key == "ro",
+            "read-bps" => disk.read_rates.bytes_per_sec = rate()?,
+            "write-bps" => disk.write_rates.bytes_per_sec = rate()?,
+            "read-iops" => disk.read_rates.ops_per_sec = rate()?,
+            "write-iops" => disk.write_rates.ops_per_sec = rate()?,
+            // Before the options, the rest is the path (which may hold commas itself).
+            _ if !seen.is_empty() && !option.contains('=') => break,
+            _ => {
+                return Err(format!(
+                    "unknown disk option {option:?} (expected ro, rw, read-bps=N, write-bps=N, read-iops=N or write-iops=N)"
+                ))
+            }
+        }
+        seen.push(key);
+        rest = before;
+    }
+    if rest.is_empty() {
         return Err("empty disk path".into());
     }
-    Ok(DiskConfig { path: path.into(), read_only })
+    disk.path = rest.into();
+    Ok(disk)
 }
 
 fn parse_serial(value: &str) -> Result<SerialConfig, String> {
@@ -122,6 +160,7 @@ impl Args {
             disks: self.disk,
             vsock: self.vsock_uds.map(|uds_path| VsockConfig { guest_cid: self.vsock_cid, uds_path }),
             rng: self.rng,
+            rng_rates: Rates { bytes_per_sec: Some(self.rng_bps).filter(|&n| n > 0), ops_per_sec: Some(self.rng_iops).filter(|&n| n > 0) },
             serial: self.serial,
         }
     }
@@ -265,11 +304,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn disk_flag_takes_an_optional_ro() {
-        assert_eq!(parse_disk("/a.img").unwrap(), DiskConfig { path: "/a.img".into(), read_only: false });
-        assert_eq!(parse_disk("/a,b.img,ro").unwrap(), DiskConfig { path: "/a,b.img".into(), read_only: true });
+    fn disk_flag_takes_an_optional_ro_and_rates() {
+        assert_eq!(parse_disk("/a.img").unwrap(), DiskConfig { path: "/a.img".into(), ..Default::default() });
+        assert_eq!(parse_disk("/a,b.img,ro").unwrap(), DiskConfig { path: "/a,b.img".into(), read_only: true, ..Default::default() });
+        let limited = parse_disk("/a.img,ro,read-bps=1048576,read-iops=100,write-bps=0,write-iops=7").unwrap();
+        assert!(limited.read_only);
+        assert_eq!(limited.read_rates, Rates { bytes_per_sec: Some(1 << 20), ops_per_sec: Some(100) });
+        assert_eq!(limited.write_rates, Rates { bytes_per_sec: None, ops_per_sec: Some(7) });
         assert!(parse_disk("/a.img,rx").is_err());
         assert!(parse_disk(",ro").is_err());
+        assert!(parse_disk("/a.img,read-bps=1mb").unwrap_err().contains("read-bps=N"));
+        assert!(parse_disk("/a.img,read-bps=1,read-bps=2").unwrap_err().contains("twice"));
+        assert!(parse_disk("/a.img,ro=1").is_err());
+        assert!(parse_disk("/a.img,ro,speed=9").is_err());
+        assert_eq!(parse_disk("/a,b,c.img,read-iops=3").unwrap().path, std::path::PathBuf::from("/a,b,c.img"));
+    }
+
+    #[test]
+    fn rng_rates_default_to_the_devices_and_zero_is_no_limit() {
+        let config = Args::parse_from(["palisade-vmm", "--kernel", "/k", "--rng"]).into_config();
+        assert_eq!(config.rng_rates, DEFAULT_RNG_RATES);
+        let config = Args::parse_from(["palisade-vmm", "--kernel", "/k", "--rng", "--rng-bps", "0", "--rng-iops", "5"]).into_config();
+        assert_eq!(config.rng_rates, Rates { bytes_per_sec: None, ops_per_sec: Some(5) });
     }
 
     #[test]

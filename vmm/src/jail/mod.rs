@@ -741,7 +741,7 @@ mod tests {
         let disk = dir.path().join("rw.img");
         std::fs::write(&disk, vec![0; 4096]).unwrap();
         let mut config = VmConfig::new(&kernel);
-        config.disks.push(crate::DiskConfig { path: disk.clone(), read_only: false });
+        config.disks.push(crate::DiskConfig { path: disk.clone(), ..Default::default() });
         config.rng = true;
         let p = plan(&config, 900_001, 900_001).unwrap();
         assert_eq!(p.config.kernel, Path::new("/vm/kernel"));

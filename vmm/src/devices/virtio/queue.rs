@@ -1,35 +1,34 @@
 //! Validated access to virtqueue descriptor chains, shared by the virtio devices.
 //!
-//! Everything here treats the chain as hostile: a chain is turned into lists of
-//! guest-memory [`Segment`]s only after every descriptor was read successfully, the chain
-//! ended properly (no dangling `NEXT`, no loop, no index past the table, no length
-//! overflow: `virtio_queue`'s iterator stops on all of those, and we notice), device-readable
-//! descriptors came before device-writable ones, and every buffer lies inside guest memory.
+//! Everything here treats the chain as hostile: a chain is read once from the descriptor
+//! table by our own walk ([`Chain::read`]: no dangling `NEXT`, no loop, no index past the
+//! table, no indirect descriptor, no length overflow), and turned into lists of guest-memory
+//! [`Segment`]s only when device-readable descriptors came before device-writable ones and
+//! every buffer lies inside guest memory.
 
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
 use tracing::{error, warn};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, WriteVolatile};
 
 use super::device::{ActivateError, GuestMemory, IrqTrigger};
 
-/// A descriptor chain as the queue iterator hands it out.
-pub type Chain<'a> = DescriptorChain<&'a GuestMemory>;
-
 /// Why a descriptor chain (one request) was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("descriptor chain {head}: no descriptors (bad head index or unreadable table)")]
+    #[error("descriptor chain {head}: no descriptors (head index past the queue or unreadable table)")]
     Empty { head: u16 },
     #[error(
-        "descriptor chain {head}: broken after {count} descriptors (bad next index, loop, \
-         too long, length overflow or unreadable descriptor)"
+        "descriptor chain {head}: broken after {count} descriptors (next index past the queue, loop, \
+         longer than the queue, length overflow or unreadable descriptor)"
     )]
     Broken { head: u16, count: usize },
+    #[error("descriptor chain {head}: descriptor {index} is indirect, and VIRTIO_RING_F_INDIRECT_DESC is not offered")]
+    Indirect { head: u16, index: u16 },
     #[error("descriptor chain {head}: a device-readable descriptor follows a device-writable one")]
     ReadableAfterWritable { head: u16 },
     #[error("descriptor chain {head}: buffer {addr:#x}+{len:#x} is outside guest memory")]
@@ -58,6 +57,99 @@ pub struct Segment {
     pub len: u64,
 }
 
+/// One descriptor of a chain, as it was read from the descriptor table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    pub addr: GuestAddress,
+    pub len: u32,
+    /// Device-writable (`VIRTQ_DESC_F_WRITE`).
+    pub writable: bool,
+}
+
+/// Size of a split-ring descriptor: `{ addr: le64, len: le32, flags: le16, next: le16 }`.
+const DESCRIPTOR_SIZE: u64 = 16;
+
+/// A descriptor chain read once from its queue's descriptor table: every later look at the
+/// request (its status byte, its data, its length for a rate limiter) sees the same
+/// descriptors, whatever the driver writes into the table meanwhile.
+///
+/// The walk is this crate's own, not `virtio_queue`'s iterator (which follows indirect
+/// descriptors whether or not they were negotiated and stops silently on a broken link): a
+/// chain is refused when its head or a `next` index is past the queue, when it has more
+/// descriptors than the queue (a loop), when a descriptor is indirect (no device offers
+/// `VIRTIO_RING_F_INDIRECT_DESC`), when its lengths overflow 32 bits together, or when a
+/// descriptor cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    head: u16,
+    descriptors: Vec<Descriptor>,
+}
+
+impl Chain {
+    /// Reads the chain starting at `head` from the descriptor table at `table` of a queue of
+    /// `queue_size` entries.
+    pub fn read(mem: &GuestMemory, table: GuestAddress, queue_size: u16, head: u16) -> Result<Chain, ChainError> {
+        if head >= queue_size {
+            return Err(ChainError::Empty { head });
+        }
+        let mut descriptors = Vec::new();
+        let mut index = head;
+        let mut total_len: u32 = 0;
+        loop {
+            let broken = |count: usize| if count == 0 { ChainError::Empty { head } } else { ChainError::Broken { head, count } };
+            let addr = table.0.checked_add(u64::from(index) * DESCRIPTOR_SIZE).ok_or_else(|| broken(descriptors.len()))?;
+            let mut raw = [0u8; DESCRIPTOR_SIZE as usize];
+            mem.read_slice(&mut raw, GuestAddress(addr)).map_err(|_| broken(descriptors.len()))?;
+            let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = raw;
+            let flags = u32::from(u16::from_le_bytes([f0, f1]));
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                return Err(ChainError::Indirect { head, index });
+            }
+            let len = u32::from_le_bytes([l0, l1, l2, l3]);
+            total_len = total_len.checked_add(len).ok_or(ChainError::Broken { head, count: descriptors.len() + 1 })?;
+            descriptors.push(Descriptor {
+                addr: GuestAddress(u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7])),
+                len,
+                writable: flags & VRING_DESC_F_WRITE != 0,
+            });
+            if flags & VRING_DESC_F_NEXT == 0 {
+                return Ok(Chain { head, descriptors });
+            }
+            let next = u16::from_le_bytes([n0, n1]);
+            // A chain visits each descriptor of the table at most once: one longer than the
+            // queue loops.
+            if next >= queue_size || descriptors.len() >= usize::from(queue_size) {
+                return Err(ChainError::Broken { head, count: descriptors.len() });
+            }
+            index = next;
+        }
+    }
+
+    /// Reads the chain at `head` of `queue` (see [`Chain::read`]).
+    pub fn read_from(mem: &GuestMemory, queue: &Queue, head: u16) -> Result<Chain, ChainError> {
+        Chain::read(mem, GuestAddress(queue.desc_table()), queue.size(), head)
+    }
+
+    pub fn head_index(&self) -> u16 {
+        self.head
+    }
+
+    pub fn descriptors(&self) -> &[Descriptor] {
+        &self.descriptors
+    }
+
+    /// The address of the last byte of the chain when its last descriptor is device-writable,
+    /// non-empty and inside guest memory: where a device puts a trailing status byte.
+    pub fn last_writable_byte(&self, mem: &GuestMemory) -> Option<GuestAddress> {
+        let last = self.descriptors.last()?;
+        if !last.writable || last.len == 0 {
+            return None;
+        }
+        let addr = last.addr.0.checked_add(u64::from(last.len) - 1).map(GuestAddress)?;
+        in_memory(mem, addr, 1).then_some(addr)
+    }
+}
+
 /// The buffers of one descriptor chain, split by direction and validated.
 #[derive(Debug)]
 pub struct ChainBuffers {
@@ -68,27 +160,6 @@ pub struct ChainBuffers {
     pub writable: Vec<Segment>,
 }
 
-/// The most descriptors a chain may have: the largest queue any device offers. No device
-/// offers `VIRTIO_RING_F_INDIRECT_DESC`, so a chain lives in its queue's descriptor table and
-/// cannot be longer; `virtio_queue` follows indirect tables regardless (up to 65,535 more
-/// descriptors), and a chain longer than this is refused as one that used one.
-pub const MAX_CHAIN_DESCRIPTORS: usize = 256;
-
-/// Walks a chain to its end; `Err` carries how many descriptors were read before it broke
-/// (more than [`MAX_CHAIN_DESCRIPTORS`] is broken too).
-fn collect_descriptors(chain: Chain<'_>) -> Result<Vec<Descriptor>, (u16, usize)> {
-    let head = chain.head_index();
-    let descriptors: Vec<Descriptor> = chain.take(MAX_CHAIN_DESCRIPTORS + 1).collect();
-    match descriptors.last() {
-        None => Err((head, 0)),
-        Some(_) if descriptors.len() > MAX_CHAIN_DESCRIPTORS => Err((head, descriptors.len())),
-        // The iterator stops early (without an error) on a bad next index, a loop (its TTL), an
-        // unreadable descriptor or a length overflow: the last descriptor it gave still says NEXT.
-        Some(last) if last.has_next() => Err((head, descriptors.len())),
-        Some(_) => Ok(descriptors),
-    }
-}
-
 fn in_memory(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
     let Ok(len) = usize::try_from(len) else {
         return false;
@@ -97,28 +168,24 @@ fn in_memory(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
 }
 
 impl ChainBuffers {
-    /// Validates a whole chain; any defect rejects the chain.
-    pub fn parse(mem: &GuestMemory, chain: Chain<'_>) -> Result<Self, ChainError> {
+    /// Validates a chain's buffers: device-readable ones first, each inside guest memory.
+    pub fn parse(mem: &GuestMemory, chain: &Chain) -> Result<Self, ChainError> {
         let head = chain.head_index();
-        let descriptors = collect_descriptors(chain).map_err(|(head, count)| match count {
-            0 => ChainError::Empty { head },
-            count => ChainError::Broken { head, count },
-        })?;
         let mut readable = Vec::new();
         let mut writable = Vec::new();
-        for desc in descriptors {
-            let len = u64::from(desc.len());
-            if desc.is_write_only() {
+        for desc in chain.descriptors() {
+            let len = u64::from(desc.len);
+            if desc.writable {
                 if len > 0 {
-                    writable.push(Segment { addr: desc.addr(), len });
+                    writable.push(Segment { addr: desc.addr, len });
                 }
             } else if !writable.is_empty() {
                 return Err(ChainError::ReadableAfterWritable { head });
             } else if len > 0 {
-                readable.push(Segment { addr: desc.addr(), len });
+                readable.push(Segment { addr: desc.addr, len });
             }
-            if !in_memory(mem, desc.addr(), len) {
-                return Err(ChainError::OutsideMemory { head, addr: desc.addr().0, len });
+            if !in_memory(mem, desc.addr, len) {
+                return Err(ChainError::OutsideMemory { head, addr: desc.addr.0, len });
             }
         }
         Ok(Self { head_index: head, readable, writable })
@@ -131,19 +198,6 @@ impl ChainBuffers {
     pub fn writable_len(&self) -> u64 {
         total_len(&self.writable)
     }
-}
-
-/// The address of the last byte of a chain whose last descriptor is device-writable, non-empty
-/// and inside guest memory: where a device puts a trailing status byte. `None` for a broken
-/// chain or one that ends otherwise.
-pub fn last_writable_byte(mem: &GuestMemory, chain: &Chain<'_>) -> Option<GuestAddress> {
-    let descriptors = collect_descriptors(chain.clone()).ok()?;
-    let last = descriptors.last()?;
-    if !last.is_write_only() || last.len() == 0 {
-        return None;
-    }
-    let addr = last.addr().0.checked_add(u64::from(last.len()) - 1).map(GuestAddress)?;
-    in_memory(mem, addr, 1).then_some(addr)
 }
 
 pub fn total_len(segments: &[Segment]) -> u64 {
@@ -232,19 +286,43 @@ pub fn drain_to_file(mem: &GuestMemory, head: u16, pieces: &[Segment], file: &mu
     Ok(())
 }
 
+/// What a device did with one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Done: return the chain with this used length (bytes written into it).
+    Used(u32),
+    /// Not now (a rate limiter said wait): the chain, and every one after it, stays available
+    /// for the next pass.
+    Later,
+}
+
 /// Serves every chain the driver has made available so far (one snapshot of the available
-/// index, so at most one queue's worth: a guest that keeps adding cannot keep us here).
-/// `handle` returns the number of bytes it wrote into the chain (the used length); each chain
-/// is then returned on the used ring. Returns whether the driver should be interrupted.
+/// index, so at most one queue's worth: a guest that keeps adding cannot keep us here). Each
+/// chain is read once ([`Chain::read`]); a chain that cannot be read is returned with used
+/// length 0. `handle` says what became of the others. Returns whether the driver should be
+/// interrupted.
 pub fn process_available<F>(name: &'static str, queue: &mut Queue, mem: &GuestMemory, mut handle: F) -> Result<bool, QueueError>
 where
-    F: FnMut(Chain<'_>) -> u32,
+    F: FnMut(&Chain) -> Served,
 {
-    let chains: Vec<Chain<'_>> = queue.iter(mem).map_err(QueueError::AvailRing)?.collect();
+    let heads: Vec<u16> = queue.iter(mem).map_err(QueueError::AvailRing)?.map(|chain| chain.head_index()).collect();
     let mut used_any = false;
-    for chain in chains {
-        let head = chain.head_index();
-        let used_len = handle(chain);
+    for (done, &head) in heads.iter().enumerate() {
+        let used_len = match Chain::read_from(mem, queue, head) {
+            Ok(chain) => match handle(&chain) {
+                Served::Used(len) => len,
+                Served::Later => {
+                    // At most a queue's worth was taken, so this fits in u16.
+                    let left = u16::try_from(heads.len() - done).unwrap_or(u16::MAX);
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(left));
+                    break;
+                }
+            },
+            Err(e) => {
+                warn!(device = name, "{e}; returned unused");
+                0
+            }
+        };
         match queue.add_used(mem, head, used_len) {
             Ok(()) => used_any = true,
             // A head index past the queue size cannot be returned; the chain is dropped.
@@ -286,7 +364,7 @@ impl ActiveQueues {
     /// be. Errors are logged: they concern this queue only.
     pub fn process<F>(&mut self, device: &'static str, index: usize, handle: F)
     where
-        F: FnMut(&GuestMemory, Chain<'_>) -> u32,
+        F: FnMut(&GuestMemory, &Chain) -> Served,
     {
         let Some(queue) = self.queues.get_mut(index) else {
             error!(device, queue = index, "no such virtqueue");
@@ -362,6 +440,12 @@ pub(crate) mod test_utils {
 
         /// Makes one properly linked chain available (descriptors at table index 0..).
         pub fn add_chain(&self, descs: &[Desc]) {
+            self.add_chain_at(descs, 0);
+        }
+
+        /// Makes one properly linked chain available, its descriptors at table index `at`..
+        /// (so that several chains can be pending at once).
+        pub fn add_chain_at(&self, descs: &[Desc], at: u16) {
             let raw: Vec<RawDescriptor> = descs
                 .iter()
                 .enumerate()
@@ -371,11 +455,11 @@ pub(crate) mod test_utils {
                     if !last {
                         flags |= VRING_DESC_F_NEXT as u16;
                     }
-                    let next = if last { 0 } else { i as u16 + 1 };
+                    let next = if last { 0 } else { at + i as u16 + 1 };
                     RawDescriptor::from(SplitDescriptor::new(d.addr, d.len, flags, next))
                 })
                 .collect();
-            self.mock.add_desc_chains(&raw, 0).unwrap();
+            self.mock.add_desc_chains(&raw, at).unwrap();
         }
 
         /// Makes raw descriptors available as given (flags and next indices untouched): for
@@ -417,10 +501,14 @@ mod tests {
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
-    fn parse_first(mem: &GuestMemory, tq: &TestQueue<'_>) -> Result<ChainBuffers, ChainError> {
+    fn first_chain(mem: &GuestMemory, tq: &TestQueue<'_>) -> Result<Chain, ChainError> {
         let mut q = tq.queue();
-        let chain = q.iter(mem).unwrap().next().unwrap();
-        ChainBuffers::parse(mem, chain)
+        let head = q.iter(mem).unwrap().next().unwrap().head_index();
+        Chain::read_from(mem, &q, head)
+    }
+
+    fn parse_first(mem: &GuestMemory, tq: &TestQueue<'_>) -> Result<ChainBuffers, ChainError> {
+        ChainBuffers::parse(mem, &first_chain(mem, tq)?)
     }
 
     #[test]
@@ -460,9 +548,9 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_through_an_indirect_table_longer_than_any_queue_is_refused() {
-        // VIRTIO_RING_F_INDIRECT_DESC is never offered, but virtio_queue follows an indirect
-        // descriptor anyway: a table of 1000 descriptors would make a 1000-descriptor chain.
+    fn an_indirect_descriptor_is_refused() {
+        // VIRTIO_RING_F_INDIRECT_DESC is never offered, but virtio_queue's iterator follows an
+        // indirect descriptor anyway: a table of 1000 descriptors made a 1000-descriptor chain.
         let mem = memory();
         let table = DATA_BASE + 0x1_0000;
         for i in 0..1000u64 {
@@ -476,7 +564,40 @@ mod tests {
         let tq = TestQueue::new(&mem);
         tq.add_raw(&[(table, 16 * 1000, indirect, 0)]);
         let got = parse_first(&mem, &tq);
-        assert!(matches!(got, Err(ChainError::Broken { count: 257, .. })), "{got:?}");
+        assert!(matches!(got, Err(ChainError::Indirect { index: 0, .. })), "{got:?}");
+        // An indirect descriptor further down a chain too.
+        let tq = TestQueue::new(&mem);
+        tq.add_raw(&[(DATA_BASE, 16, NEXT, 1), (table, 16 * 4, indirect, 0)]);
+        let got = parse_first(&mem, &tq);
+        assert!(matches!(got, Err(ChainError::Indirect { index: 1, .. })), "{got:?}");
+    }
+
+    #[test]
+    fn a_chain_is_read_once() {
+        // What the device works from does not change when the driver rewrites the table.
+        let mem = memory();
+        let tq = TestQueue::new(&mem);
+        tq.add_chain(&[r(DATA_BASE, 16), w(DATA_BASE + 0x200, 1)]);
+        let chain = first_chain(&mem, &tq).unwrap();
+        tq.add_raw(&[(DATA_BASE + 0x400, 99, NEXT, 7)]);
+        assert_eq!(chain.descriptors()[0], Descriptor { addr: GuestAddress(DATA_BASE), len: 16, writable: false });
+        assert_eq!(chain.last_writable_byte(&mem), Some(GuestAddress(DATA_BASE + 0x200)));
+    }
+
+    #[test]
+    fn a_chain_longer_than_its_queue_is_refused() {
+        // 16 descriptors linked in a ring: every next index is valid, and the walk must stop.
+        let mem = memory();
+        let tq = TestQueue::new(&mem);
+        let ring: Vec<(u64, u32, u16, u16)> = (0..QUEUE_SIZE).map(|i| (DATA_BASE, 1, NEXT, (i + 1) % QUEUE_SIZE)).collect();
+        tq.add_raw(&ring);
+        let got = first_chain(&mem, &tq);
+        assert!(matches!(got, Err(ChainError::Broken { count, .. }) if count == usize::from(QUEUE_SIZE)), "{got:?}");
+        // A head past the queue.
+        assert!(matches!(Chain::read(&mem, GuestAddress(0), QUEUE_SIZE, QUEUE_SIZE), Err(ChainError::Empty { .. })));
+        // A table at the end of memory: the first descriptor cannot be read.
+        assert!(matches!(Chain::read(&mem, GuestAddress(MEM_SIZE as u64 - 8), QUEUE_SIZE, 0), Err(ChainError::Empty { .. })));
+        assert!(matches!(Chain::read(&mem, GuestAddress(u64::MAX - 8), QUEUE_SIZE, 3), Err(ChainError::Empty { .. })));
     }
 
     #[test]
@@ -484,21 +605,19 @@ mod tests {
         let mem = memory();
         let tq = TestQueue::new(&mem);
         tq.add_chain(&[r(DATA_BASE, 16), w(DATA_BASE + 0x200, 4)]);
-        let mut q = tq.queue();
-        let chain = q.iter(&mem).unwrap().next().unwrap();
-        assert_eq!(last_writable_byte(&mem, &chain), Some(GuestAddress(DATA_BASE + 0x203)));
+        assert_eq!(first_chain(&mem, &tq).unwrap().last_writable_byte(&mem), Some(GuestAddress(DATA_BASE + 0x203)));
 
         let tq = TestQueue::new(&mem);
         tq.add_chain(&[w(DATA_BASE, 16), r(DATA_BASE + 0x200, 4)]);
-        let mut q = tq.queue();
-        let chain = q.iter(&mem).unwrap().next().unwrap();
-        assert_eq!(last_writable_byte(&mem, &chain), None);
+        assert_eq!(first_chain(&mem, &tq).unwrap().last_writable_byte(&mem), None);
+
+        let tq = TestQueue::new(&mem);
+        tq.add_chain(&[r(DATA_BASE, 16), w(DATA_BASE + 0x200, 0)]);
+        assert_eq!(first_chain(&mem, &tq).unwrap().last_writable_byte(&mem), None);
 
         let tq = TestQueue::new(&mem);
         tq.add_raw(&[(DATA_BASE, 16, NEXT | WRITE, 1), (DATA_BASE, 16, NEXT | WRITE, 0)]);
-        let mut q = tq.queue();
-        let chain = q.iter(&mem).unwrap().next().unwrap();
-        assert_eq!(last_writable_byte(&mem, &chain), None);
+        assert!(first_chain(&mem, &tq).is_err());
     }
 
     #[test]

@@ -14,9 +14,10 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::request;
+use super::request::{self, Limits};
 use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
 use crate::devices::virtio::queue::ActiveQueues;
+use crate::rate_limiter::{RateLimiter, RateLimiterError, Rates};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -33,6 +34,8 @@ pub enum BlockError {
     Size { path: PathBuf, source: io::Error },
     #[error("virtio-blk: cannot create the queue eventfd for {path}: {source}")]
     QueueEvent { path: PathBuf, source: io::Error },
+    #[error("virtio-blk {path}: {source}")]
+    RateLimiter { path: PathBuf, source: RateLimiterError },
 }
 
 /// The backing file and what the guest may do with it.
@@ -54,6 +57,11 @@ pub struct Block {
     queue_sizes: [u16; 1],
     pub(crate) queue_events: Vec<EventFd>,
     pub(crate) active: Option<ActiveQueues>,
+    pub(crate) limits: Limits,
+}
+
+fn limiter(path: &Path, rates: Rates) -> Result<RateLimiter, BlockError> {
+    RateLimiter::new("virtio-blk", rates).map_err(|source| BlockError::RateLimiter { path: path.to_path_buf(), source })
 }
 
 /// A serial number derived from the image path: stable across runs for the same path.
@@ -93,7 +101,19 @@ impl Block {
             queue_sizes: [QUEUE_SIZE],
             queue_events: vec![queue_event],
             active: None,
+            limits: Limits { read: limiter(path, Rates::default())?, write: limiter(path, Rates::default())? },
         })
+    }
+
+    /// Limits the guest's reads and writes of this disk (bytes and requests a second).
+    pub fn with_rate_limits(mut self, read: Rates, write: Rates) -> Result<Block, BlockError> {
+        self.limits = Limits { read: limiter(&self.disk.path, read)?, write: limiter(&self.disk.path, write)? };
+        Ok(self)
+    }
+
+    /// The rates the disk's reads and writes are limited to.
+    pub fn rate_limits(&self) -> (Rates, Rates) {
+        (self.limits.read.rates(), self.limits.write.rates())
     }
 
     /// Disk size in 512-byte sectors, as the guest sees it.
@@ -120,13 +140,14 @@ impl Block {
     }
 
     /// Serves every request the driver has queued, then interrupts it if needed.
-    pub(crate) fn process_queue(&mut self) {
+    pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             debug!(device = NAME, "queue notification before activation ignored");
             return;
         };
         let disk = &mut self.disk;
-        active.process(NAME, 0, |mem, chain| request::serve(disk, mem, chain));
+        let limits = &mut self.limits;
+        active.process(NAME, 0, |mem, chain| request::serve(disk, limits, mem, chain));
     }
 }
 

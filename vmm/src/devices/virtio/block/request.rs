@@ -17,8 +17,9 @@ use vm_memory::Bytes;
 use super::device::{Disk, SECTOR_SIZE};
 use crate::devices::virtio::device::GuestMemory;
 use crate::devices::virtio::queue::{
-    drain_to_file, fill_from_file, last_writable_byte, read_bytes, sub_segments, write_bytes, Chain, ChainBuffers, ChainError,
+    drain_to_file, fill_from_file, read_bytes, sub_segments, write_bytes, Chain, ChainBuffers, ChainError, Segment, Served,
 };
+use crate::rate_limiter::RateLimiter;
 
 /// Size of the request header.
 const HEADER_LEN: u64 = 16;
@@ -44,15 +45,61 @@ pub enum RequestError {
     Unsupported { head: u16, kind: u32 },
 }
 
-/// Serves one chain and returns its used length (bytes written into the chain, status
-/// included). A chain without a usable status byte is returned with length 0, untouched.
-pub(crate) fn serve(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> u32 {
+/// The two limiters of a disk: reads (IN) and writes (OUT). Flushes and GET_ID are not
+/// limited: they move no data the guest chose the size of.
+pub(crate) struct Limits {
+    pub(crate) read: RateLimiter,
+    pub(crate) write: RateLimiter,
+}
+
+/// A request, checked against the disk and the chain, before any of its work is done.
+enum Request {
+    /// Read `len` bytes at `offset` into `pieces`.
+    In {
+        offset: u64,
+        pieces: Vec<Segment>,
+        len: u64,
+    },
+    /// Write the `len` bytes of `pieces` at `offset`.
+    Out {
+        offset: u64,
+        pieces: Vec<Segment>,
+        len: u64,
+    },
+    Flush,
+    /// The serial number into the first `len` bytes of `writable`.
+    GetId {
+        writable: Vec<Segment>,
+        len: usize,
+    },
+}
+
+/// Serves one chain (read once from the descriptor table, so its status byte and its data
+/// come from the same descriptors): the request is checked, then admitted by its rate
+/// limiter (or left for later), then done. Returns the used length (bytes written into the
+/// chain, status included); a chain without a usable status byte is returned with length 0,
+/// untouched.
+pub(crate) fn serve(disk: &mut Disk, limits: &mut Limits, mem: &GuestMemory, chain: &Chain) -> Served {
     let head = chain.head_index();
-    let Some(status_addr) = last_writable_byte(mem, &chain) else {
+    let Some(status_addr) = chain.last_writable_byte(mem) else {
         warn!(device = "block", head, "request chain has no device-writable status byte at its end; dropped");
-        return 0;
+        return Served::Used(0);
     };
-    let (status, data_written) = match execute(disk, mem, chain) {
+    let result = match parse(disk, mem, chain) {
+        Ok(request) => {
+            let admitted = match &request {
+                Request::In { len, .. } => limits.read.admit(*len),
+                Request::Out { len, .. } => limits.write.admit(*len),
+                Request::Flush | Request::GetId { .. } => true,
+            };
+            if !admitted {
+                return Served::Later;
+            }
+            execute(disk, mem, head, request)
+        }
+        Err(e) => Err(e),
+    };
+    let (status, data_written) = match result {
         Ok(written) => (VIRTIO_BLK_S_OK, written),
         Err(e @ RequestError::Unsupported { .. }) => {
             warn!(device = "block", "{e}");
@@ -67,9 +114,9 @@ pub(crate) fn serve(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> u32
     // memory map is broken, and the chain goes back untouched.
     if let Err(e) = mem.write_obj(status as u8, status_addr) {
         warn!(device = "block", head, "cannot write request status at {:#x}: {e}", status_addr.0);
-        return 0;
+        return Served::Used(0);
     }
-    data_written.saturating_add(1)
+    Served::Used(data_written.saturating_add(1))
 }
 
 /// Checks that `len` bytes at `sector` lie within the disk; returns the byte offset.
@@ -87,8 +134,9 @@ fn io_error(disk: &Disk, head: u16, op: &'static str, source: std::io::Error) ->
     RequestError::Io { head, op, path: disk.path.display().to_string(), source }
 }
 
-/// Runs the request; returns the number of data bytes written into the chain.
-fn execute(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, RequestError> {
+/// Reads the header and checks the request against the disk (range, direction, alignment,
+/// read-only) and the chain (buffers in guest memory, readable before writable).
+fn parse(disk: &Disk, mem: &GuestMemory, chain: &Chain) -> Result<Request, RequestError> {
     let buffers = ChainBuffers::parse(mem, chain)?;
     let head = buffers.head_index;
     let readable = buffers.readable_len();
@@ -116,10 +164,7 @@ fn execute(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, 
             }
             let offset = disk_offset(disk, head, sector, data_out)?;
             let pieces = sub_segments(head, &buffers.writable, 0, data_out)?;
-            disk.file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(disk, head, "seek", e))?;
-            fill_from_file(mem, head, &pieces, &mut disk.file, "disk image")?;
-            // A chain's total length fits in u32 (the queue iterator enforces it).
-            Ok(u32::try_from(data_out).unwrap_or(u32::MAX))
+            Ok(Request::In { offset, pieces, len: data_out })
         }
         VIRTIO_BLK_T_OUT => {
             if disk.read_only {
@@ -133,26 +178,45 @@ fn execute(disk: &mut Disk, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, 
             }
             let offset = disk_offset(disk, head, sector, data_in)?;
             let pieces = sub_segments(head, &buffers.readable, HEADER_LEN, data_in)?;
+            Ok(Request::Out { offset, pieces, len: data_in })
+        }
+        VIRTIO_BLK_T_FLUSH => Ok(Request::Flush),
+        VIRTIO_BLK_T_GET_ID => {
+            if data_in != 0 {
+                return Err(RequestError::WrongDirection { head, kind, len: data_in });
+            }
+            let len = data_out.min(disk.serial.len() as u64) as usize;
+            Ok(Request::GetId { writable: buffers.writable, len })
+        }
+        kind => Err(RequestError::Unsupported { head, kind }),
+    }
+}
+
+/// Does a checked request; returns the number of data bytes written into the chain.
+fn execute(disk: &mut Disk, mem: &GuestMemory, head: u16, request: Request) -> Result<u32, RequestError> {
+    match request {
+        Request::In { offset, pieces, len } => {
+            disk.file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(disk, head, "seek", e))?;
+            fill_from_file(mem, head, &pieces, &mut disk.file, "disk image")?;
+            // A chain's total length fits in u32 (`Chain::read` enforces it).
+            Ok(u32::try_from(len).unwrap_or(u32::MAX))
+        }
+        Request::Out { offset, pieces, .. } => {
             disk.file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(disk, head, "seek", e))?;
             drain_to_file(mem, head, &pieces, &mut disk.file, "disk image")?;
             Ok(0)
         }
-        VIRTIO_BLK_T_FLUSH => {
+        Request::Flush => {
             if !disk.read_only {
                 disk.file.sync_data().map_err(|e| io_error(disk, head, "flush", e))?;
             }
             Ok(0)
         }
-        VIRTIO_BLK_T_GET_ID => {
-            if data_in != 0 {
-                return Err(RequestError::WrongDirection { head, kind, len: data_in });
-            }
-            let n = data_out.min(disk.serial.len() as u64) as usize;
-            let serial = disk.serial.get(..n).unwrap_or_default();
-            write_bytes(mem, head, &buffers.writable, 0, serial)?;
-            Ok(n as u32)
+        Request::GetId { writable, len } => {
+            let serial = disk.serial.get(..len).unwrap_or_default();
+            write_bytes(mem, head, &writable, 0, serial)?;
+            Ok(len as u32)
         }
-        kind => Err(RequestError::Unsupported { head, kind }),
     }
 }
 
@@ -163,11 +227,13 @@ mod tests {
     use std::sync::Arc;
 
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::QueueOwnedT;
 
     use super::super::Block;
     use super::*;
     use crate::devices::virtio::device::{IrqTrigger, VirtioDevice, VIRTIO_MMIO_INT_VRING};
     use crate::devices::virtio::queue::test_utils::*;
+    use crate::rate_limiter::Rates;
 
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -184,12 +250,17 @@ mod tests {
 
     /// A 16-sector disk whose sector `i` is filled with byte `i`.
     fn fixture(mem: &GuestMemory, tq: &TestQueue<'_>, read_only: bool) -> Fixture {
+        fixture_limited(mem, tq, read_only, Rates::default())
+    }
+
+    /// [`fixture`] with its reads limited to `read`.
+    fn fixture_limited(mem: &GuestMemory, tq: &TestQueue<'_>, read_only: bool, read: Rates) -> Fixture {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         for i in 0..DISK_SECTORS {
             file.write_all(&[i as u8; SECTOR_SIZE as usize]).unwrap();
         }
         file.flush().unwrap();
-        let mut block = Block::new(file.path(), read_only).unwrap();
+        let mut block = Block::new(file.path(), read_only).unwrap().with_rate_limits(read, Rates::default()).unwrap();
         let irq = Arc::new(IrqTrigger::new().unwrap());
         block.activate(mem.clone(), irq.clone(), vec![tq.queue()]).unwrap();
         Fixture { file, block, irq }
@@ -438,6 +509,78 @@ mod tests {
         tq.mock.avail().idx().store(1000); // more entries than the queue holds
         f.block.process_queue();
         assert_eq!(tq.used_idx(), 0);
+    }
+
+    /// The status byte and the data come from one read of the descriptor table: a driver
+    /// rewriting the table after the device read the chain changes neither (on the old
+    /// two-walk code the status went where the second walk said).
+    #[test]
+    fn a_request_is_served_from_one_read_of_its_chain() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem);
+        let mut f = fixture(&mem, &tq, false);
+        header(&tq, VIRTIO_BLK_T_IN, 3);
+        tq.write(STATUS, &[0xff]);
+        tq.add_chain(&[r(HDR, 16), w(BUF, 512), w(STATUS, 1)]);
+        let mut queue = tq.queue();
+        let head = queue.iter(&mem).unwrap().next().unwrap().head_index();
+        let chain = Chain::read_from(&mem, &queue, head).unwrap();
+        // The driver now points the data at the header and the status elsewhere.
+        tq.add_raw(&[(HDR, 16, NEXT, 1), (HDR, 512, NEXT | WRITE, 2), (STATUS + 0x100, 1, WRITE, 0)]);
+        tq.write(STATUS + 0x100, &[0xee]);
+        let served = serve(&mut f.block.disk, &mut f.block.limits, &mem, &chain);
+        assert_eq!(served, Served::Used(513));
+        assert_eq!(status(&tq), VIRTIO_BLK_S_OK as u8, "status where the chain said when it was read");
+        assert_eq!(tq.read(STATUS + 0x100, 1), [0xee], "not where the table says now");
+        assert_eq!(tq.read(BUF, 512), vec![3u8; 512]);
+    }
+
+    /// Reads limited to 1024 bytes a second: two 512-byte reads go at once, the third waits
+    /// for the limiter's timer (the guest's kicks meanwhile change nothing), then goes.
+    #[test]
+    fn reads_beyond_the_rate_wait_for_the_limiter() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem);
+        let mut f = fixture_limited(&mem, &tq, false, Rates { bytes_per_sec: Some(1024), ops_per_sec: None });
+        header(&tq, VIRTIO_BLK_T_IN, 2);
+        for i in 0..3u16 {
+            let at = u64::from(i) * 0x1000;
+            tq.write(STATUS + at, &[0xff]);
+            tq.add_chain_at(&[r(HDR, 16), w(BUF + at, 512), w(STATUS + at, 1)], i * 3);
+        }
+        let started = std::time::Instant::now();
+        f.block.process_queue();
+        assert_eq!(tq.used_idx(), 2, "two reads within the first second's bytes");
+        assert_eq!(tq.read(STATUS + 0x2000, 1), [0xff], "the third not touched");
+        assert!(f.block.limits.read.is_blocked());
+        f.block.process_queue();
+        assert_eq!(tq.used_idx(), 2, "a kick while blocked serves nothing");
+
+        let mut fds = [libc::pollfd { fd: f.block.limits.read.timer_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 10_000) }, 1, "the limiter's timer fires");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(400), "after ~0.5 s: {:?}", started.elapsed());
+        f.block.limits.read.timer_fired();
+        f.block.process_queue();
+        assert_eq!(tq.used_idx(), 3);
+        assert_eq!(tq.used(2), (6, 513));
+        assert_eq!(tq.read(STATUS + 0x2000, 1), [VIRTIO_BLK_S_OK as u8]);
+        assert_eq!(tq.read(BUF + 0x2000, 512), vec![2u8; 512]);
+    }
+
+    /// Writes and flushes are not held up by a read limit.
+    #[test]
+    fn a_read_limit_does_not_hold_up_writes() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem);
+        let mut f = fixture_limited(&mem, &tq, false, Rates { bytes_per_sec: Some(1), ops_per_sec: Some(1) });
+        for _ in 0..5 {
+            tq.write(BUF, &[0xab; 512]);
+            header(&tq, VIRTIO_BLK_T_OUT, 1);
+            let (_, len) = run(&mut f, &tq, &[r(HDR, 16), r(BUF, 512), w(STATUS, 1)]);
+            assert_eq!((len, status(&tq)), (1, VIRTIO_BLK_S_OK as u8));
+        }
+        assert_eq!(file_contents(&mut f)[512..1024], [0xab; 512]);
     }
 
     #[test]

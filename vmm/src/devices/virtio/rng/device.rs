@@ -2,7 +2,8 @@
 //!
 //! Bytes go straight from `/dev/urandom` into guest memory (no host buffer), at most
 //! [`MAX_BYTES_PER_REQUEST`] per request, so a guest cannot make the VMM do unbounded work
-//! or allocate memory by offering huge buffers.
+//! or allocate memory by offering huge buffers, and at most [`DEFAULT_RATES`] (or the rates
+//! the VM was configured with) a second.
 
 use std::fs::File;
 use std::io;
@@ -16,12 +17,17 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
-use crate::devices::virtio::queue::{fill_from_file, sub_segments, ActiveQueues, Chain, ChainBuffers, ChainError};
+use crate::devices::virtio::queue::{fill_from_file, sub_segments, ActiveQueues, Chain, ChainBuffers, ChainError, Served};
+use crate::rate_limiter::{RateLimiter, RateLimiterError, Rates};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The most random bytes one request gets.
 pub const MAX_BYTES_PER_REQUEST: u64 = 64 * 1024;
+/// What a guest may draw by default: 1 MiB and 1000 requests a second, far more than a
+/// kernel seeding its pool asks for (a few 64-byte reads), and a bound on the host work a
+/// guest that reads `/dev/hwrng` in a loop makes.
+pub const DEFAULT_RATES: Rates = Rates { bytes_per_sec: Some(1 << 20), ops_per_sec: Some(1000) };
 const NAME: &str = "rng";
 const ENTROPY_SOURCE: &str = "/dev/urandom";
 
@@ -32,6 +38,8 @@ pub enum RngError {
     Open(io::Error),
     #[error("virtio-rng: cannot create the queue eventfd: {0}")]
     QueueEvent(io::Error),
+    #[error("virtio-rng: {0}")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// Why one entropy request failed (the chain goes back with used length 0).
@@ -50,14 +58,27 @@ pub struct Rng {
     queue_sizes: [u16; 1],
     pub(crate) queue_events: Vec<EventFd>,
     pub(crate) active: Option<ActiveQueues>,
+    pub(crate) limiter: RateLimiter,
 }
 
 impl Rng {
-    /// Opens the host entropy source (do this before the VMM is jailed).
+    /// Opens the host entropy source (do this before the VMM is jailed), with the
+    /// [`DEFAULT_RATES`].
     pub fn new() -> Result<Rng, RngError> {
+        Rng::with_rates(DEFAULT_RATES)
+    }
+
+    /// [`Rng::new`], limited to `rates` (bytes and requests a second; `Rates::default()`
+    /// for none).
+    pub fn with_rates(rates: Rates) -> Result<Rng, RngError> {
         let source = File::open(Path::new(ENTROPY_SOURCE)).map_err(RngError::Open)?;
         let queue_event = EventFd::new(libc::EFD_NONBLOCK).map_err(RngError::QueueEvent)?;
-        Ok(Rng { source, acked_features: 0, queue_sizes: [QUEUE_SIZE], queue_events: vec![queue_event], active: None })
+        let limiter = RateLimiter::new("virtio-rng", rates)?;
+        Ok(Rng { source, acked_features: 0, queue_sizes: [QUEUE_SIZE], queue_events: vec![queue_event], active: None, limiter })
+    }
+
+    pub fn rates(&self) -> Rates {
+        self.limiter.rates()
     }
 
     /// The features the driver accepted.
@@ -66,34 +87,38 @@ impl Rng {
     }
 
     /// Serves every request the driver has queued, then interrupts it if needed.
-    pub(crate) fn process_queue(&mut self) {
+    pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             debug!(device = NAME, "queue notification before activation ignored");
             return;
         };
         let source = &mut self.source;
-        active.process(NAME, 0, |mem, chain| match fill(source, mem, chain) {
-            Ok(len) => len,
+        let limiter = &mut self.limiter;
+        active.process(NAME, 0, |mem, chain| match fill(source, limiter, mem, chain) {
+            Ok(served) => served,
             Err(e) => {
                 warn!(device = NAME, "{e}");
-                0
+                Served::Used(0)
             }
         });
     }
 }
 
-/// Fills one chain; returns the number of bytes written.
-fn fill(source: &mut File, mem: &GuestMemory, chain: Chain<'_>) -> Result<u32, RequestError> {
+/// Fills one chain (if its rate limiter admits it now); returns the number of bytes written.
+fn fill(source: &mut File, limiter: &mut RateLimiter, mem: &GuestMemory, chain: &Chain) -> Result<Served, RequestError> {
     let buffers = ChainBuffers::parse(mem, chain)?;
     let head = buffers.head_index;
     if !buffers.readable.is_empty() {
         return Err(RequestError::Readable { head, len: buffers.readable_len() });
     }
     let len = buffers.writable_len().min(MAX_BYTES_PER_REQUEST);
+    if !limiter.admit(len) {
+        return Ok(Served::Later);
+    }
     let pieces = sub_segments(head, &buffers.writable, 0, len)?;
     fill_from_file(mem, head, &pieces, source, ENTROPY_SOURCE)?;
     // At most MAX_BYTES_PER_REQUEST, which fits in u32.
-    Ok(len as u32)
+    Ok(Served::Used(len as u32))
 }
 
 impl VirtioDevice for Rng {
@@ -192,6 +217,37 @@ mod tests {
         assert_eq!(tq.read(BUF + 256, 16), vec![PATTERN; 16], "nothing past the buffer");
         assert_ne!(irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING, 0);
         assert_eq!(irq.evt.read().unwrap(), 1);
+    }
+
+    /// Limited to 1000 bytes a second: a 600-byte request goes, the next waits for the
+    /// limiter's timer, untouched, then goes.
+    #[test]
+    fn requests_beyond_the_rate_wait_for_the_limiter() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem);
+        let mut rng = Rng::with_rates(Rates { bytes_per_sec: Some(1000), ops_per_sec: None }).unwrap();
+        rng.activate(mem.clone(), Arc::new(IrqTrigger::new().unwrap()), vec![tq.queue()]).unwrap();
+        tq.write(BUF, &[PATTERN; 0x2000]);
+        tq.add_chain_at(&[w(BUF, 600)], 0);
+        tq.add_chain_at(&[w(BUF + 0x1000, 600)], 1);
+        rng.process_queue();
+        assert_eq!(tq.used_idx(), 1);
+        assert_eq!(tq.read(BUF + 0x1000, 600), vec![PATTERN; 600], "the second not served yet");
+        let mut fds = [libc::pollfd { fd: rng.limiter.timer_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 10_000) }, 1, "the limiter's timer fires");
+        rng.limiter.timer_fired();
+        rng.process_queue();
+        assert_eq!(tq.used_idx(), 2);
+        assert_eq!(tq.used(1), (1, 600));
+        assert!(randomised(&tq, BUF + 0x1000, 600));
+    }
+
+    #[test]
+    fn the_default_rates_are_bounded() {
+        let rates = Rng::new().unwrap().rates();
+        assert_eq!(rates, DEFAULT_RATES);
+        assert!(rates.bytes_per_sec.is_some_and(|n| n <= 16 << 20) && rates.ops_per_sec.is_some_and(|n| n <= 10_000), "{rates:?}");
     }
 
     #[test]

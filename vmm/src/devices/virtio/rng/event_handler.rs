@@ -1,4 +1,7 @@
-//! Event-manager wiring of the virtio-rng device: the queue eventfd.
+//! Event-manager wiring of the virtio-rng device: the queue eventfd and the rate limiter's
+//! timer.
+
+use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::{debug, error, warn};
@@ -12,17 +15,24 @@ impl MutEventSubscriber for Rng {
                 error!(device = "rng", queue, "cannot register the queue eventfd with the event loop: {e}");
             }
         }
+        if let Err(e) = ops.add(Events::new_raw(self.limiter.timer_fd(), EventSet::IN)) {
+            error!(device = "rng", "cannot register the rate limiter's timer with the event loop: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let Some(evt) = self.queue_events.iter().find(|e| std::os::fd::AsRawFd::as_raw_fd(*e) == events.fd()) else {
-            warn!(device = "rng", fd = events.fd(), "event for an unknown file descriptor ignored");
-            return;
-        };
-        // Drain the notification counter; a spurious wakeup (nothing to read) is harmless.
-        if let Err(e) = evt.read() {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                error!(device = "rng", "cannot read the queue eventfd: {e}");
+        if events.fd() == self.limiter.timer_fd() {
+            self.limiter.timer_fired();
+        } else {
+            let Some(evt) = self.queue_events.iter().find(|e| e.as_raw_fd() == events.fd()) else {
+                warn!(device = "rng", fd = events.fd(), "event for an unknown file descriptor ignored");
+                return;
+            };
+            // Drain the notification counter; a spurious wakeup (nothing to read) is harmless.
+            if let Err(e) = evt.read() {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    error!(device = "rng", "cannot read the queue eventfd: {e}");
+                }
             }
         }
         if self.active.is_none() {

@@ -15,7 +15,7 @@ use super::unix::connection::MAX_PKT_DATA;
 use super::unix::UnixBackend;
 use super::VsockError;
 use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
-use crate::devices::virtio::queue::ChainBuffers;
+use crate::devices::virtio::queue::{Chain, ChainBuffers};
 
 /// Virtio device ID of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -91,16 +91,18 @@ impl Vsock {
 
     /// Hands every tx chain the guest made available to the backend. Malformed chains are
     /// consumed and dropped.
-    pub(super) fn process_tx(&mut self) {
+    pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = &active.mem;
         let mut used_any = false;
         let mut handled = 0;
-        while let Some(mut chain) = active.tx.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            match read_tx_chain(mem, &mut chain, MAX_PKT_DATA) {
+        while let Some(head) = active.tx.pop_descriptor_chain(mem).map(|chain| chain.head_index()) {
+            let packet = Chain::read_from(mem, &active.tx, head)
+                .map_err(|e| e.to_string())
+                .and_then(|chain| read_tx_chain(mem, chain.descriptors(), MAX_PKT_DATA).map_err(|e| e.to_string()));
+            match packet {
                 Ok((hdr, data)) => self.backend.on_guest_packet(&hdr, &data),
                 Err(e) => tracing::warn!("vsock: dropping a malformed tx packet: {e}"),
             }
@@ -125,7 +127,7 @@ impl Vsock {
     /// Fills rx buffers with whatever the backend has for the guest, at most [`RX_BATCH`] of
     /// them (then the rx queue event is raised so the event loop comes back after the other
     /// event sources). Returns whether any buffer was used.
-    pub(super) fn process_rx(&mut self) -> bool {
+    pub fn process_rx(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
@@ -145,8 +147,9 @@ impl Vsock {
             };
             let head = chain.head_index();
             // The same chain validation as every device (the packet parser looks at the first
-            // descriptors only, and would take a chain with a dangling next or a loop).
-            let valid = ChainBuffers::parse(mem, chain.clone());
+            // descriptors only, and would take a chain with a dangling next, a loop or an
+            // indirect table).
+            let valid = Chain::read_from(mem, &active.rx, head).and_then(|walked| ChainBuffers::parse(mem, &walked));
             let parsed = match valid {
                 Ok(_) => VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_RX_BUF).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),

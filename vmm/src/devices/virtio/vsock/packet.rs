@@ -4,7 +4,7 @@
 //! [`read_tx_chain`], which accepts any split of header and data over descriptors (the
 //! spec allows it and Linux guests do split large packets), with every length checked.
 
-use virtio_queue::desc::split::Descriptor;
+use crate::devices::virtio::queue::Descriptor;
 use virtio_vsock::packet::PKT_HEADER_SIZE;
 use vm_memory::{Bytes, GuestMemory};
 
@@ -101,49 +101,27 @@ pub enum TxChainError {
     LengthMismatch { announced: u32, held: usize },
     #[error("a tx descriptor points outside guest memory ({addr:#x}, {len} bytes)")]
     OutOfMemory { addr: u64, len: u32 },
-    #[error("the tx chain is broken after {0} descriptors (bad next index, loop, too long or unreadable descriptor)")]
-    Broken(usize),
-    #[error("the tx chain has no descriptors (bad head index or unreadable table)")]
-    Empty,
 }
 
 /// Reads one tx packet: the header and up to `max_data` bytes of data, gathered from every
 /// readable descriptor of `chain` in order. Data beyond what the header's `len` announces
 /// is an error, so is less.
-pub fn read_tx_chain<M: GuestMemory + ?Sized>(
-    mem: &M,
-    chain: impl Iterator<Item = Descriptor>,
-    max_data: usize,
-) -> Result<(Header, Vec<u8>), TxChainError> {
+pub fn read_tx_chain<M: GuestMemory + ?Sized>(mem: &M, chain: &[Descriptor], max_data: usize) -> Result<(Header, Vec<u8>), TxChainError> {
     let limit = HEADER_SIZE + max_data;
     let mut bytes = Vec::new();
-    // The queue's iterator stops early, without an error, on a bad next index, a loop or an
-    // unreadable descriptor: the last descriptor it gave then still says NEXT.
-    let mut count = 0;
-    let mut last_has_next = false;
-    for desc in chain.take(crate::devices::virtio::queue::MAX_CHAIN_DESCRIPTORS + 1) {
-        count += 1;
-        if count > crate::devices::virtio::queue::MAX_CHAIN_DESCRIPTORS {
-            // Only an indirect table (never offered) makes a chain this long.
-            return Err(TxChainError::Broken(count));
-        }
-        last_has_next = desc.has_next();
-        if desc.is_write_only() {
+    // The chain was read whole and checked (`Chain::read`: no loop, no dangling next, no
+    // indirect table, at most a queue's worth of descriptors).
+    for desc in chain {
+        if desc.writable {
             return Err(TxChainError::WriteOnlyDescriptor);
         }
-        let len = desc.len() as usize;
+        let len = desc.len as usize;
         if bytes.len() + len > limit {
             return Err(TxChainError::TooLong { limit });
         }
         let at = bytes.len();
         bytes.resize(at + len, 0);
-        mem.read_slice(&mut bytes[at..], desc.addr()).map_err(|_| TxChainError::OutOfMemory { addr: desc.addr().0, len: desc.len() })?;
-    }
-    if count == 0 {
-        return Err(TxChainError::Empty);
-    }
-    if last_has_next {
-        return Err(TxChainError::Broken(count));
+        mem.read_slice(&mut bytes[at..], desc.addr).map_err(|_| TxChainError::OutOfMemory { addr: desc.addr.0, len: desc.len })?;
     }
     if bytes.len() < HEADER_SIZE {
         return Err(TxChainError::TooShort(bytes.len()));
@@ -181,28 +159,25 @@ pub fn op_name(op: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     #[test]
-    fn a_chain_that_ends_in_a_dangling_next_or_a_loop_is_refused() {
+    fn a_tx_chain_is_a_header_and_its_announced_data() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let hdr = Header { op: OP_REQUEST, type_: TYPE_STREAM, src_cid: 3, dst_cid: 2, ..Default::default() };
+        let hdr = Header { op: OP_RW, type_: TYPE_STREAM, src_cid: 3, dst_cid: 2, len: 5, ..Default::default() };
         mem.write_slice(&hdr.to_bytes(), GuestAddress(0x1000)).unwrap();
-        let next = VRING_DESC_F_NEXT as u16;
-        // What the queue's iterator hands out for a loop or a dangling next: it stops, and the
-        // last descriptor it gave still says NEXT.
-        let looped = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, next, 0); 4];
-        assert_eq!(read_tx_chain(&mem, looped.into_iter(), 4096), Err(TxChainError::Broken(4)));
-        let dangling = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, next, 999)];
-        assert_eq!(read_tx_chain(&mem, dangling.into_iter(), 4096), Err(TxChainError::Broken(1)));
-        assert_eq!(read_tx_chain(&mem, std::iter::empty(), 4096), Err(TxChainError::Empty));
-        // Longer than any queue: only an indirect table (never offered) gives that.
-        let long = vec![Descriptor::new(0x1000, 0, next, 0); 300];
-        assert_eq!(read_tx_chain(&mem, long.into_iter(), 4096), Err(TxChainError::Broken(257)));
-        // The same header in a chain that ends properly is a packet.
-        let whole = vec![Descriptor::new(0x1000, HEADER_SIZE as u32, 0, 0)];
-        assert_eq!(read_tx_chain(&mem, whole.into_iter(), 4096).map(|(h, _)| h.op), Ok(OP_REQUEST));
+        mem.write_slice(b"hello", GuestAddress(0x2000)).unwrap();
+        let d = |addr: u64, len: u32, writable: bool| Descriptor { addr: GuestAddress(addr), len, writable };
+        let split = [d(0x1000, 20, false), d(0x1014, HEADER_SIZE as u32 - 20, false), d(0x2000, 5, false)];
+        assert_eq!(read_tx_chain(&mem, &split, 4096), Ok((hdr, b"hello".to_vec())));
+        assert_eq!(read_tx_chain(&mem, &split[..2], 4096), Err(TxChainError::LengthMismatch { announced: 5, held: 0 }));
+        assert_eq!(read_tx_chain(&mem, &split[..1], 4096), Err(TxChainError::TooShort(20)));
+        assert_eq!(read_tx_chain(&mem, &[], 4096), Err(TxChainError::TooShort(0)));
+        assert_eq!(read_tx_chain(&mem, &split, 4), Err(TxChainError::TooLong { limit: HEADER_SIZE + 4 }));
+        let writable = [d(0x1000, HEADER_SIZE as u32, true)];
+        assert_eq!(read_tx_chain(&mem, &writable, 4096), Err(TxChainError::WriteOnlyDescriptor));
+        let outside = [d(0xfff0, HEADER_SIZE as u32, false)];
+        assert!(matches!(read_tx_chain(&mem, &outside, 4096), Err(TxChainError::OutOfMemory { .. })));
     }
 
     #[test]

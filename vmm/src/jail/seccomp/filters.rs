@@ -32,6 +32,10 @@ pub enum Check {
     Eq(u8, u32),
     /// Argument `.0` has none of the bits in `.1`.
     NoBits(u8, u64),
+    /// Argument `.0` masked with `.1` (its low 32 bits) equals `.2`.
+    Masked(u8, u32, u32),
+    /// Every one of these holds.
+    AllOf(&'static [Check]),
     /// Argument `.0` is the vCPU kick signal (a real-time signal whose number glibc decides
     /// at run time, see [`crate::vcpu`]).
     KickSignal(u8),
@@ -72,16 +76,44 @@ const FCNTL_FLAGS: &[Check] = &[
 ];
 /// Signals a thread may send: the vCPU kick, and SIGABRT (a Rust abort).
 const TGKILL_SIGNALS: &[Check] = &[Check::KickSignal(2), Check::Eq(2, libc::SIGABRT as u32)];
+/// The futex command, without `FUTEX_PRIVATE_FLAG` and `FUTEX_CLOCK_REALTIME`.
+const FUTEX_CMD: u32 = 0x7f;
+/// The futex operations glibc and Rust's std use for their locks, condition variables and
+/// thread joins; not the priority-inheritance ones (`FUTEX_LOCK_PI` and kin, the kernel's
+/// most bug-prone futex code: CVE-2014-3153), nothing uses them here.
+const FUTEX_OPS: &[Check] = &[
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_WAIT as u32),
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_WAKE as u32),
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_REQUEUE as u32),
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_CMP_REQUEUE as u32),
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_WAKE_OP as u32),
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_WAIT_BITSET as u32),
+    Check::Masked(1, FUTEX_CMD, libc::FUTEX_WAKE_BITSET as u32),
+];
+/// `madvise`: glibc's allocator gives memory back (heap trim, a thread's stack at its end);
+/// nothing else is advised once the VM runs.
+const MADVISE_FREEING: &[Check] = &[Check::Eq(2, libc::MADV_DONTNEED as u32), Check::Eq(2, libc::MADV_FREE as u32)];
+/// `mremap` grows or moves a mapping (glibc's `realloc` of a large block), never onto a
+/// chosen address and never keeping the old one.
+const MREMAP_MOVE_ONLY: &[Check] = &[Check::NoBits(3, (libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP) as u64)];
+/// `statx` of a descriptor the VMM holds (`File::metadata`: an empty path with
+/// `AT_EMPTY_PATH`), never a path lookup.
+const STATX_FD_ONLY: &[Check] = &[Check::Masked(2, libc::AT_EMPTY_PATH as u32, libc::AT_EMPTY_PATH as u32)];
+/// The one socket the VMM makes once running: a Unix stream to `<uds>_<port>` for a
+/// guest-initiated vsock connection (with `SOCK_CLOEXEC`/`SOCK_NONBLOCK` in the type's high
+/// bits).
+const UNIX_STREAM_SOCKET: &[Check] =
+    &[Check::AllOf(&[Check::Eq(0, libc::AF_UNIX as u32), Check::Masked(1, 0xf, libc::SOCK_STREAM as u32)])];
 
 /// What every VMM thread needs: memory, locks, signals, time, logging to stderr, ending.
 const COMMON: &[Allowed] = &[
     any(SYS_brk, "brk"),
     when(SYS_mmap, "mmap", NO_EXEC_ARG2),
     when(SYS_mprotect, "mprotect", NO_EXEC_ARG2),
-    any(SYS_mremap, "mremap"),
+    when(SYS_mremap, "mremap", MREMAP_MOVE_ONLY),
     any(SYS_munmap, "munmap"),
-    any(SYS_madvise, "madvise"),
-    any(SYS_futex, "futex"),
+    when(SYS_madvise, "madvise", MADVISE_FREEING),
+    when(SYS_futex, "futex", FUTEX_OPS),
     any(SYS_rt_sigprocmask, "rt_sigprocmask"),
     any(SYS_rt_sigreturn, "rt_sigreturn"),
     any(SYS_sigaltstack, "sigaltstack"),
@@ -118,11 +150,11 @@ pub const EVENT_LOOP: &[Allowed] = &[
     any(SYS_fsync, "fsync"),
     any(SYS_fdatasync, "fdatasync"),
     any(SYS_fstat, "fstat"),
-    any(SYS_statx, "statx"),
+    when(SYS_statx, "statx", STATX_FD_ONLY),
     any(SYS_timerfd_settime, "timerfd_settime"),
     any(SYS_timerfd_gettime, "timerfd_gettime"),
     any(SYS_accept4, "accept4"),
-    when(SYS_socket, "socket", &[Check::Eq(0, libc::AF_UNIX as u32)]),
+    when(SYS_socket, "socket", UNIX_STREAM_SOCKET),
     any(SYS_connect, "connect"),
     any(SYS_getsockopt, "getsockopt"),
     any(SYS_shutdown, "shutdown"),

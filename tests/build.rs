@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The probes, each `probes/NAME.c`, built to `$OUT_DIR/NAME`.
-const PROBES: &[&str] = &["vsock_probe"];
+const PROBES: &[&str] = &["vsock_probe", "vsock_flood"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));

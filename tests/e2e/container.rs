@@ -4,9 +4,14 @@
 //! command prints one `name=value` line per check and the host asserts on them.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
-use palisade_e2e::{run_vmrun, Output};
+use palisade_e2e::{boot_retrying, run_vmrun, vm_timeout, vmrun, Output, VmOutcome};
+use palisade_runtime::vmrun::timings::rss_split;
 
 use crate::vmrun::shared;
 use crate::{ensure, trial, TestResult};
@@ -23,6 +28,7 @@ pub fn tests() -> Vec<Trial> {
         trial("container::seccomp_profile_kill_and_user", seccomp_profile_and_user),
         trial("container::bundle_runs_as_is", bundle_runs),
         trial("container::unconfined_and_privileged_containers_cannot_reach_the_agent", cannot_reach_the_agent),
+        trial("container::a_flooding_privileged_container_cannot_stall_or_swell_the_host", flooding_container),
         trial("container::errors::broken_bundles", broken_bundles),
         trial("container::errors::bad_options", bad_options),
     ]
@@ -288,6 +294,154 @@ fn probe_rootfs() -> Result<tempfile::TempDir, String> {
     let probe = concat!(env!("OUT_DIR"), "/vsock_probe");
     std::fs::copy(probe, root.join("bin/vsock-probe")).map_err(|e| format!("{probe}: {e}"))?;
     Ok(dir)
+}
+
+/// What the host saw of a flooding run (see [`flooding_container`]).
+#[derive(Debug, Default)]
+struct FloodRun {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    /// When each `tick` line reached the host.
+    ticks: Vec<Instant>,
+    run_dir_max_bytes: u64,
+    vmrun_max_rss_kib: u64,
+    /// The VMM's (and its jail supervisor's) largest RSS outside guest RAM.
+    vmm_max_rss_kib: u64,
+}
+
+impl VmOutcome for FloodRun {
+    fn exit_code(&self) -> i32 {
+        self.code
+    }
+    fn diagnostics(&self) -> String {
+        self.stderr.clone()
+    }
+    fn set_boots(&mut self, _boots: u32) {}
+}
+
+fn tree_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => tree_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `pid`'s descendants (children first), from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut all = Vec::new();
+    for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        all.push(child);
+        all.extend(descendants(child));
+    }
+    all
+}
+
+/// Runs vmrun `args` with its run directory under `runtime_dir`, sampling twice a second
+/// the run directory's size and the RSS of vmrun and of the processes under it.
+fn run_flood(args: &[&str], runtime_dir: &Path) -> Result<FloodRun, String> {
+    let mut child = vmrun(args)
+        .env("XDG_RUNTIME_DIR", runtime_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("vmrun: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.push((line, Instant::now()));
+        }
+        lines
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut run = FloodRun::default();
+    let deadline = Instant::now() + vm_timeout() * 4;
+    let vmrun_pid = child.id();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("vmrun did not end within {:?}", vm_timeout() * 4));
+        }
+        run.run_dir_max_bytes = run.run_dir_max_bytes.max(tree_size(runtime_dir));
+        let smaps = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok().map(|s| rss_split(&s));
+        if let Some((total, _)) = smaps(vmrun_pid) {
+            run.vmrun_max_rss_kib = run.vmrun_max_rss_kib.max(total);
+        }
+        for pid in descendants(vmrun_pid) {
+            if let Some((_, outside_guest_ram)) = smaps(pid) {
+                run.vmm_max_rss_kib = run.vmm_max_rss_kib.max(outside_guest_ram);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    run.code = status.code().unwrap_or(-1);
+    let lines = out_reader.join().map_err(|_| "stdout reader panicked")?;
+    run.ticks = lines.iter().filter(|(l, _)| l.starts_with("tick ")).map(|(_, at)| *at).collect();
+    run.stdout = lines.into_iter().map(|(l, _)| l + "\n").collect();
+    run.stderr = err_reader.join().map_err(|_| "stderr reader panicked")?;
+    Ok(run)
+}
+
+/// Wall 2 under a hostile guest: a `--privileged` container floods the console for 30 s
+/// and opens 2,000 vsock connections to host ports nobody listens on. Meanwhile a second
+/// process's output keeps flowing, the run directory stays under 16 MiB, vmrun's RSS and
+/// the VMM's outside guest RAM under 64 MiB, and vmrun ends with the command's status.
+fn flooding_container() -> TestResult {
+    let dir = probe_rootfs()?;
+    let root = dir.path();
+    let flood = concat!(env!("OUT_DIR"), "/vsock_flood");
+    std::fs::copy(flood, root.join("bin/vsock-flood")).map_err(|e| format!("{flood}: {e}"))?;
+    let root = root.display().to_string();
+    let script = "(timeout 30 yes 'flood: a guest writing this to its console as fast as it can' > /dev/ttyS0) & \
+                  /bin/vsock-flood 2000 20000 > /tmp/flood.out & \
+                  for i in $(seq 1 30); do echo tick $i; sleep 1; done; wait; cat /tmp/flood.out; exit 3";
+    let runtime_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let run = {
+        let _g = shared();
+        boot_retrying("flooding container", || {
+            run_flood(&["--privileged", "--rootfs", &root, "--", "/bin/sh", "-c", script], runtime_dir.path())
+        })?
+    };
+    let said = format!(
+        "exit {}, run dir up to {} KiB, vmrun RSS up to {} KiB, VMM RSS outside guest RAM up to {} KiB, {} ticks; stdout: {}; stderr: {}",
+        run.code,
+        run.run_dir_max_bytes >> 10,
+        run.vmrun_max_rss_kib,
+        run.vmm_max_rss_kib,
+        run.ticks.len(),
+        run.stdout.trim(),
+        run.stderr.trim()
+    );
+    ensure!(run.code == 3, "vmrun must end with the command's status 3: {said}");
+    ensure!(run.ticks.len() == 30, "every tick must arrive: {said}");
+    let longest_gap = run.ticks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    ensure!(longest_gap < Duration::from_secs(15), "output stalled for {longest_gap:?} during the flood: {said}");
+    ensure!(run.stdout.contains("vsock-flood attempted=2000 connected=0 refused=2000"), "every connection refused: {said}");
+    ensure!(run.run_dir_max_bytes < 16 << 20, "the run directory must stay under 16 MiB: {said}");
+    ensure!(run.vmrun_max_rss_kib > 0 && run.vmm_max_rss_kib > 0, "RSS must have been sampled: {said}");
+    ensure!(run.vmrun_max_rss_kib < 64 << 10 && run.vmm_max_rss_kib < 64 << 10, "RSS must stay under 64 MiB: {said}");
+    eprintln!("[e2e] flooding container: {}", said.split("; stdout").next().unwrap_or_default());
+    Ok(())
 }
 
 fn cannot_reach_the_agent() -> TestResult {

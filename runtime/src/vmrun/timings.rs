@@ -54,7 +54,7 @@ pub fn mark_vmm_memory(pid: u32) {
 }
 
 /// (total Rss, Rss outside large anonymous mappings) in KiB, from `/proc/PID/smaps`.
-fn rss_split(smaps: &str) -> (u64, u64) {
+pub fn rss_split(smaps: &str) -> (u64, u64) {
     let (mut total, mut overhead) = (0, 0);
     let (mut size, mut anonymous) = (0u64, false);
     for line in smaps.lines() {

@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use virtio_vsock::packet::VsockPacket;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::read_tx_chain;
+use super::rx_buffer::RxBuffer;
 use super::unix::connection::MAX_PKT_DATA;
 use super::unix::UnixBackend;
 use super::VsockError;
 use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
-use crate::devices::virtio::queue::{Chain, ChainBuffers};
+use crate::devices::virtio::queue::Chain;
 
 /// Virtio device ID of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -31,8 +31,6 @@ const TX_BATCH: usize = 256;
 /// guest that keeps refilling the ring with bad buffers while a packet waits must not keep
 /// the event loop (block, rng, every host connection, the timers) in this device.
 pub(super) const RX_BATCH: usize = 64;
-/// Largest rx data buffer accepted from the guest (only the first `MAX_PKT_DATA` bytes are used).
-const MAX_RX_BUF: u32 = u32::MAX;
 
 /// What the device holds while the driver is active.
 struct Active {
@@ -142,20 +140,16 @@ impl Vsock {
                 break;
             }
             used += 1;
-            let Some(mut chain) = active.rx.pop_descriptor_chain(mem) else {
+            let Some(head) = active.rx.pop_descriptor_chain(mem).map(|chain| chain.head_index()) else {
                 break;
             };
-            let head = chain.head_index();
-            // The same chain validation as every device (the packet parser looks at the first
-            // descriptors only, and would take a chain with a dangling next, a loop or an
-            // indirect table).
-            let valid = Chain::read_from(mem, &active.rx, head).and_then(|walked| ChainBuffers::parse(mem, &walked));
-            let parsed = match valid {
-                Ok(_) => VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_RX_BUF).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            // Read once, with the same validation as every device (no dangling next, loop or
+            // indirect table); the packet goes where this read said.
+            let parsed = Chain::read_from(mem, &active.rx, head)
+                .map_err(|e| e.to_string())
+                .and_then(|walked| RxBuffer::new(mem, &walked).map_err(|e| e.to_string()));
             let used_len = match parsed {
-                Ok(mut pkt) => match self.backend.fill_rx(&mut pkt) {
+                Ok(mut buffer) => match self.backend.fill_rx(&mut buffer) {
                     Some(len) => len,
                     None => {
                         // Nothing to send after all: leave the buffer to the guest.

@@ -13,13 +13,15 @@
 //!   `<uds_path>_<P>`.
 //!
 //! Layout: [`device`] is the virtio side (queues, packet parsing, the `VirtioDevice` contract),
-//! [`event_handler`] wires it into the event loop, [`packet`] holds the wire format, and
+//! [`event_handler`] wires it into the event loop, [`packet`] holds the wire format, [`rx_buffer`]
+//! is one guest buffer a packet is written into, and
 //! [`unix`] is the backend: the listener, the `CONNECT` handshake and one [`unix::connection`]
 //! per stream with its credit-based flow control.
 
 pub mod device;
 pub mod event_handler;
 pub mod packet;
+pub mod rx_buffer;
 pub mod unix;
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! The virtio-vsock wire format: the 44-byte packet header, operations and flags.
 //!
-//! Rx buffers are validated by `virtio_vsock::packet::VsockPacket`. Tx chains are read by
+//! Rx buffers are [`super::rx_buffer::RxBuffer`]s. Tx chains are read by
 //! [`read_tx_chain`], which accepts any split of header and data over descriptors (the
 //! spec allows it and Linux guests do split large packets), with every length checked.
 
 use crate::devices::virtio::queue::Descriptor;
-use virtio_vsock::packet::PKT_HEADER_SIZE;
 use vm_memory::{Bytes, GuestMemory};
 
 /// The only socket type this device supports.
@@ -26,7 +25,7 @@ pub const SHUTDOWN_F_RCV: u32 = 1;
 pub const SHUTDOWN_F_SEND: u32 = 2;
 
 /// Size of the header on the wire.
-pub const HEADER_SIZE: usize = PKT_HEADER_SIZE;
+pub const HEADER_SIZE: usize = 44;
 
 /// A decoded copy of a packet header (host byte order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -18,13 +18,12 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-use virtio_vsock::packet::VsockPacket;
-use vm_memory::bitmap::BitmapSlice;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::super::packet::{
     op_name, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
 };
+use super::super::rx_buffer::RxBuffer;
 use super::super::{VsockError, HOST_CID};
 use super::connection::{reset_header, write_header, Close, ConnKey, Connection, Fill};
 use super::handshake::{LineStatus, PendingClient};
@@ -447,7 +446,7 @@ impl UnixBackend {
     }
 
     /// Fills one rx buffer; `None` if there was nothing to send after all.
-    pub fn fill_rx<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>) -> Option<u32> {
+    pub fn fill_rx(&mut self, pkt: &mut RxBuffer<'_>) -> Option<u32> {
         if let Some(key) = self.resets.pop_front() {
             return Some(write_header(pkt, &reset_header(key, self.guest_cid)));
         }

@@ -18,14 +18,13 @@ use std::time::Instant;
 
 use event_manager::EventSet;
 use nix::sys::socket::{send, MsgFlags};
-use virtio_vsock::packet::VsockPacket;
-use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{ReadVolatile, VolatileMemoryError};
 
 use super::super::packet::{
     Header, HEADER_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_F_RCV,
     SHUTDOWN_F_SEND, TYPE_STREAM,
 };
+use super::super::rx_buffer::RxBuffer;
 use super::super::HOST_CID;
 
 /// Bytes of guest->host data we buffer per connection (the `buf_alloc` we advertise).
@@ -344,7 +343,7 @@ impl Connection {
     }
 
     /// Puts the most urgent thing this connection has for the guest into `pkt`.
-    pub fn fill<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>) -> Fill {
+    pub fn fill(&mut self, pkt: &mut RxBuffer<'_>) -> Fill {
         if self.pending_request {
             self.pending_request = false;
             return self.send_control(pkt, OP_REQUEST, 0);
@@ -370,13 +369,12 @@ impl Connection {
     }
 
     /// Reads host data (or EOF) into `pkt`. `None`: the socket had nothing after all.
-    fn read_host_into<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>) -> Option<Fill> {
-        let data = pkt.data_slice().cloned()?;
-        let max = min(min(data.len(), self.peer_credit() as usize), MAX_PKT_DATA);
+    fn read_host_into(&mut self, pkt: &mut RxBuffer<'_>) -> Option<Fill> {
+        let max = min(self.peer_credit() as usize, MAX_PKT_DATA);
         if max == 0 {
             return None;
         }
-        let mut buf = data.subslice(0, max).ok()?;
+        let mut buf = pkt.data_slice(max)?;
         match self.stream.read_volatile(&mut buf) {
             Ok(0) => {
                 self.host_eof = true;
@@ -401,12 +399,12 @@ impl Connection {
         }
     }
 
-    fn send_control<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>, op: u16, flags: u32) -> Fill {
+    fn send_control(&mut self, pkt: &mut RxBuffer<'_>, op: u16, flags: u32) -> Fill {
         let hdr = self.header(op, flags, 0);
         self.send_header(pkt, &hdr, 0)
     }
 
-    fn send_header<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>, hdr: &Header, data_len: u32) -> Fill {
+    fn send_header(&mut self, pkt: &mut RxBuffer<'_>, hdr: &Header, data_len: u32) -> Fill {
         // Every header tells the guest our fwd_cnt: no separate credit update is owed now.
         self.last_fwd_cnt_sent = hdr.fwd_cnt;
         self.pending_credit_update = false;
@@ -415,8 +413,8 @@ impl Connection {
 }
 
 /// Writes `hdr` into the rx packet; returns the header's size, or 0 if the buffer refused it.
-pub fn write_header<B: BitmapSlice>(pkt: &mut VsockPacket<'_, B>, hdr: &Header) -> u32 {
-    match pkt.set_header_from_raw(&hdr.to_bytes()) {
+pub fn write_header(pkt: &mut RxBuffer<'_>, hdr: &Header) -> u32 {
+    match pkt.write_header(hdr) {
         Ok(()) => HEADER_SIZE as u32,
         Err(e) => {
             tracing::warn!("vsock: cannot write a packet header into an rx buffer: {e}");

@@ -1,7 +1,14 @@
 //! What a VM is made of ([`VmConfig`]) and how it ended ([`VmExit`]).
+//!
+//! The configuration types are the VMM's contract with whoever starts it: their serde form
+//! (JSON) is what `palisade-vmm --config FILE` reads, and what the runtime writes. Every
+//! field but `kernel` may be left out (the defaults of [`VmConfig::new`]); a field the VMM
+//! does not know is an error, not silently ignored.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::rate_limiter::Rates;
 
@@ -14,23 +21,63 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
 
 /// A VM to boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub kernel: PathBuf,
+    #[serde(default)]
     pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
     pub cmdline: String,
+    #[serde(default = "default_vcpus")]
     pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
     /// Virtio block devices, in order (`/dev/vda`, `/dev/vdb`, …).
+    #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// Attach a virtio-rng device.
+    #[serde(default)]
     pub rng: bool,
     /// What the guest may draw from the rng device a second (default
     /// [`crate::devices::virtio::rng::DEFAULT_RATES`]).
+    #[serde(default = "default_rng_rates")]
     pub rng_rates: Rates,
+    #[serde(default)]
     pub serial: SerialConfig,
 }
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+
+fn default_rng_rates() -> Rates {
+    crate::devices::virtio::rng::DEFAULT_RATES
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("VM config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("VM config {path}: larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("VM config {path}: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+/// A VM configuration file is small; anything bigger is not one.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 impl VmConfig {
     /// A configuration with the defaults: 1 vCPU, 128 MiB, [`DEFAULT_CMDLINE`], serial to
@@ -46,22 +93,45 @@ impl VmConfig {
             vsock: None,
             rng: false,
             rng_rates: crate::devices::virtio::rng::DEFAULT_RATES,
-            serial: SerialConfig { log_file: None, to_stdout: true, to_stderr: false },
+            serial: SerialConfig::default(),
         }
+    }
+
+    /// Reads a configuration from its JSON form (as written by [`VmConfig::to_json`]).
+    pub fn from_json_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut text = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut text).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.into() });
+        }
+        serde_json::from_slice(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// The JSON form, pretty-printed.
+    pub fn to_json(&self) -> String {
+        // A VmConfig has string keys and plain values only: serialising it cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    #[serde(default)]
     pub read_only: bool,
     /// The guest's reads of the disk, at most this a second (bytes, requests).
+    #[serde(default)]
     pub read_rates: Rates,
     /// The guest's writes to the disk, at most this a second.
+    #[serde(default)]
     pub write_rates: Rates,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     pub guest_cid: u64,
     /// The host side: a Unix socket the VMM listens on (`CONNECT <port>\n`).
@@ -69,11 +139,26 @@ pub struct VsockConfig {
 }
 
 /// Where the guest's serial console (COM1) output goes; any combination, or nowhere.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The default is stdout, as `palisade-vmm`'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SerialConfig {
     pub log_file: Option<PathBuf>,
     pub to_stdout: bool,
     pub to_stderr: bool,
+}
+
+impl SerialConfig {
+    /// Nowhere.
+    pub fn none() -> SerialConfig {
+        SerialConfig { log_file: None, to_stdout: false, to_stderr: false }
+    }
+}
+
+impl Default for SerialConfig {
+    fn default() -> SerialConfig {
+        SerialConfig { to_stdout: true, ..SerialConfig::none() }
+    }
 }
 
 /// Why a VM stopped.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod exit_record;
 pub mod host;
 pub mod jail;
 pub mod log_budget;
@@ -19,3 +20,4 @@ pub mod vcpu;
 
 pub use builder::{run_vm, run_vm_with, RunOptions, VmmError};
 pub use config::{DiskConfig, SerialConfig, VmConfig, VmExit, VsockConfig};
+pub use exit_record::{Ending, ExitRecord};

@@ -115,6 +115,58 @@ fn console_text_does_not_choose_how_the_vm_ends() {
     assert_eq!(text(&out.stderr), "");
 }
 
+/// The exit record `palisade-vmm --exit-record PATH` left.
+fn record(path: &std::path::Path) -> palisade_vmm::ExitRecord {
+    palisade_vmm::ExitRecord::read_from(path).unwrap()
+}
+
+#[test]
+fn a_vm_described_by_a_config_file_boots_and_its_end_is_recorded() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = write_guest(dir.path(), "marker", &Code::new().print("from the config\n").reset().halt());
+    let log = dir.path().join("serial.log");
+    let mut config = palisade_vmm::VmConfig::new(&guest);
+    config.vcpus = 2;
+    config.memory_mib = 64;
+    config.rng = true;
+    config.serial = palisade_vmm::SerialConfig { log_file: Some(log.clone()), ..palisade_vmm::SerialConfig::none() };
+    let config_path = dir.path().join("vm.json");
+    std::fs::write(&config_path, config.to_json()).unwrap();
+    let exit = dir.path().join("exit.json");
+    let out = vmm(&["--config", config_path.to_str().unwrap(), "--exit-record", exit.to_str().unwrap()]);
+    assert!(out.status.success(), "status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "from the config\n");
+    let ended = record(&exit);
+    assert_eq!((ended.ending, ended.clean, ended.exit_status), (palisade_vmm::Ending::Reset, true, 0), "{ended:?}");
+
+    // A guest that crashes: the record says what stderr says, as data.
+    let crash = write_guest(dir.path(), "crash", &Code::new().triple_fault());
+    std::fs::write(&config_path, palisade_vmm::VmConfig::new(&crash).to_json()).unwrap();
+    let out = vmm(&["--config", config_path.to_str().unwrap(), "--exit-record", exit.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let ended = record(&exit);
+    // Hardware KVM reports a triple fault; PVM reports the same crash as an internal error.
+    assert!(matches!(ended.ending, palisade_vmm::Ending::TripleFault | palisade_vmm::Ending::KvmInternalError), "{ended:?}");
+    assert_eq!((ended.clean, ended.vcpu, ended.exit_status), (false, Some(0), 1));
+    assert_eq!(text(&out.stderr), format!("palisade-vmm: {}\n", ended.message));
+
+    // A VM that cannot be built, and a config that cannot be read, are recorded too.
+    let missing = dir.path().join("no-such-kernel");
+    std::fs::write(&config_path, palisade_vmm::VmConfig::new(&missing).to_json()).unwrap();
+    let out = vmm(&["--config", config_path.to_str().unwrap(), "--exit-record", exit.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let ended = record(&exit);
+    assert_eq!(ended.ending, palisade_vmm::Ending::VmmError);
+    assert!(ended.message.starts_with(&format!("kernel {}: No such file", missing.display())), "{ended:?}");
+    std::fs::write(&config_path, "{").unwrap();
+    let out = vmm(&["--config", config_path.to_str().unwrap(), "--exit-record", exit.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(record(&exit).message.starts_with(&format!("VM config {}: EOF", config_path.display())), "{:?}", record(&exit));
+}
+
 #[test]
 fn setup_errors_name_what_failed() {
     let dir = tempfile::tempdir().unwrap();

@@ -193,9 +193,18 @@ fn the_running_vmm_is_confined() {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(environ.iter().all(|&b| b == 0), "environment: {:?}", String::from_utf8_lossy(&environ));
     // Only stdio and what the VM needs: no inherited descriptor.
+    let mut pipes = 0;
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
         let target = std::fs::read_link(fd.path()).unwrap().to_string_lossy().into_owned();
         let n: u32 = fd.file_name().to_str().unwrap().parse().unwrap();
+        if n > 2 && target.starts_with("pipe:") {
+            // The write end of its exit-record pipe to the supervisor, and nothing else.
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+            assert_eq!(u32::from_str_radix(flags, 8).unwrap() & libc::O_ACCMODE as u32, libc::O_WRONLY as u32, "fd {n}: {info}");
+            pipes += 1;
+            continue;
+        }
         assert!(
             // (Seen from outside the jail, a jail path may carry the prefix of where the
             // jail's root is attached: in a chroot, say.)
@@ -208,6 +217,7 @@ fn the_running_vmm_is_confined() {
             "fd {n} -> {target}"
         );
     }
+    assert!(pipes <= 1, "{pipes} pipes");
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let limit = |name: &str| limits.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().rev().nth(1).unwrap().to_string();
     assert_eq!(limit("Max core file size"), "0");
@@ -307,12 +317,40 @@ fn a_forbidden_system_call_kills_the_vmm_with_sigsys_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let guest = write_guest(dir.path(), "idle", &Code::new().print("never printed\n").halt());
     let started = Instant::now();
-    let out = Command::new(VMM).args(["--kernel", guest.to_str().unwrap()]).env("PALISADE_VMM_SECCOMP_SELFTEST", "1").output().unwrap();
+    let record = dir.path().join("exit.json");
+    let out = Command::new(VMM)
+        .args(["--kernel", guest.to_str().unwrap(), "--exit-record", record.to_str().unwrap()])
+        .env("PALISADE_VMM_SECCOMP_SELFTEST", "1")
+        .output()
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + libc::SIGSYS), "stderr: {stderr}");
     assert!(stderr.lines().last().unwrap_or("").starts_with("palisade-vmm: killed by seccomp (SIGSYS)"), "stderr: {stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "", "the guest never ran");
+    // The same end as data, from the supervisor.
+    let record = palisade_vmm::ExitRecord::read_from(&record).unwrap();
+    assert_eq!((record.ending, record.signal, record.exit_status), (palisade_vmm::Ending::Killed, Some(libc::SIGSYS), 159));
+    assert!(!record.clean && record.message.starts_with("killed by seccomp (SIGSYS)"), "{record:?}");
+}
+
+#[test]
+fn a_vmm_asked_to_stop_records_that_it_was_stopped() {
+    if !can_jail() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("exit.json");
+    let vm = RunningVm::start(dir.path(), &["--exit-record", record.to_str().unwrap()]);
+    assert!(!record.exists(), "no record while the VM runs");
+    vm.signal(libc::SIGTERM);
+    let (status, _) = vm.wait();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let record = palisade_vmm::ExitRecord::read_from(&record).unwrap();
+    assert_eq!(
+        (record.ending, record.signal, record.exit_status, record.clean),
+        (palisade_vmm::Ending::Stopped, Some(libc::SIGTERM), 143, false)
+    );
 }
 
 #[test]

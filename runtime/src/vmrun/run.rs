@@ -153,6 +153,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     };
 
     let (serial_log, vmm_stderr) = (run_dir.serial_log(), run_dir.vmm_stderr());
+    let (config_file, exit_record) = (run_dir.vm_config(), run_dir.exit_record());
     let config = VmmConfig {
         binary: &vmm_binary,
         kernel: &kernel,
@@ -164,6 +165,8 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         vsock_socket: &run_dir.vsock_socket(),
         serial_log: (!args.console).then_some(serial_log.as_path()),
         stderr_file: (!args.console).then_some(vmm_stderr.as_path()),
+        config_file: &config_file,
+        exit_record: &exit_record,
     };
     let mut vmm = VmmProcess::spawn(&config)?;
 

@@ -1,5 +1,5 @@
-//! The per-run directory: the VMM's vsock socket, the serial log, the VMM's stderr and
-//! a generated rootfs image live there; it is removed when the run ends.
+//! The per-run directory: the VMM's configuration, vsock socket, serial log, stderr and exit
+//! record and a generated rootfs image live there; it is removed when the run ends.
 
 use std::path::{Path, PathBuf};
 
@@ -73,6 +73,14 @@ impl RunDir {
     }
     pub fn vmm_stderr(&self) -> PathBuf {
         self.path().join("vmm.stderr")
+    }
+    /// The VMM's configuration (`palisade-vmm --config`).
+    pub fn vm_config(&self) -> PathBuf {
+        self.path().join("vm.json")
+    }
+    /// How the VM ended, written by the VMM (`palisade-vmm --exit-record`).
+    pub fn exit_record(&self) -> PathBuf {
+        self.path().join("exit.json")
     }
     pub fn rootfs_image(&self) -> PathBuf {
         self.path().join("rootfs.erofs")

@@ -1,9 +1,15 @@
 //! The VMM child process (`palisade-vmm`), and how a VM's end is explained.
+//!
+//! The VMM is told what to run by its typed configuration (`palisade_vmm::VmConfig`, written
+//! as `vm.json` in the run directory and passed with `--config`), and says how the VM ended
+//! as data (`--exit-record`: `palisade_vmm::ExitRecord`), not as text to be parsed.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use palisade_vmm::{DiskConfig, ExitRecord, SerialConfig, VmConfig, VsockConfig};
 
 use super::args::DiskRates;
 
@@ -53,6 +59,8 @@ pub enum VmmError {
     Spawn { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Output { path: PathBuf, source: std::io::Error },
+    #[error("writing the VM's configuration {path}: {source}")]
+    Config { path: PathBuf, source: std::io::Error },
 }
 
 /// What the VMM is started with.
@@ -70,49 +78,40 @@ pub struct VmmConfig<'a> {
     pub serial_log: Option<&'a Path>,
     /// Where the VMM's own stderr goes (`None`: inherited).
     pub stderr_file: Option<&'a Path>,
+    /// Where the VM's configuration is written for the VMM (`--config`).
+    pub config_file: &'a Path,
+    /// Where the VMM writes how the VM ended (`--exit-record`).
+    pub exit_record: &'a Path,
 }
 
 impl VmmConfig<'_> {
+    /// The VM, as the VMM's own configuration type.
+    pub fn vm_config(&self) -> VmConfig {
+        let serial = match self.serial_log {
+            Some(log) => SerialConfig { log_file: Some(log.to_path_buf()), ..SerialConfig::none() },
+            None => SerialConfig { to_stderr: true, ..SerialConfig::none() },
+        };
+        VmConfig {
+            initrd: Some(self.initrd.to_path_buf()),
+            cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
+            vcpus: u8::try_from(self.cpus).unwrap_or(u8::MAX),
+            memory_mib: self.memory_mib,
+            disks: vec![DiskConfig {
+                path: self.disk.to_path_buf(),
+                read_only: true,
+                read_rates: self.disk_rates.read,
+                write_rates: self.disk_rates.write,
+            }],
+            vsock: Some(VsockConfig { guest_cid: u64::from(GUEST_CID), uds_path: self.vsock_socket.to_path_buf() }),
+            rng: true,
+            serial,
+            ..VmConfig::new(self.kernel)
+        }
+    }
+
     /// The VMM's arguments.
     pub fn args(&self) -> Vec<String> {
-        let mut disk = self.disk.display().to_string();
-        disk.push_str(",ro");
-        let limits = [
-            ("read-bps", self.disk_rates.read.bytes_per_sec),
-            ("write-bps", self.disk_rates.write.bytes_per_sec),
-            ("read-iops", self.disk_rates.read.ops_per_sec),
-            ("write-iops", self.disk_rates.write.ops_per_sec),
-        ];
-        for (option, rate) in limits {
-            if let Some(rate) = rate {
-                disk.push_str(&format!(",{option}={rate}"));
-            }
-        }
-        let serial = match self.serial_log {
-            Some(log) => format!("file:{}", log.display()),
-            None => "stderr".into(),
-        };
-        vec![
-            "--kernel".into(),
-            self.kernel.display().to_string(),
-            "--initrd".into(),
-            self.initrd.display().to_string(),
-            "--cmdline".into(),
-            kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
-            "--cpus".into(),
-            self.cpus.to_string(),
-            "--memory".into(),
-            self.memory_mib.to_string(),
-            "--disk".into(),
-            disk,
-            "--vsock-uds".into(),
-            self.vsock_socket.display().to_string(),
-            "--vsock-cid".into(),
-            GUEST_CID.to_string(),
-            "--serial".into(),
-            serial,
-            "--rng".into(),
-        ]
+        vec!["--config".into(), self.config_file.display().to_string(), "--exit-record".into(), self.exit_record.display().to_string()]
     }
 }
 
@@ -121,11 +120,16 @@ pub struct VmmProcess {
     child: Child,
     stderr_file: Option<PathBuf>,
     serial_log: Option<PathBuf>,
+    exit_record: PathBuf,
     ended: Option<VmEnd>,
 }
 
 impl VmmProcess {
     pub fn spawn(config: &VmmConfig<'_>) -> Result<VmmProcess, VmmError> {
+        std::fs::write(config.config_file, config.vm_config().to_json())
+            .map_err(|source| VmmError::Config { path: config.config_file.into(), source })?;
+        // A record left by an earlier VM in the same place must not explain this one.
+        let _ = std::fs::remove_file(config.exit_record);
         let mut cmd = Command::new(config.binary);
         cmd.args(config.args()).stdin(Stdio::null()).stdout(Stdio::null());
         if let Some(path) = config.stderr_file {
@@ -153,15 +157,27 @@ impl VmmProcess {
             child,
             stderr_file: config.stderr_file.map(Path::to_path_buf),
             serial_log: config.serial_log.map(Path::to_path_buf),
+            exit_record: config.exit_record.to_path_buf(),
             ended: None,
         })
     }
 
     fn explain(&self, status: std::process::ExitStatus) -> VmEnd {
         let tail = |path: Option<&Path>| path.and_then(|p| read_tail(p, EXPLAIN_TAIL).ok()).unwrap_or_default();
+        // No record when the VMM itself was killed outright (SIGKILL): then its status and
+        // stderr say what there is to say.
+        let record = match ExitRecord::read_from(&self.exit_record) {
+            Ok(record) => Some(record),
+            Err(palisade_vmm::exit_record::ExitRecordError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        };
         let stderr = tail(self.stderr_file.as_deref());
         let serial = tail(self.serial_log.as_deref());
-        explain_end(status.success(), &status.to_string(), &String::from_utf8_lossy(&stderr), &String::from_utf8_lossy(&serial))
+        let clean = status.success() && record.as_ref().is_none_or(|r| r.clean);
+        explain_end(clean, &status.to_string(), record.as_ref(), &String::from_utf8_lossy(&stderr), &String::from_utf8_lossy(&serial))
     }
 }
 
@@ -180,18 +196,26 @@ pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// One line saying why a VM ended. The reason is what the VMM saw: its `palisade-vmm: …`
-/// line, else its exit status (0: the guest reset the VM). The console is the guest's text
-/// and only adds to it, marked as such: its kernel panic line when it printed one, else its
-/// last line.
-pub fn explain_end(clean: bool, status: &str, vmm_stderr: &str, serial: &str) -> VmEnd {
-    let vmm_line = vmm_stderr
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with("palisade-vmm:"))
-        .or_else(|| vmm_stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()))
-        .map(|l| l.trim_start_matches("palisade-vmm:").trim().to_string());
+/// One line saying why a VM ended. The reason is what the VMM saw: its exit record's
+/// message, else its `palisade-vmm: …` line, else its exit status (0: the guest reset the
+/// VM). The console is the guest's text and only adds to it, marked as such: its kernel
+/// panic line when it printed one, else its last line.
+pub fn explain_end(clean: bool, status: &str, record: Option<&ExitRecord>, vmm_stderr: &str, serial: &str) -> VmEnd {
+    let stderr_line = || {
+        vmm_stderr
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with("palisade-vmm:"))
+            .or_else(|| vmm_stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()))
+            .map(|l| l.trim_start_matches("palisade-vmm:").trim().to_string())
+    };
+    // A clean record's message says the guest reset the VM: as terse as before.
+    let vmm_line = match record {
+        Some(record) if record.clean => None,
+        Some(record) => Some(super::guest_text::sanitize(&record.message)),
+        None => stderr_line(),
+    };
     let reason = match (vmm_line, clean) {
         (Some(line), _) => line,
         (None, true) => "the VM reset".to_string(),
@@ -302,18 +326,30 @@ mod tests {
     #[test]
     fn the_reason_is_what_the_vmm_saw_and_a_panic_line_is_the_guests_text() {
         let serial = "[    0.1] booting\n[    3.2] Kernel panic - not syncing: sysrq triggered crash\n[    3.3] Rebooting in 1 seconds..\n";
-        let end = explain_end(true, "exit status: 0", "", serial);
+        let end = explain_end(true, "exit status: 0", None, "", serial);
         assert_eq!(end.reason, "the VM reset (the guest's console said: Kernel panic - not syncing: sysrq triggered crash)");
         // Console text cannot replace what the VMM saw.
-        let end = explain_end(false, "exit status: 1", "palisade-vmm: vCPU 0: triple fault\n", "Kernel panic - not syncing: fake\n");
+        let end = explain_end(false, "exit status: 1", None, "palisade-vmm: vCPU 0: triple fault\n", "Kernel panic - not syncing: fake\n");
         assert_eq!(end.reason, "vCPU 0: triple fault (the guest's console said: Kernel panic - not syncing: fake)");
     }
 
     #[test]
+    fn the_exit_record_is_the_reason_when_there_is_one() {
+        let record = ExitRecord::of_exit(&palisade_vmm::VmExit::TripleFault { vcpu: 1 }, "vCPU 1: triple fault");
+        let end = explain_end(false, "exit status: 1", Some(&record), "palisade-vmm: something else\n", "");
+        assert_eq!(end, VmEnd { clean: false, reason: "vCPU 1: triple fault".into() });
+        let clean = ExitRecord::of_exit(&palisade_vmm::VmExit::Reset, "the guest reset the VM (power-off)");
+        assert_eq!(explain_end(true, "exit status: 0", Some(&clean), "", "").reason, "the VM reset");
+        // The record is the VMM's, but shown to a person: no escape sequences get through.
+        let odd = ExitRecord::vmm_error("disk /d\u{1b}[2J: gone");
+        assert!(!explain_end(false, "exit status: 1", Some(&odd), "", "").reason.contains('\u{1b}'));
+    }
+
+    #[test]
     fn the_vmm_line_is_the_reason() {
-        let end = explain_end(false, "exit status: 1", "palisade-vmm: kernel /k: bad ELF header\n", "");
+        let end = explain_end(false, "exit status: 1", None, "palisade-vmm: kernel /k: bad ELF header\n", "");
         assert_eq!(end, VmEnd { clean: false, reason: "kernel /k: bad ELF header".into() });
-        let end = explain_end(false, "signal: 9 (SIGKILL)", "", "last words\n");
+        let end = explain_end(false, "signal: 9 (SIGKILL)", None, "", "last words\n");
         assert_eq!(end.reason, "palisade-vmm signal: 9 (SIGKILL) (last line of the guest's console: last words)");
     }
 
@@ -330,25 +366,35 @@ mod tests {
         assert_eq!(read_tail(&path, 1 << 30).unwrap().len(), text.len());
     }
 
-    #[test]
-    fn vmm_arguments() {
-        let c = VmmConfig {
+    fn test_config<'a>(kernel: &'a Path, serial_log: Option<&'a Path>) -> VmmConfig<'a> {
+        VmmConfig {
             binary: Path::new("/b/palisade-vmm"),
-            kernel: Path::new("/a/vmlinux"),
+            kernel,
             initrd: Path::new("/a/initramfs.cpio"),
             disk: Path::new("/a/busybox.erofs"),
             disk_rates: DiskRates::default(),
             cpus: 2,
             memory_mib: 256,
             vsock_socket: Path::new("/r/vsock.sock"),
-            serial_log: Some(Path::new("/r/serial.log")),
+            serial_log,
             stderr_file: None,
-        };
-        let args = c.args().join(" ");
-        assert!(
-            args.contains("--disk /a/busybox.erofs,ro --vsock-uds /r/vsock.sock --vsock-cid 3 --serial file:/r/serial.log --rng"),
-            "{args}"
-        );
+            config_file: Path::new("/r/vm.json"),
+            exit_record: Path::new("/r/exit.json"),
+        }
+    }
+
+    #[test]
+    fn the_vmm_gets_its_typed_config_not_an_argv() {
+        let c = test_config(Path::new("/a/vmlinux"), Some(Path::new("/r/serial.log")));
+        assert_eq!(c.args(), ["--config", "/r/vm.json", "--exit-record", "/r/exit.json"]);
+        let vm = c.vm_config();
+        assert_eq!((vm.kernel.to_str(), vm.vcpus, vm.memory_mib, vm.rng), (Some("/a/vmlinux"), 2, 256, true));
+        assert_eq!(vm.initrd.as_deref(), Some(Path::new("/a/initramfs.cpio")));
+        assert_eq!(vm.disks.len(), 1);
+        assert!(vm.disks[0].read_only && vm.disks[0].read_rates.is_unlimited());
+        assert_eq!(vm.vsock, Some(VsockConfig { guest_cid: 3, uds_path: "/r/vsock.sock".into() }));
+        assert_eq!(vm.serial, SerialConfig { log_file: Some("/r/serial.log".into()), ..SerialConfig::none() });
+        assert!(vm.cmdline.starts_with("console=ttyS0 reboot=k panic=-1"), "{}", vm.cmdline);
         let limited = VmmConfig {
             disk_rates: DiskRates {
                 read: Rates { bytes_per_sec: Some(1 << 20), ops_per_sec: None },
@@ -356,9 +402,11 @@ mod tests {
             },
             ..c
         };
-        let args = limited.args().join(" ");
-        assert!(args.contains("--disk /a/busybox.erofs,ro,read-bps=1048576,write-iops=5 "), "{args}");
-        assert!(args.contains("--cpus 2 --memory 256"), "{args}");
+        let disk = &limited.vm_config().disks[0];
+        assert_eq!((disk.read_rates.bytes_per_sec, disk.write_rates.ops_per_sec), (Some(1 << 20), Some(5)));
+        // --console: the guest's console on the VMM's stderr.
+        let console = test_config(Path::new("/a/vmlinux"), None).vm_config();
+        assert!(console.serial.to_stderr && console.serial.log_file.is_none() && !console.serial.to_stdout);
     }
 
     #[test]
@@ -368,20 +416,31 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\necho 'palisade-vmm: triple fault' >&2\nexit 3\n").unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let stderr = dir.path().join("vmm.stderr");
+        let (config_file, exit_record) = (dir.path().join("vm.json"), dir.path().join("exit.json"));
         let c = VmmConfig {
             binary: &script,
-            kernel: Path::new("k"),
-            initrd: Path::new("i"),
-            disk: Path::new("d"),
-            disk_rates: DiskRates::default(),
-            cpus: 1,
-            memory_mib: 64,
-            vsock_socket: Path::new("s"),
-            serial_log: None,
             stderr_file: Some(&stderr),
+            config_file: &config_file,
+            exit_record: &exit_record,
+            ..test_config(Path::new("k"), None)
         };
+        // A record of an earlier VM there is not taken for this one's.
+        ExitRecord::vmm_error("an older VM").write_to(&exit_record).unwrap();
         let mut vmm = VmmProcess::spawn(&c).unwrap();
         let end = vmm.finish(Duration::from_secs(10));
         assert_eq!(end, VmEnd { clean: false, reason: "triple fault".into() });
+        assert_eq!(VmConfig::from_json_file(&config_file).unwrap(), c.vm_config(), "the VMM was given its config");
+
+        // A VMM that leaves a record: the record is the reason.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho '{}' > \"$4\"\necho 'palisade-vmm: noise' >&2\nexit 1\n",
+                ExitRecord::vmm_error("disk d: gone").to_json()
+            ),
+        )
+        .unwrap();
+        let mut vmm = VmmProcess::spawn(&c).unwrap();
+        assert_eq!(vmm.finish(Duration::from_secs(10)), VmEnd { clean: false, reason: "disk d: gone".into() });
     }
 }

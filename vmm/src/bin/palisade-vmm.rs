@@ -1,27 +1,41 @@
 //! `palisade-vmm`: boots one micro-VM and exits when it stops.
 //!
 //! Exit status 0 when the guest resets through the i8042 (how our guests power off:
-//! `reboot=k`); otherwise 1, with one line `palisade-vmm: <reason>` on stderr (2 for a
-//! command-line error, also one line).
+//! `reboot=k`); otherwise 1 (128 + N when the jailed VMM was killed by signal N), with one
+//! line `palisade-vmm: <reason>` on stderr (2 for a command-line error, also one line).
+//! `--exit-record FILE` also writes how the VM ended as JSON (`palisade_vmm::ExitRecord`).
+//! The VM is described by the flags, or by `--config FILE`: the JSON form of
+//! `palisade_vmm::VmConfig`, which is what programs that start the VMM use.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use palisade_vmm::config::{DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use palisade_vmm::config::{ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use palisade_vmm::devices::virtio::rng::DEFAULT_RATES as DEFAULT_RNG_RATES;
 use palisade_vmm::jail::{JailConfig, Jailed, PathMap, Role, DEFAULT_BASE_DIR, DEFAULT_MEMORY_OVERHEAD_MIB};
 use palisade_vmm::rate_limiter::Rates;
-use palisade_vmm::{run_vm, run_vm_with, DiskConfig, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
+use palisade_vmm::{run_vm, run_vm_with, DiskConfig, ExitRecord, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
 
 /// Boot a KVM micro-VM: a Linux kernel with a serial console, an i8042 reset line and
 /// optional virtio-mmio block, vsock and rng devices.
 #[derive(Debug, Parser)]
 #[command(name = "palisade-vmm", version)]
 struct Args {
+    /// The whole VM as JSON (the serde form of palisade_vmm::VmConfig: `kernel`, `initrd`,
+    /// `cmdline`, `vcpus`, `memory_mib`, `disks`, `vsock`, `rng`, `rng_rates`, `serial`),
+    /// instead of the flags that describe it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
+    config: Option<PathBuf>,
+    /// When the VMM ends, write how the VM ended here as one line of JSON: `ending`
+    /// (reset, power-off, triple-fault, kvm-internal-error, kvm-fail-entry, halted,
+    /// vcpu-error, vmm-error, killed, stopped), `clean`, `vcpu`, `signal`, `message`,
+    /// `exit_status`.
+    #[arg(long, value_name = "FILE")]
+    exit_record: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH entry if it has the note) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk, loaded high in guest memory.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -79,6 +93,10 @@ struct Args {
     jail_cpus: Option<f64>,
 }
 
+/// The flags that describe the VM, which `--config` replaces.
+const VM_FLAGS: [&str; 12] =
+    ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "vsock_uds", "vsock_cid", "serial", "rng", "rng_bps", "rng_iops"];
+
 /// `PATH[,ro|,rw][,read-bps=N][,write-bps=N][,read-iops=N][,write-iops=N]`; options are
 /// taken from the end up to the first that is not one, so a path may hold commas when an
 /// option follows it.
@@ -121,7 +139,7 @@ fn parse_disk(value: &str) -> Result<DiskConfig, String> {
 }
 
 fn parse_serial(value: &str) -> Result<SerialConfig, String> {
-    let mut config = SerialConfig::default();
+    let mut config = SerialConfig::none();
     match value {
         "stdout" => config.to_stdout = true,
         "stderr" => config.to_stderr = true,
@@ -150,9 +168,18 @@ impl Args {
         })
     }
 
+    /// The VM to run: the `--config` file's, or the flags'.
+    fn vm_config(self) -> Result<VmConfig, ConfigError> {
+        match &self.config {
+            Some(path) => VmConfig::from_json_file(path),
+            None => Ok(self.into_config()),
+        }
+    }
+
     fn into_config(self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel,
+            // Present: clap requires --kernel unless --config is given.
+            kernel: self.kernel.unwrap_or_default(),
             initrd: self.initrd,
             cmdline: self.cmdline,
             vcpus: self.cpus,
@@ -239,41 +266,64 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    let record_path = args.exit_record.clone();
+    // The supervisor's (or unjailed VMM's) end: the record to the caller's file, its status.
+    let finish = |record: ExitRecord| {
+        if let Some(path) = &record_path {
+            if let Err(e) = record.write_to(path) {
+                eprintln!("palisade-vmm: {e}");
+            }
+        }
+        ExitCode::from(record.exit_status)
+    };
     if let Some(exit) = injected_lost_boot() {
         // Marked, so that soak counts (scripts/soak) tell it from the emulator's own faults.
         eprintln!("palisade-vmm: {exit} [injected: PALISADE_VMM_LOSE_FIRST_BOOT]");
-        return ExitCode::FAILURE;
+        return finish(ExitRecord::of_exit(&exit, exit.to_string()));
     }
 
     let jail = args.jail_config();
-    let config = args.into_config();
+    let config = match args.vm_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("palisade-vmm: {e}");
+            return finish(ExitRecord::vmm_error(e.to_string()));
+        }
+    };
     let Some(jail) = jail else {
         eprintln!("palisade-vmm: warning: --no-jail: the VMM runs unconfined (no namespaces, seccomp, cgroups or privilege drop); use it for debugging only");
-        return report(run_vm(config), &PathMap::default());
+        return finish(outcome_record(run_vm(config), &PathMap::default()));
     };
     match palisade_vmm::jail::enter(config, &jail) {
         // The jailed VMM has ended (its message, if any, is printed) and its jail is gone.
-        Ok(Role::Supervisor(code)) => ExitCode::from(code),
-        Ok(Role::Jailed(Jailed { config, options, paths })) => report(run_vm_with(config, options), &paths),
+        Ok(Role::Supervisor(record)) => finish(record),
+        Ok(Role::Jailed(Jailed { config, options, paths, report })) => {
+            let record = outcome_record(run_vm_with(config, options), &paths);
+            Jailed::report(&report, &record);
+            ExitCode::from(record.exit_status)
+        }
         Err(e) => {
             eprintln!("palisade-vmm: {e}");
-            ExitCode::FAILURE
+            finish(ExitRecord::vmm_error(e.to_string()))
         }
     }
 }
 
-/// The exit status for how the VM ended, with one line on stderr unless it ended cleanly;
-/// paths in the line are the caller's, not the jail's.
-fn report(outcome: Result<VmExit, VmmError>, paths: &PathMap) -> ExitCode {
+/// The record of how the VM ended, with one line on stderr unless it ended cleanly; paths
+/// in the line are the caller's, not the jail's.
+fn outcome_record(outcome: Result<VmExit, VmmError>, paths: &PathMap) -> ExitRecord {
     match outcome {
-        Ok(exit) if exit.is_clean() => ExitCode::SUCCESS,
         Ok(exit) => {
-            eprintln!("palisade-vmm: {}", paths.host_text(&exit.to_string()));
-            ExitCode::FAILURE
+            let message = paths.host_text(&exit.to_string());
+            if !exit.is_clean() {
+                eprintln!("palisade-vmm: {message}");
+            }
+            ExitRecord::of_exit(&exit, message)
         }
         Err(e) => {
-            eprintln!("palisade-vmm: {}", paths.host_text(&e.to_string()));
-            ExitCode::FAILURE
+            let message = paths.host_text(&e.to_string());
+            eprintln!("palisade-vmm: {message}");
+            ExitRecord::vmm_error(message)
         }
     }
 }
@@ -332,7 +382,7 @@ mod tests {
     fn serial_flag_names_one_destination() {
         assert!(parse_serial("stdout").unwrap().to_stdout);
         assert!(parse_serial("stderr").unwrap().to_stderr);
-        assert_eq!(parse_serial("none").unwrap(), SerialConfig::default());
+        assert_eq!(parse_serial("none").unwrap(), SerialConfig::none());
         assert_eq!(parse_serial("file:/tmp/x").unwrap().log_file, Some("/tmp/x".into()));
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tty").is_err());
@@ -360,6 +410,36 @@ mod tests {
         }
         let e = Args::try_parse_from(["palisade-vmm"]).unwrap_err();
         assert!(one_line_usage_error(&e).contains("--kernel <PATH>"), "{}", one_line_usage_error(&e));
+    }
+
+    #[test]
+    fn a_config_file_replaces_the_vm_flags_and_holds_the_same_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = ["palisade-vmm", "--kernel", "/k", "--cpus", "2", "--memory", "64", "--disk", "/d.img,ro,read-bps=5", "--rng"];
+        let from_flags = Args::parse_from(argv).into_config();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, from_flags.to_json()).unwrap();
+        let args = Args::parse_from(["palisade-vmm", "--config", path.to_str().unwrap(), "--no-jail"]);
+        assert_eq!(args.vm_config().unwrap(), from_flags);
+        // Only the kernel is needed; the rest defaults as the flags do.
+        std::fs::write(&path, r#"{"kernel": "/k"}"#).unwrap();
+        let args = Args::parse_from(["palisade-vmm", "--config", path.to_str().unwrap()]);
+        assert_eq!(args.vm_config().unwrap(), VmConfig::new("/k"));
+        for flags in [&["--kernel", "/k"][..], &["--cpus", "2"], &["--rng"], &["--disk", "/d.img"]] {
+            let mut argv = vec!["palisade-vmm", "--config", "/c.json"];
+            argv.extend_from_slice(flags);
+            let e = Args::try_parse_from(&argv).unwrap_err();
+            assert!(one_line_usage_error(&e).contains("cannot be used with"), "{flags:?}: {}", one_line_usage_error(&e));
+        }
+        // Mistakes in the file are named with the file, the line and the column.
+        std::fs::write(&path, "{\"kernel\": \"/k\",\n \"vcpu\": 2}").unwrap();
+        let e = Args::parse_from(["palisade-vmm", "--config", path.to_str().unwrap()]).vm_config().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("VM config {}: unknown field `vcpu`", path.display())) && e.contains("line 2"), "{e}");
+        std::fs::write(&path, r#"{"memory_mib": 64}"#).unwrap();
+        let e = Args::parse_from(["palisade-vmm", "--config", path.to_str().unwrap()]).vm_config().unwrap_err().to_string();
+        assert!(e.contains("missing field `kernel`"), "{e}");
+        let e = Args::parse_from(["palisade-vmm", "--config", "/no/such.json"]).vm_config().unwrap_err().to_string();
+        assert!(e.starts_with("VM config /no/such.json: No such file"), "{e}");
     }
 
     #[test]

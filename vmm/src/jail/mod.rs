@@ -26,6 +26,11 @@
 //! the jail) and handed to the VMM as an open listener. Guest-initiated vsock connections
 //! (to `<socket>_<port>` on the host) cannot be made from inside the jail and are refused.
 //!
+//! How the VM ended reaches the supervisor as data: the jailed VMM writes its
+//! [`ExitRecord`] into a pipe before it exits ([`Jailed::report`]); the supervisor checks it
+//! against what it saw itself (the exit status, a killing signal, the cgroup's OOM count)
+//! and returns it ([`Role::Supervisor`]).
+//!
 //! What a killed supervisor leaves behind (a jail directory, cgroups) is removed by the
 //! next jailed run, or by [`sweep_stale`] (a runtime's `delete` can call it). Mounts
 //! never outlive the VMM: they exist only in its mount namespace.
@@ -54,6 +59,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::builder::RunOptions;
 use crate::config::VmConfig;
+use crate::exit_record::{ExitRecord, MAX_RECORD_BYTES};
 use cgroup::{CgroupLimits, Hierarchy, VmCgroups};
 use mount::{Entry, VM_DIR};
 use seccomp::{SeccompError, ThreadFilters};
@@ -172,9 +178,9 @@ fn start_time(pid: u32) -> Option<u64> {
 // Made once per process and matched at once: boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Role {
-    /// The supervisor: the jailed VMM has ended and the jail is gone; exit with this status
-    /// (any message has been printed).
-    Supervisor(u8),
+    /// The supervisor: the jailed VMM has ended and the jail is gone; exit with the record's
+    /// status (any message has been printed).
+    Supervisor(ExitRecord),
     /// The jailed VMM: run the VM.
     Jailed(Jailed),
 }
@@ -185,6 +191,19 @@ pub struct Jailed {
     pub config: VmConfig,
     pub options: RunOptions,
     pub paths: PathMap,
+    /// Where the VMM's [`ExitRecord`] goes: [`Jailed::report`].
+    pub report: OwnedFd,
+}
+
+impl Jailed {
+    /// Hands the supervisor how the VM ended (its message with the caller's paths). Called
+    /// once, just before the jailed VMM exits.
+    pub fn report(report: &OwnedFd, record: &ExitRecord) {
+        let json = record.to_json();
+        if let Err(e) = nix::unistd::write(report, json.as_bytes()) {
+            eprintln!("palisade-vmm: cannot hand the exit record to the supervisor: {e}");
+        }
+    }
 }
 
 /// In-jail paths and the caller's paths they stand for.
@@ -509,6 +528,8 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
     // is lost; the child restores the mask it had.
     let old_mask = supervisor_signals().thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(|e| JailError::sys("blocking signals", e))?;
     let (go_read, go_write) = nix::unistd::pipe().map_err(|e| JailError::sys("pipe", e))?;
+    let (report_read, report_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(|e| JailError::sys("pipe", e))?;
     namespaces::unshare_pid_for_children()?;
     // SAFETY: the process is single-threaded (checked above), so the child may do anything.
     match unsafe { fork() }.map_err(|e| JailError::sys("fork", e))? {
@@ -516,14 +537,27 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             // The jail directory and cgroups belong to the supervisor.
             std::mem::forget(cleanup);
             drop(go_write);
+            drop(report_read);
             let Plan { entries, config, paths, vsock_listener, .. } = plan;
             let listener_fd = vsock_listener.as_ref().map(|l| l.as_raw_fd());
-            let cgroup_gate = in_child(ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd })?;
+            let keep = [report_write.as_raw_fd()];
+            let setup = ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd, keep: &keep };
+            let cgroup_gate = match in_child(setup) {
+                Ok(gate) => gate,
+                Err(e) => {
+                    // The child ends here: its caller must not take it for the supervisor.
+                    let message = paths.host_text(&e.to_string());
+                    eprintln!("palisade-vmm: {message}");
+                    Jailed::report(&report_write, &ExitRecord::vmm_error(message));
+                    std::process::exit(1);
+                }
+            };
             let options = RunOptions { vsock_listener, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
-            Ok(Role::Jailed(Jailed { config, options, paths }))
+            Ok(Role::Jailed(Jailed { config, options, paths, report: report_write }))
         }
         ForkResult::Parent { child } => {
             drop(go_read);
+            drop(report_write);
             // Clients must not queue on a socket whose VMM is gone: only the child holds it.
             drop(plan.vsock_listener);
             if let Err(e) = cleanup.cgroups.add(child.as_raw()) {
@@ -534,8 +568,8 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             // Go. The write end stays open until the VMM ends: its hang-up tells the VMM
             // that the supervisor is gone.
             nix::unistd::write(&go_write, b"1").map_err(|e| JailError::sys("starting the jailed VMM", e))?;
-            let code = match supervise(child, &cleanup.cgroups, limits.memory_bytes) {
-                Ok(code) => code,
+            let record = match supervise(child, &cleanup.cgroups, limits.memory_bytes, &report_read) {
+                Ok(record) => record,
                 Err(e) => {
                     let _ = kill(child, Signal::SIGKILL);
                     let _ = waitpid(child, None);
@@ -544,7 +578,7 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             };
             cleanup.run();
             drop(go_write);
-            Ok(Role::Supervisor(code))
+            Ok(Role::Supervisor(record))
         }
     }
 }
@@ -555,7 +589,7 @@ fn cpu_quota(cpus: Option<f64>, vcpus: u8) -> u64 {
     ((cpus * cgroup::CPU_PERIOD_US as f64) as u64).max(1000)
 }
 
-struct ChildSetup {
+struct ChildSetup<'a> {
     old_mask: SigSet,
     go_read: OwnedFd,
     root: PathBuf,
@@ -564,11 +598,13 @@ struct ChildSetup {
     gid: u32,
     rlimits: rlimits::Limits,
     listener_fd: Option<RawFd>,
+    /// Other descriptors the jailed VMM keeps.
+    keep: &'a [RawFd],
 }
 
 /// The jailed VMM's side, from the fork to an unprivileged process in its jail. It does not
 /// wait for its cgroups here: see [`CgroupGate`].
-fn in_child(setup: ChildSetup) -> Result<CgroupGate, JailError> {
+fn in_child(setup: ChildSetup<'_>) -> Result<CgroupGate, JailError> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(JailError::Sys { what: "prctl(PR_SET_PDEATHSIG)".into(), source: io::Error::last_os_error() });
@@ -576,6 +612,7 @@ fn in_child(setup: ChildSetup) -> Result<CgroupGate, JailError> {
     setup.old_mask.thread_set_mask().map_err(|e| JailError::sys("restoring the signal mask", e))?;
     let mut keep = vec![setup.go_read.as_raw_fd()];
     keep.extend(setup.listener_fd);
+    keep.extend_from_slice(setup.keep);
     fds::close_all_except(&keep)?;
     let env_area = env_area();
     namespaces::unshare_own()?;
@@ -654,9 +691,10 @@ fn clear_environment(area: Option<(usize, usize)>) {
     }
 }
 
-/// Waits for the jailed VMM, killing it if the supervisor is asked to end; returns the
-/// exit status to pass on.
-fn supervise(child: Pid, cgroups: &VmCgroups, memory_limit: u64) -> Result<u8, JailError> {
+/// Waits for the jailed VMM, killing it if the supervisor is asked to end; returns how it
+/// ended, from its own record when it exited (read from `report`) and from what the
+/// supervisor saw when it was killed.
+fn supervise(child: Pid, cgroups: &VmCgroups, memory_limit: u64, report: &OwnedFd) -> Result<ExitRecord, JailError> {
     let signals = SignalFd::with_flags(&supervisor_signals(), SfdFlags::SFD_CLOEXEC).map_err(|e| JailError::sys("signalfd", e))?;
     let mut asked_to_end: Option<Signal> = None;
     let status = loop {
@@ -680,20 +718,55 @@ fn supervise(child: Pid, cgroups: &VmCgroups, memory_limit: u64) -> Result<u8, J
         }
     };
     Ok(match status {
-        WaitStatus::Exited(_, code) => code as u8,
-        WaitStatus::Signaled(_, signal, _) => {
-            if let Some(asked) = asked_to_end {
-                // We killed it because we were asked to end: say so the shell's way.
-                return Ok(128 + asked as u8);
+        WaitStatus::Exited(_, code) => checked_record(read_report(report), code as u8),
+        WaitStatus::Signaled(_, signal, _) => match asked_to_end {
+            // We killed it because we were asked to end: say so the shell's way.
+            Some(asked) => ExitRecord::signalled(asked as i32, true, format!("the VMM was stopped by {asked}")),
+            None => {
+                let message = death_message(signal, cgroups.oom_kills(), memory_limit);
+                eprintln!("palisade-vmm: {message}");
+                ExitRecord::signalled(signal as i32, false, message)
             }
-            eprintln!("palisade-vmm: {}", death_message(signal, cgroups.oom_kills(), memory_limit));
-            128 + signal as u8
-        }
+        },
         other => {
-            eprintln!("palisade-vmm: the jailed VMM stopped unexpectedly ({other:?})");
-            1
+            let message = format!("the jailed VMM stopped unexpectedly ({other:?})");
+            eprintln!("palisade-vmm: {message}");
+            ExitRecord::vmm_error(message)
         }
     })
+}
+
+/// What the jailed VMM wrote into its report pipe before it exited (bounded; it has exited,
+/// so the pipe holds all it will ever hold).
+fn read_report(report: &OwnedFd) -> Option<ExitRecord> {
+    let mut buf = vec![0u8; MAX_RECORD_BYTES];
+    let mut len = 0;
+    while len < buf.len() {
+        match nix::unistd::read(report, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    ExitRecord::from_json(&buf[..len]).ok()
+}
+
+/// The jailed VMM's own record, held to its exit status: it cannot claim a clean end with a
+/// failing status (nor the other way round), and a VMM that said nothing gets a record of
+/// its status alone.
+fn checked_record(reported: Option<ExitRecord>, code: u8) -> ExitRecord {
+    match reported {
+        Some(mut record) if record.clean == (code == 0) => {
+            record.exit_status = code;
+            record
+        }
+        _ if code == 0 => ExitRecord { exit_status: 0, ..ExitRecord::of_exit(&crate::VmExit::Reset, crate::VmExit::Reset.to_string()) },
+        _ => {
+            let message = format!("the jailed VMM exited with status {code} without saying why");
+            ExitRecord { exit_status: code, ..ExitRecord::vmm_error(message) }
+        }
+    }
 }
 
 /// One line saying why the jailed VMM died of `signal`.

@@ -18,9 +18,12 @@ pub use token_bucket::TokenBucket;
 use vmm_sys_util::timerfd::TimerFd;
 
 /// Rates for one limiter; `None` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rates {
+    #[serde(default)]
     pub bytes_per_sec: Option<u64>,
+    #[serde(default)]
     pub ops_per_sec: Option<u64>,
 }
 

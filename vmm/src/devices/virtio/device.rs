@@ -11,48 +11,15 @@
 //! The device registers the same fds with the event manager in `init` and processes its
 //! queues from `process` once activated (before activation, it just drains the eventfd).
 
-use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+
 /// Guest memory as every device sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
-
-/// `InterruptStatus` bit: a used buffer was added to a queue.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
-/// `InterruptStatus` bit: the configuration space changed.
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
-
-/// The interrupt line of one virtio-mmio device: the `InterruptStatus` register and the
-/// eventfd registered with KVM as an irqfd for the device's GSI.
-pub struct IrqTrigger {
-    pub status: AtomicU32,
-    pub evt: EventFd,
-}
-
-impl IrqTrigger {
-    pub fn new() -> io::Result<Self> {
-        Ok(Self { status: AtomicU32::new(0), evt: EventFd::new(libc::EFD_NONBLOCK)? })
-    }
-
-    /// Signals "used buffers available" to the guest.
-    pub fn trigger_vring(&self) -> io::Result<()> {
-        self.trigger(VIRTIO_MMIO_INT_VRING)
-    }
-
-    /// Signals "configuration changed" to the guest.
-    pub fn trigger_config(&self) -> io::Result<()> {
-        self.trigger(VIRTIO_MMIO_INT_CONFIG)
-    }
-
-    fn trigger(&self, bit: u32) -> io::Result<()> {
-        self.status.fetch_or(bit, Ordering::SeqCst);
-        self.evt.write(1)
-    }
-}
 
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +51,8 @@ pub trait VirtioDevice: Send {
     /// One eventfd per queue, in queue order.
     fn queue_events(&self) -> &[EventFd];
     /// Called when the driver sets DRIVER_OK, with the queues it configured.
-    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    /// `irq` is how the device interrupts the driver, whatever the transport.
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<dyn VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError>;
     /// Called when the driver writes 0 to `Status`: drop queues, go back to pre-activation.
     fn reset(&mut self);
     fn is_activated(&self) -> bool;

@@ -18,6 +18,8 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 
 use super::device::{GuestMemory, IrqTrigger, VirtioDevice};
+#[cfg(test)]
+use super::interrupt::VirtioInterrupt;
 
 /// Size of one device's MMIO window.
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
@@ -182,7 +184,7 @@ impl MmioTransport {
             }
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            REG_INTERRUPT_STATUS => self.irq.status.load(std::sync::atomic::Ordering::SeqCst),
+            REG_INTERRUPT_STATUS => self.irq.interrupt_status(),
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
@@ -249,7 +251,7 @@ impl MmioTransport {
             }),
             REG_QUEUE_NOTIFY => self.notify_queue(value),
             REG_INTERRUPT_ACK => {
-                self.irq.status.fetch_and(!value, std::sync::atomic::Ordering::SeqCst);
+                self.irq.acknowledge(value);
             }
             REG_STATUS => self.write_status(value),
             _ => debug!(device = self.name(), offset, value, "virtio-mmio: write to unknown or read-only register ignored"),
@@ -437,7 +439,7 @@ impl MmioTransport {
         for queue in &mut self.queues {
             queue.reset();
         }
-        self.irq.status.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.irq.reset();
     }
 }
 
@@ -507,7 +509,7 @@ mod tests {
         fn queue_events(&self) -> &[EventFd] {
             &self.events
         }
-        fn activate(&mut self, _mem: GuestMemory, _irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        fn activate(&mut self, _mem: GuestMemory, _irq: Arc<dyn VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
             if self.refuse_activation {
                 return Err(ActivateError::Backend { device: "dummy", reason: "refused".into() });
             }

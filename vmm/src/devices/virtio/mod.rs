@@ -1,14 +1,17 @@
 //! Virtio devices over the virtio-mmio transport.
 //!
-//! `device.rs` is the contract between transport and devices, `mmio.rs` the transport,
+//! `device.rs` is the contract between transport and devices, `interrupt.rs` how a device
+//! interrupts its driver, `mmio.rs` the transport,
 //! `queue.rs` the validated descriptor-chain helpers every device uses, and each device
 //! lives in its own folder.
 
 pub mod block;
 pub mod device;
+pub mod interrupt;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
 
-pub use device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+pub use device::{ActivateError, GuestMemory, VirtioDevice};
+pub use interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt};

@@ -15,7 +15,8 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, WriteVolatile};
 
-use super::device::{ActivateError, GuestMemory, IrqTrigger};
+use super::device::{ActivateError, GuestMemory};
+use super::interrupt::{InterruptKind, VirtioInterrupt};
 
 /// Why a descriptor chain (one request) was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +339,7 @@ where
 /// What a device holds once activated: guest memory, its interrupt and its queues.
 pub struct ActiveQueues {
     pub mem: GuestMemory,
-    pub irq: Arc<IrqTrigger>,
+    pub irq: Arc<dyn VirtioInterrupt>,
     pub queues: Vec<Queue>,
 }
 
@@ -348,7 +349,7 @@ impl ActiveQueues {
         device: &'static str,
         expected: usize,
         mem: GuestMemory,
-        irq: Arc<IrqTrigger>,
+        irq: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<Self, ActivateError> {
         if queues.len() != expected {
@@ -374,7 +375,7 @@ impl ActiveQueues {
         let mut handle = handle;
         match process_available(device, queue, mem, |chain| handle(mem, chain)) {
             Ok(true) => {
-                if let Err(e) = self.irq.trigger_vring() {
+                if let Err(e) = self.irq.trigger(InterruptKind::Queue(index as u16)) {
                     error!(device, queue = index, "cannot interrupt the guest: {e}");
                 }
             }

@@ -15,7 +15,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Limits};
-use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+use crate::devices::virtio::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::devices::virtio::queue::ActiveQueues;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, Rates};
 
@@ -187,7 +187,7 @@ impl VirtioDevice for Block {
         &self.queue_events
     }
 
-    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<dyn VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.active = Some(ActiveQueues::new(NAME, 1, mem, irq, queues)?);
         debug!(device = NAME, path = %self.disk.path.display(), "activated");
         Ok(())

@@ -16,7 +16,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+use crate::devices::virtio::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::devices::virtio::queue::{fill_from_file, sub_segments, ActiveQueues, Chain, ChainBuffers, ChainError, Served};
 use crate::rate_limiter::{RateLimiter, RateLimiterError, Rates};
 
@@ -156,7 +156,7 @@ impl VirtioDevice for Rng {
         &self.queue_events
     }
 
-    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<dyn VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.active = Some(ActiveQueues::new(NAME, 1, mem, irq, queues)?);
         debug!(device = NAME, "activated");
         Ok(())
@@ -177,7 +177,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::devices::virtio::device::VIRTIO_MMIO_INT_VRING;
+    use crate::devices::virtio::device::{IrqTrigger, VIRTIO_MMIO_INT_VRING};
     use crate::devices::virtio::queue::test_utils::*;
 
     const BUF: u64 = DATA_BASE + 0x1000;

@@ -14,7 +14,7 @@ use super::rx_buffer::RxBuffer;
 use super::unix::connection::MAX_PKT_DATA;
 use super::unix::UnixBackend;
 use super::VsockError;
-use crate::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+use crate::devices::virtio::device::{ActivateError, GuestMemory, InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::devices::virtio::queue::Chain;
 
 /// Virtio device ID of vsock.
@@ -35,7 +35,7 @@ pub(super) const RX_BATCH: usize = 64;
 /// What the device holds while the driver is active.
 struct Active {
     mem: GuestMemory,
-    irq: Arc<IrqTrigger>,
+    irq: Arc<dyn VirtioInterrupt>,
     rx: Queue,
     tx: Queue,
 }
@@ -118,7 +118,7 @@ impl Vsock {
             }
         }
         if used_any {
-            signal_used(&active.irq);
+            signal_used(active.irq.as_ref(), TX_QUEUE);
         }
     }
 
@@ -168,7 +168,7 @@ impl Vsock {
             used_any = true;
         }
         if used_any {
-            signal_used(&active.irq);
+            signal_used(active.irq.as_ref(), RX_QUEUE);
         }
         used_any
     }
@@ -178,8 +178,8 @@ impl Vsock {
     }
 }
 
-fn signal_used(irq: &IrqTrigger) {
-    if let Err(e) = irq.trigger_vring() {
+fn signal_used(irq: &dyn VirtioInterrupt, queue: usize) {
+    if let Err(e) = irq.trigger(InterruptKind::Queue(queue as u16)) {
         tracing::warn!("vsock: cannot interrupt the guest: {e}");
     }
 }
@@ -222,7 +222,7 @@ impl VirtioDevice for Vsock {
         &self.queue_events
     }
 
-    fn activate(&mut self, mem: GuestMemory, irq: Arc<IrqTrigger>, queues: Vec<Queue>) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemory, irq: Arc<dyn VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         let got = queues.len();
         let [rx, tx, event]: [Queue; 3] = queues.try_into().map_err(|_| ActivateError::QueueCount { device: "vsock", expected: 3, got })?;
         for (index, queue) in [&rx, &tx, &event].into_iter().enumerate() {

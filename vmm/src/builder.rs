@@ -210,7 +210,7 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
 
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    let mem = memory::create_guest_memory(config.memory_mib)?;
+    let mem = memory::create_guest_memory(config.memory_mib, memory::Backing::Anonymous)?;
 
     // Guest memory first. Each of these steps waits for an SRCU grace period in KVM (new
     // memory slots, the interrupt controllers' I/O devices and routing), and on these hosts

@@ -1,9 +1,14 @@
-//! Guest RAM: anonymous mappings laid out by [`crate::arch::x86_64::layout`], registered
-//! with KVM as memory slots.
+//! Guest RAM laid out by [`crate::arch::x86_64::layout`], registered with KVM as memory
+//! slots: anonymous mappings, or — when another process must map it too (a vhost-user
+//! backend such as virtiofsd) — shared mappings of one memfd ([`Backing::Memfd`]), whose
+//! descriptor and offsets are then handed to that process.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{self, HIMEM_START};
 use crate::devices::virtio::GuestMemory;
@@ -19,18 +24,58 @@ pub enum MemoryError {
     Mmap { mib: u32, source: vm_memory::mmap::FromRangesError },
     #[error("guest memory: KVM_SET_USER_MEMORY_REGION for slot {slot} at {addr:#x}: {source}")]
     Register { slot: u32, addr: u64, source: kvm_ioctls::Error },
+    #[error("guest memory: creating a {mib} MiB memfd: {source}")]
+    Memfd { mib: u32, source: std::io::Error },
+}
+
+/// What guest RAM is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Private anonymous memory: nothing outside the VMM maps it.
+    Anonymous,
+    /// One memfd, mapped shared: a vhost-user backend can map it too.
+    Memfd,
 }
 
 /// Maps `mib` MiB of guest RAM.
-pub fn create_guest_memory(mib: u32) -> Result<GuestMemory, MemoryError> {
+pub fn create_guest_memory(mib: u32, backing: Backing) -> Result<GuestMemory, MemoryError> {
     if mib < MIN_MEMORY_MIB {
         return Err(MemoryError::TooSmall { mib });
     }
     let size = u64::from(mib) << 20;
     debug_assert!(size > HIMEM_START);
-    let ranges: Vec<(GuestAddress, usize)> =
-        layout::ram_regions(size).into_iter().map(|(addr, len)| (GuestAddress(addr), len as usize)).collect();
-    GuestMemory::from_ranges(&ranges).map_err(|source| MemoryError::Mmap { mib, source })
+    let regions = layout::ram_regions(size);
+    let file = match backing {
+        Backing::Anonymous => None,
+        Backing::Memfd => Some(guest_memfd(mib, size)?),
+    };
+    let mut offset = 0u64;
+    let mut ranges = Vec::with_capacity(regions.len());
+    for (addr, len) in regions {
+        let file_offset = match &file {
+            Some(file) => Some(FileOffset::new(file.try_clone().map_err(|source| MemoryError::Memfd { mib, source })?, offset)),
+            None => None,
+        };
+        ranges.push((GuestAddress(addr), len as usize, file_offset));
+        offset += len;
+    }
+    GuestMemory::from_ranges_with_files(ranges).map_err(|source| MemoryError::Mmap { mib, source })
+}
+
+/// A memfd of `size` bytes for guest RAM (close-on-exec; its pages are allocated as the
+/// guest touches them).
+fn guest_memfd(mib: u32, size: u64) -> Result<File, MemoryError> {
+    let err = |source| MemoryError::Memfd { mib, source };
+    // SAFETY: memfd_create takes a NUL-terminated name and flags, and returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"palisade-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(err)?;
+    Ok(file)
 }
 
 /// Registers every region of `mem` with the VM, one slot each.
@@ -55,17 +100,32 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryBackend;
+
+    use vm_memory::Bytes;
 
     #[test]
     fn maps_the_requested_size() {
-        let mem = create_guest_memory(128).unwrap();
-        assert_eq!(mem.num_regions(), 1);
-        assert_eq!(mem.last_addr().0, (128 << 20) - 1);
+        for backing in [Backing::Anonymous, Backing::Memfd] {
+            let mem = create_guest_memory(128, backing).unwrap();
+            assert_eq!(mem.num_regions(), 1);
+            assert_eq!(mem.last_addr().0, (128 << 20) - 1);
+        }
+    }
+
+    #[test]
+    fn memfd_memory_is_what_another_mapping_of_the_file_sees() {
+        let mem = create_guest_memory(64, Backing::Memfd).unwrap();
+        mem.write_slice(b"seen by the backend", GuestAddress(0x20_0000)).unwrap();
+        let region = mem.iter().next().unwrap();
+        let file_offset = region.file_offset().expect("a memfd region has its file");
+        let mut seen = vec![0u8; 19];
+        std::os::unix::fs::FileExt::read_exact_at(file_offset.file(), &mut seen, file_offset.start() + 0x20_0000).unwrap();
+        assert_eq!(seen, b"seen by the backend");
+        assert!(create_guest_memory(64, Backing::Anonymous).unwrap().iter().next().unwrap().file_offset().is_none());
     }
 
     #[test]
     fn refuses_tiny_guests() {
-        assert!(matches!(create_guest_memory(1), Err(MemoryError::TooSmall { mib: 1 })));
+        assert!(matches!(create_guest_memory(1, Backing::Anonymous), Err(MemoryError::TooSmall { mib: 1 })));
     }
 }

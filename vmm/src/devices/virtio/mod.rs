@@ -7,10 +7,12 @@
 
 pub mod block;
 pub mod device;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+pub mod vhost_user;
 pub mod vsock;
 
 pub use device::{ActivateError, GuestMemory, VirtioDevice};

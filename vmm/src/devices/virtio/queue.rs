@@ -432,6 +432,11 @@ pub(crate) mod test_utils {
             Self { mock: MockSplitQueue::new(mem, QUEUE_SIZE), mem }
         }
 
+        /// A queue whose table and rings start at `addr` (for devices with several queues).
+        pub fn at(mem: &'a GuestMemory, addr: u64) -> Self {
+            Self { mock: MockSplitQueue::create(mem, GuestAddress(addr), QUEUE_SIZE), mem }
+        }
+
         /// The device-side queue, as the transport would build it.
         pub fn queue(&self) -> Queue {
             let q: Queue = self.mock.create_queue().unwrap();

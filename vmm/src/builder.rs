@@ -2,7 +2,7 @@
 //! command line, boot structures, vCPUs, event loop.
 
 use std::io;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
@@ -19,6 +19,7 @@ use crate::config::{VmConfig, VmExit};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{Serial, SerialError, I8042};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
@@ -152,10 +153,13 @@ impl VirtioAttacher<'_> {
 }
 
 /// Creates the virtio devices `config` asks for, in a fixed order: disks (so the first is
-/// `/dev/vda`), vsock, rng.
+/// `/dev/vda`), vsock, rng, virtio-fs. `fs_streams` are the virtio-fs backends' connections
+/// when the caller made them (the jail does: the jailed VMM cannot reach their sockets), one
+/// per `config.fs` entry; otherwise each backend's socket is connected here.
 fn attach_virtio_devices(
     config: &VmConfig,
     vsock_listener: Option<UnixListener>,
+    fs_streams: Vec<UnixStream>,
     attacher: &mut VirtioAttacher<'_>,
 ) -> Result<(), VmmError> {
     for disk in &config.disks {
@@ -177,6 +181,17 @@ fn attach_virtio_devices(
         let rng = Rng::with_rates(config.rng_rates).map_err(|e| VmmError::Device { what: "virtio-rng".into(), reason: e.to_string() })?;
         attacher.attach(rng)?;
     }
+    let mut fs_streams = fs_streams.into_iter();
+    for fs in &config.fs {
+        let what = || format!("virtio-fs {:?}", fs.tag);
+        let stream = match fs_streams.next() {
+            Some(stream) => stream,
+            None => UnixStream::connect(&fs.socket)
+                .map_err(|e| VmmError::Device { what: what(), reason: format!("vhost-user socket {}: {e}", fs.socket.display()) })?,
+        };
+        let device = Fs::new(&fs.tag, stream).map_err(|e| VmmError::Device { what: what(), reason: e.to_string() })?;
+        attacher.attach(device)?;
+    }
     Ok(())
 }
 
@@ -186,6 +201,9 @@ pub struct RunOptions {
     /// The vsock device's listening socket, bound by the caller (the jail binds it at the
     /// caller's path before entering a root that does not contain it).
     pub vsock_listener: Option<UnixListener>,
+    /// Connections to the virtio-fs backends, one per `VmConfig::fs` entry, made by the
+    /// caller (the jail connects before entering its root); empty: connect here.
+    pub fs_streams: Vec<UnixStream>,
     /// Seccomp filters: each vCPU thread installs its own as it starts, this thread the
     /// event loop's once the vCPU threads are started; only then does any vCPU enter the
     /// guest.
@@ -210,7 +228,9 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
 
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    let mem = memory::create_guest_memory(config.memory_mib, memory::Backing::Anonymous)?;
+    // A vhost-user backend maps guest memory itself: it must be a file then.
+    let backing = if config.fs.is_empty() { memory::Backing::Anonymous } else { memory::Backing::Memfd };
+    let mem = memory::create_guest_memory(config.memory_mib, backing)?;
 
     // Guest memory first. Each of these steps waits for an SRCU grace period in KVM (new
     // memory slots, the interrupt controllers' I/O devices and routing), and on these hosts
@@ -245,7 +265,7 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT_BASE, I8042_PORT_SIZE)?;
 
     let mut attacher = VirtioAttacher { vm: &vm, mem: &mem, mmio: &mut mmio, event_loop: &mut event_loop, slots: Vec::new() };
-    attach_virtio_devices(&config, options.vsock_listener, &mut attacher)?;
+    attach_virtio_devices(&config, options.vsock_listener, options.fs_streams, &mut attacher)?;
     let virtio_slots = attacher.slots;
 
     let cmdline = boot::build_cmdline(&config.cmdline, &virtio_slots)?;

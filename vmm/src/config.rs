@@ -38,6 +38,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices: host directories a vhost-user backend (virtiofsd) serves.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Attach a virtio-rng device.
     #[serde(default)]
     pub rng: bool,
@@ -91,6 +94,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             disks: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
             rng: false,
             rng_rates: crate::devices::virtio::rng::DEFAULT_RATES,
             serial: SerialConfig::default(),
@@ -136,6 +140,15 @@ pub struct VsockConfig {
     pub guest_cid: u64,
     /// The host side: a Unix socket the VMM listens on (`CONNECT <port>\n`).
     pub uds_path: PathBuf,
+}
+
+/// A virtio-fs device: the guest mounts `tag` (`mount -t virtiofs TAG DIR`); the vhost-user
+/// backend listens on `socket` (started by the caller, e.g. `virtiofsd --socket-path`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: PathBuf,
 }
 
 /// Where the guest's serial console (COM1) output goes; any combination, or nowhere.

@@ -19,5 +19,5 @@ pub mod testing;
 pub mod vcpu;
 
 pub use builder::{run_vm, run_vm_with, RunOptions, VmmError};
-pub use config::{DiskConfig, SerialConfig, VmConfig, VmExit, VsockConfig};
+pub use config::{DiskConfig, FsConfig, SerialConfig, VmConfig, VmExit, VsockConfig};
 pub use exit_record::{Ending, ExitRecord};

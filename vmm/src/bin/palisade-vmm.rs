@@ -15,7 +15,7 @@ use palisade_vmm::config::{ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEF
 use palisade_vmm::devices::virtio::rng::DEFAULT_RATES as DEFAULT_RNG_RATES;
 use palisade_vmm::jail::{JailConfig, Jailed, PathMap, Role, DEFAULT_BASE_DIR, DEFAULT_MEMORY_OVERHEAD_MIB};
 use palisade_vmm::rate_limiter::Rates;
-use palisade_vmm::{run_vm, run_vm_with, DiskConfig, ExitRecord, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
+use palisade_vmm::{run_vm, run_vm_with, DiskConfig, ExitRecord, FsConfig, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
 
 /// Boot a KVM micro-VM: a Linux kernel with a serial console, an i8042 reset line and
 /// optional virtio-mmio block, vsock and rng devices.
@@ -63,6 +63,10 @@ struct Args {
     /// Where the guest's serial console goes: stdout, stderr, file:PATH or none.
     #[arg(long, value_name = "WHERE", default_value = "stdout", value_parser = parse_serial)]
     serial: SerialConfig,
+    /// Add a virtio-fs device: the guest mounts TAG (`mount -t virtiofs TAG DIR`), a
+    /// vhost-user backend (virtiofsd) listening on PATH serves it. Repeat for more.
+    #[arg(long, value_name = "tag=TAG,socket=PATH", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
     /// Add a virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
@@ -94,8 +98,8 @@ struct Args {
 }
 
 /// The flags that describe the VM, which `--config` replaces.
-const VM_FLAGS: [&str; 12] =
-    ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "vsock_uds", "vsock_cid", "serial", "rng", "rng_bps", "rng_iops"];
+const VM_FLAGS: [&str; 13] =
+    ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "vsock_uds", "vsock_cid", "fs", "serial", "rng", "rng_bps", "rng_iops"];
 
 /// `PATH[,ro|,rw][,read-bps=N][,write-bps=N][,read-iops=N][,write-iops=N]`; options are
 /// taken from the end up to the first that is not one, so a path may hold commas when an
@@ -136,6 +140,36 @@ fn parse_disk(value: &str) -> Result<DiskConfig, String> {
     }
     disk.path = rest.into();
     Ok(disk)
+}
+
+/// `tag=TAG,socket=PATH` (in either order; the path is the rest after `socket=`, so it may
+/// hold commas when it comes last).
+fn parse_fs(value: &str) -> Result<FsConfig, String> {
+    let (mut tag, mut socket) = (None, None);
+    let mut rest = value;
+    while !rest.is_empty() {
+        if let Some(path) = rest.strip_prefix("socket=") {
+            let (path, after) = match path.split_once(",tag=") {
+                Some((path, after)) => (path, Some(after)),
+                None => (path, None),
+            };
+            socket = Some(path.to_string());
+            match after {
+                Some(after) => rest = &value[value.len() - after.len() - 4..],
+                None => break,
+            }
+        } else if let Some(after) = rest.strip_prefix("tag=") {
+            let (t, next) = after.split_once(',').unwrap_or((after, ""));
+            tag = Some(t.to_string());
+            rest = next;
+        } else {
+            return Err(format!("{value:?}: expected tag=TAG,socket=PATH"));
+        }
+    }
+    match (tag, socket) {
+        (Some(tag), Some(socket)) if !tag.is_empty() && !socket.is_empty() => Ok(FsConfig { tag, socket: socket.into() }),
+        _ => Err(format!("{value:?}: expected tag=TAG,socket=PATH, both not empty")),
+    }
 }
 
 fn parse_serial(value: &str) -> Result<SerialConfig, String> {
@@ -186,6 +220,7 @@ impl Args {
             memory_mib: self.memory,
             disks: self.disk,
             vsock: self.vsock_uds.map(|uds_path| VsockConfig { guest_cid: self.vsock_cid, uds_path }),
+            fs: self.fs,
             rng: self.rng,
             rng_rates: Rates { bytes_per_sec: Some(self.rng_bps).filter(|&n| n > 0), ops_per_sec: Some(self.rng_iops).filter(|&n| n > 0) },
             serial: self.serial,
@@ -376,6 +411,17 @@ mod tests {
         assert_eq!(config.rng_rates, DEFAULT_RNG_RATES);
         let config = Args::parse_from(["palisade-vmm", "--kernel", "/k", "--rng", "--rng-bps", "0", "--rng-iops", "5"]).into_config();
         assert_eq!(config.rng_rates, Rates { bytes_per_sec: None, ops_per_sec: Some(5) });
+    }
+
+    #[test]
+    fn fs_flag_takes_a_tag_and_a_socket() {
+        let fs = |tag: &str, socket: &str| FsConfig { tag: tag.into(), socket: socket.into() };
+        assert_eq!(parse_fs("tag=root,socket=/run/fs.sock").unwrap(), fs("root", "/run/fs.sock"));
+        assert_eq!(parse_fs("socket=/run/fs.sock,tag=root").unwrap(), fs("root", "/run/fs.sock"));
+        assert_eq!(parse_fs("tag=v,socket=/a,b/fs.sock").unwrap(), fs("v", "/a,b/fs.sock"));
+        for bad in ["", "tag=root", "socket=/s", "tag=,socket=/s", "tag=x,socket=", "name=x,socket=/s"] {
+            assert!(parse_fs(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!    before it handles guest input ([`seccomp`]; see [`crate::RunOptions`]).
 //!
 //! The vsock device's Unix socket is bound by the supervisor at the caller's path (outside
-//! the jail) and handed to the VMM as an open listener. Guest-initiated vsock connections
+//! the jail) and handed to the VMM as an open listener; each virtio-fs backend's socket is
+//! connected by the supervisor and handed over as an open connection. Guest-initiated vsock connections
 //! (to `<socket>_<port>` on the host) cannot be made from inside the jail and are refused.
 //!
 //! How the VM ended reaches the supervisor as data: the jailed VMM writes its
@@ -48,7 +49,7 @@ use std::fs::OpenOptions;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -369,6 +370,8 @@ struct Plan {
     vsock_listener: Option<UnixListener>,
     /// The socket file bound at the caller's path, removed when the VM ends.
     vsock_path: Option<PathBuf>,
+    /// Connections to the virtio-fs backends, in `config.fs` order.
+    fs_streams: Vec<UnixStream>,
     largest_writable: u64,
 }
 
@@ -440,7 +443,18 @@ fn plan(config: &VmConfig, uid: u32, gid: u32) -> Result<Plan, JailError> {
         jailed_vsock.uds_path = vm.join("vsock.sock");
         paths.push(&jailed_vsock.uds_path, path);
     }
-    Ok(Plan { entries, config: jailed, paths, vsock_listener, vsock_path, largest_writable })
+    // The virtio-fs backends' sockets are outside the jail: connected here, handed over open.
+    let mut fs_streams = Vec::with_capacity(config.fs.len());
+    for (i, fs) in config.fs.iter().enumerate() {
+        fs_streams.push(UnixStream::connect(&fs.socket).map_err(input_err("virtio-fs socket", &fs.socket))?);
+        jailed.fs[i].socket = vm.join(format!("fs{i}.sock"));
+        paths.push(&jailed.fs[i].socket, &fs.socket);
+    }
+    if !config.fs.is_empty() {
+        // Guest RAM is then a memfd, which the file-size limit applies to.
+        largest_writable = largest_writable.max(u64::from(config.memory_mib) << 20);
+    }
+    Ok(Plan { entries, config: jailed, paths, vsock_listener, vsock_path, fs_streams, largest_writable })
 }
 
 /// What the supervisor removes when the VM is over (or when setting up fails).
@@ -538,9 +552,10 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             std::mem::forget(cleanup);
             drop(go_write);
             drop(report_read);
-            let Plan { entries, config, paths, vsock_listener, .. } = plan;
+            let Plan { entries, config, paths, vsock_listener, fs_streams, .. } = plan;
             let listener_fd = vsock_listener.as_ref().map(|l| l.as_raw_fd());
-            let keep = [report_write.as_raw_fd()];
+            let mut keep = vec![report_write.as_raw_fd()];
+            keep.extend(fs_streams.iter().map(|s| s.as_raw_fd()));
             let setup = ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd, keep: &keep };
             let cgroup_gate = match in_child(setup) {
                 Ok(gate) => gate,
@@ -552,7 +567,7 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
                     std::process::exit(1);
                 }
             };
-            let options = RunOptions { vsock_listener, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
+            let options = RunOptions { vsock_listener, fs_streams, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
             Ok(Role::Jailed(Jailed { config, options, paths, report: report_write }))
         }
         ForkResult::Parent { child } => {
@@ -560,6 +575,8 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             drop(report_write);
             // Clients must not queue on a socket whose VMM is gone: only the child holds it.
             drop(plan.vsock_listener);
+            // Nor may a backend outlive its VM because the supervisor kept its connection.
+            drop(plan.fs_streams);
             if let Err(e) = cleanup.cgroups.add(child.as_raw()) {
                 let _ = kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);

@@ -4,8 +4,6 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +14,7 @@ use super::*;
 use crate::devices::virtio::device::{IrqTrigger, VirtioDevice};
 use crate::devices::virtio::queue::test_utils::{r, w, TestQueue};
 use crate::memory::{create_guest_memory, Backing};
+use crate::testing::virtiofsd::Virtiofsd;
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
@@ -23,53 +22,6 @@ const HIPRIO_AT: u64 = 0x10_0000;
 const REQUEST_AT: u64 = 0x20_0000;
 const IN_BUF: u64 = 0x30_0000;
 const OUT_BUF: u64 = 0x31_0000;
-
-/// virtiofsd, as `scripts/setup` installs it.
-fn virtiofsd() -> PathBuf {
-    let candidates =
-        [std::env::var_os("VIRTIOFSD").map(PathBuf::from), std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/virtiofsd"))];
-    candidates
-        .into_iter()
-        .flatten()
-        .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("virtiofsd")))
-        .find(|p| p.is_file())
-        .expect("virtiofsd not found (in $VIRTIOFSD, ~/.cargo/bin or PATH): scripts/setup installs it")
-}
-
-struct Backend {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Backend {
-    fn start(shared: &Path, socket: PathBuf) -> Backend {
-        let child = Command::new(virtiofsd())
-            .arg("--shared-dir")
-            .arg(shared)
-            .arg("--socket-path")
-            .arg(&socket)
-            .args(["--sandbox", "none", "--log-level", "error"])
-            .spawn()
-            .expect("starting virtiofsd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "virtiofsd did not create its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Backend { child, socket }
-    }
-
-    fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.socket).expect("connecting to virtiofsd")
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn in_header(len: u32, opcode: u32, unique: u64, nodeid: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(40);
@@ -104,9 +56,9 @@ fn requests_on_the_queue_are_answered_by_virtiofsd_through_guest_memory() {
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello.txt"), b"from the host\n").unwrap();
-    let backend = Backend::start(&shared, dir.path().join("fs.sock"));
+    let backend = Virtiofsd::start(&shared, &dir.path().join("fs.sock"));
 
-    let fs = Fs::new("palisade", backend.connect()).unwrap();
+    let fs = Fs::new("palisade", UnixStream::connect(&backend.socket).unwrap()).unwrap();
     assert_ne!(fs.avail_features() & (1 << VIRTIO_F_VERSION_1), 0);
     let mut config = [0u8; MAX_TAG_LEN + 4];
     fs.read_config(0, &mut config);

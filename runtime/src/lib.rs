@@ -2,7 +2,9 @@
 //!
 //! [`vmrun`] is the standalone `docker run`-like command: it boots a micro-VM with the
 //! `palisade-vmm` binary, talks to the guest agent through the VMM's vsock Unix socket,
-//! runs one command and relays its stdio, signals and exit status.
+//! runs one command and relays its stdio, signals and exit status. [`virtiofsd`] starts the
+//! virtio-fs backend that shares host directories with a VM.
 
 pub mod oci;
+pub mod virtiofsd;
 pub mod vmrun;

@@ -3,8 +3,10 @@
 //! [`vmrun`] is the standalone `docker run`-like command: it boots a micro-VM with the
 //! `palisade-vmm` binary, talks to the guest agent through the VMM's vsock Unix socket,
 //! runs one command and relays its stdio, signals and exit status. [`virtiofsd`] starts the
-//! virtio-fs backend that shares host directories with a VM.
+//! virtio-fs backend that shares host directories with a VM. [`sandbox`] is a VM's state on
+//! disk, for commands that outlive one another (the OCI runtime's create/start/delete).
 
 pub mod oci;
+pub mod sandbox;
 pub mod virtiofsd;
 pub mod vmrun;

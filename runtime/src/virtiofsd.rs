@@ -268,10 +268,28 @@ mod tests {
         }
         let mut fsd = Virtiofsd::spawn(&config).unwrap();
         if root() {
-            // Its own mount, pid and network namespaces.
+            // Its own mount and network namespaces (it enters them just after it listens,
+            // in itself or in the child it serves from).
+            let ns_of = |pid: u32, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+            let children = |pid: u32| -> Vec<u32> {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            };
             for ns in ["mnt", "net"] {
-                let theirs = std::fs::read_link(format!("/proc/{}/ns/{ns}", fsd.pid())).unwrap();
-                assert_ne!(theirs, std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(), "{ns} namespace shared");
+                let ours = ns_of(std::process::id(), ns);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let mut theirs = vec![fsd.pid()];
+                    theirs.extend(children(fsd.pid()));
+                    if theirs.iter().any(|&pid| ns_of(pid, ns).is_some_and(|n| Some(n) != ours)) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "virtiofsd never left our {ns} namespace");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         // A vhost-user frontend can take it over (the VMM's own code).

@@ -168,8 +168,10 @@ impl JailId {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot. With
+/// the pid, it names a process for good (a pid is reused, the pair is not); `None` when no
+/// such process exists.
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(19)?.parse().ok()

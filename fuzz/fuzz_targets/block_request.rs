@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use palisade_fuzz::{guest_memory, ready_queue, Input};
+use palisade_fuzz::{queue_memory, ready_queue, Input};
 use palisade_vmm::devices::virtio::block::{Block, SECTOR_SIZE};
 use palisade_vmm::devices::virtio::{IrqTrigger, VirtioDevice};
 
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let read_only = input.u8() & 1 == 1;
     let passes = 1 + input.u8() % 3;
-    let mem = guest_memory(input.rest());
+    let mem = queue_memory(&mut input, 1);
     let disk = disk();
     disk.as_file().set_len(0).expect("disk emptied");
     disk.as_file().set_len(DISK_SECTORS * SECTOR_SIZE).expect("disk size");

@@ -9,14 +9,14 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use palisade_fuzz::{guest_memory, ready_queue, Input};
+use palisade_fuzz::{queue_memory, ready_queue, Input};
 use palisade_vmm::devices::virtio::vsock::Vsock;
 use palisade_vmm::devices::virtio::{IrqTrigger, VirtioDevice};
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let rounds = 1 + input.u8() % 4;
-    let mem = guest_memory(input.rest());
+    let mem = queue_memory(&mut input, 3);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let uds = dir.path().join("vsock.sock");
     // A host program listening on guest-initiated port 1024.

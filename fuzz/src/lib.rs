@@ -1,11 +1,14 @@
-//! What the fuzz targets share: a guest memory whose queue and buffers come from the fuzzer's
-//! bytes, and a reader over those bytes.
+//! What the fuzz targets share: a guest memory whose queues and buffers come from the
+//! fuzzer's bytes, and a reader over those bytes.
 //!
-//! The layout of [`GuestLayout`]: 64 KiB of guest memory; each queue `q` of size
-//! [`QUEUE_SIZE`] has its descriptor table at `q * 0x1000`, its available ring at
-//! `q * 0x1000 + 0x400` and its used ring at `q * 0x1000 + 0x800`; buffers anywhere. The
-//! fuzzer's bytes are written over the whole memory from address 0, so it writes the
-//! descriptors, the available ring and the buffers alike.
+//! The layout: 64 KiB of guest memory; each queue `q` of size [`QUEUE_SIZE`] has its
+//! descriptor table at `q * 0x1000`, its available ring at `q * 0x1000 + 0x400` and its used
+//! ring at `q * 0x1000 + 0x800`; buffers anywhere, the fuzzer's data from [`DATA_BASE`].
+//! [`guest_memory`] writes the fuzzer's bytes over the whole memory from address 0 (for
+//! targets that read the table directly); [`queue_memory`] builds each queue's available ring
+//! and descriptor table from a compact encoding first, so that even a short input makes
+//! requests the device serves (the whole-memory image needs a kilobyte before the first
+//! available-ring byte, which a fuzzer growing from short inputs almost never reaches).
 
 use palisade_vmm::devices::virtio::GuestMemory;
 use virtio_queue::{Queue, QueueT};
@@ -61,6 +64,51 @@ pub fn guest_memory(image: &[u8]) -> GuestMemory {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("64 KiB of guest memory");
     let len = image.len().min(MEM_SIZE);
     mem.write_slice(&image[..len], GuestAddress(0)).expect("the image fits");
+    mem
+}
+
+/// Where [`queue_memory`] puts the fuzzer's data (descriptors mostly point here).
+pub const DATA_BASE: u64 = 0x8000;
+
+/// Descriptor flag bits the fuzzer may set (`NEXT`, `WRITE`, `INDIRECT`); its bit 7 asks for
+/// a wild 64-bit address instead of one in the data area.
+const VIRTQ_FLAGS: u8 = 0x7;
+const WILD_ADDRESS: u8 = 0x80;
+
+/// Guest memory for `queues` queues: for each, a count of available heads (`u8`), the heads
+/// (`u8` each, a few past the queue), then [`QUEUE_SIZE`] descriptors of `u16` address offset
+/// from [`DATA_BASE`] (or a `u64` address, see `WILD_ADDRESS`), `u16` length, `u8` flags, `u8`
+/// next; after all queues, the data from [`DATA_BASE`]. Missing bytes are zero.
+pub fn queue_memory(input: &mut Input<'_>, queues: u16) -> GuestMemory {
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("64 KiB of guest memory");
+    for q in 0..queues {
+        let base = queue_base(q);
+        let count = u16::from(input.u8()) % (QUEUE_SIZE + 1);
+        for slot in 0..count {
+            let head = u16::from(input.u8()) % (QUEUE_SIZE + 2);
+            mem.write_obj(head, GuestAddress(base + 0x404 + 2 * u64::from(slot))).expect("avail ring in memory");
+        }
+        mem.write_obj(count, GuestAddress(base + 0x402)).expect("avail idx in memory");
+        for i in 0..u64::from(QUEUE_SIZE) {
+            let offset = input.u16();
+            let len = input.u16();
+            let flags = input.u8();
+            let next = u16::from(input.u8()) % (QUEUE_SIZE + 2);
+            let addr = if flags & WILD_ADDRESS != 0 {
+                u64::from(input.u32()) << 32 | u64::from(input.u32())
+            } else {
+                DATA_BASE + u64::from(offset)
+            };
+            let at = base + 16 * i;
+            mem.write_obj(addr, GuestAddress(at)).expect("descriptor in memory");
+            mem.write_obj(u32::from(len), GuestAddress(at + 8)).expect("descriptor in memory");
+            mem.write_obj(u16::from(flags & VIRTQ_FLAGS), GuestAddress(at + 12)).expect("descriptor in memory");
+            mem.write_obj(next, GuestAddress(at + 14)).expect("descriptor in memory");
+        }
+    }
+    let data = input.rest();
+    let len = data.len().min(MEM_SIZE - DATA_BASE as usize);
+    mem.write_slice(&data[..len], GuestAddress(DATA_BASE)).expect("the data fits");
     mem
 }
 

@@ -241,6 +241,8 @@ fn a_lost_first_boot_is_booted_once_more() -> TestResult {
         // Real VT-x/AMD-V: nothing is retried, the triple fault is what the test sees.
         ensure!(out.boots == 1, "a boot was retried on real hardware: {out:?}");
         ensure!(out.code == 125 && out.text.contains("triple fault"), "vmrun did not report the triple fault: {out:?}");
+        // Marked as injected, so that soak counts (scripts/soak) leave it out.
+        ensure!(out.text.contains("[injected: PALISADE_VMM_LOSE_FIRST_BOOT]"), "the injected loss is not marked: {out:?}");
     }
     Ok(())
 }

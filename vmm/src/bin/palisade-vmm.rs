@@ -313,8 +313,10 @@ fn main() -> ExitCode {
     };
     if let Some(exit) = injected_lost_boot() {
         // Marked, so that soak counts (scripts/soak) tell it from the emulator's own faults.
-        eprintln!("palisade-vmm: {exit} [injected: PALISADE_VMM_LOSE_FIRST_BOOT]");
-        return finish(ExitRecord::of_exit(&exit, exit.to_string()));
+        // The mark goes into the record too: vmrun's message comes from there.
+        let message = format!("{exit} [injected: PALISADE_VMM_LOSE_FIRST_BOOT]");
+        eprintln!("palisade-vmm: {message}");
+        return finish(ExitRecord::of_exit(&exit, message));
     }
 
     let jail = args.jail_config();

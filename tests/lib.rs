@@ -443,7 +443,8 @@ pub fn palisade_processes() -> Vec<String> {
         }
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         let comm = comm.trim();
-        if comm == "vmrun" || comm.starts_with("palisade-vmm") {
+        // comm is cut to 15 bytes: `palisade-sandbo` is the sandbox supervisor.
+        if comm == "vmrun" || comm.starts_with("palisade-vmm") || comm == "virtiofsd" || comm.starts_with("palisade-sandbo") {
             found.push(format!("{pid} {comm}"));
         }
     }

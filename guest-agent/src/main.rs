@@ -65,8 +65,12 @@ fn guest_init() -> ! {
     if let Err(e) = reaper::start(processes.clone()) {
         power::fatal(&format!("starting the zombie reaper: {e}"));
     }
-    let config =
-        AgentConfig { mount_rootfs: true, rootfs_base: PathBuf::from("/run/palisade/rootfs"), on_shutdown: Box::new(|| power::reboot()) };
+    let config = AgentConfig {
+        mount_rootfs: true,
+        rootfs_base: PathBuf::from("/run/palisade/rootfs"),
+        shares_base: PathBuf::from(palisade_protocol::SHARES_DIR),
+        on_shutdown: Box::new(|| power::reboot()),
+    };
     // The vsock transport may still be coming up: retry for a few seconds.
     let listen = |port: u32| -> Box<dyn Listener> {
         let mut attempt = 0;
@@ -101,7 +105,12 @@ fn host_test_mode(dir: PathBuf) -> ! {
             Ok(Box::new(UnixConnListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?))
         };
         let (control, streams) = (bind("control.sock")?, bind("stream.sock")?);
-        let config = AgentConfig { mount_rootfs: false, rootfs_base: dir.join("rootfs"), on_shutdown: Box::new(|| std::process::exit(0)) };
+        let config = AgentConfig {
+            mount_rootfs: false,
+            rootfs_base: dir.join("rootfs"),
+            shares_base: dir.join("shares"),
+            on_shutdown: Box::new(|| std::process::exit(0)),
+        };
         serve(Arc::new(Agent::new(config, processes.clone())), control, streams).context("serving")?;
         Ok(())
     };

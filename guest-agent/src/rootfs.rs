@@ -1,15 +1,17 @@
 //! Container root filesystems: a plan of mounts built as pure data from a
 //! [`RootfsSpec`] ([`plan`]), and its execution ([`apply`]).
 //!
-//! Layout under `<base>/<id>/`: `lower` (the device, read-only); when writable, `rw`
-//! (a tmpfs holding the overlay's `upper` and `work`) and `merged` (the overlay). The
-//! root processes are chrooted into gets `proc`, `dev` (a recursive bind of the agent's
-//! `/dev`, so pty slaves the agent opens are visible, with `/dev/pts` in it) and `tmp`.
+//! Layout under `<base>/<id>/`. From a device: `lower` (the device, read-only); when
+//! writable, `rw` (a tmpfs holding the overlay's `upper` and `work`) and `merged` (the
+//! overlay). From a share: `shared`, a bind of the share's directory (read-only unless
+//! writable: writes go to the host). The root processes are chrooted into gets `proc`,
+//! `dev` (a recursive bind of the agent's `/dev`, so pty slaves the agent opens are
+//! visible, with `/dev/pts` in it) and `tmp`.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-use palisade_protocol::RootfsSpec;
+use palisade_protocol::{valid_share_path, valid_share_tag, RootfsSource, RootfsSpec};
 
 /// Filesystem types accepted for a root device.
 pub const ROOT_FSTYPES: &[&str] = &["erofs", "ext4", "ext3", "ext2", "squashfs"];
@@ -22,6 +24,10 @@ pub enum RootfsError {
     InvalidDevice(String),
     #[error("rootfs filesystem type {0:?} is not supported (one of {ROOT_FSTYPES:?})")]
     InvalidFstype(String),
+    #[error("rootfs share tag {0:?} is invalid")]
+    InvalidTag(String),
+    #[error("rootfs path {0:?} is not a path inside a share (relative, without '.' or '..')")]
+    InvalidSharePath(String),
     #[error("rootfs {0}: already mounted")]
     AlreadyMounted(String),
     #[error("rootfs {0}: no such rootfs")]
@@ -57,62 +63,16 @@ fn valid_id(id: &str) -> bool {
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Builds the plan for `spec` under `base` (e.g. `/run/palisade/rootfs`), validating
-/// every field that comes from the host.
-pub fn plan(spec: &RootfsSpec, base: &Path) -> Result<MountPlan, RootfsError> {
+/// Builds the plan for `spec` under `base` (e.g. `/run/palisade/rootfs`), with shares
+/// mounted under `shares_base`, validating every field that comes from the host.
+pub fn plan(spec: &RootfsSpec, base: &Path, shares_base: &Path) -> Result<MountPlan, RootfsError> {
     if !valid_id(&spec.id) {
         return Err(RootfsError::InvalidId(spec.id.clone()));
     }
-    let device_ok = spec.device.starts_with("/dev/")
-        && spec.device.len() > 5
-        && !spec.device.split('/').any(|c| c == "..")
-        && !spec.device.contains('\0');
-    if !device_ok {
-        return Err(RootfsError::InvalidDevice(spec.device.clone()));
-    }
-    if !ROOT_FSTYPES.contains(&spec.fstype.as_str()) {
-        return Err(RootfsError::InvalidFstype(spec.fstype.clone()));
-    }
     let dir = base.join(&spec.id);
-    let lower = dir.join("lower");
-    let mut steps = vec![
-        Step::Mkdir(lower.clone()),
-        Step::Mount {
-            source: spec.device.clone(),
-            target: lower.clone(),
-            fstype: Some(spec.fstype.clone()),
-            flags: MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-            data: None,
-            optional: false,
-        },
-    ];
-    let root = if spec.writable {
-        let rw = dir.join("rw");
-        let merged = dir.join("merged");
-        let (upper, work) = (rw.join("upper"), rw.join("work"));
-        steps.push(Step::Mkdir(rw.clone()));
-        steps.push(Step::Mount {
-            source: "tmpfs".into(),
-            target: rw,
-            fstype: Some("tmpfs".into()),
-            flags: MsFlags::MS_NODEV,
-            data: Some("mode=0755".into()),
-            optional: false,
-        });
-        steps.push(Step::Mkdir(upper.clone()));
-        steps.push(Step::Mkdir(work.clone()));
-        steps.push(Step::Mkdir(merged.clone()));
-        steps.push(Step::Mount {
-            source: "overlay".into(),
-            target: merged.clone(),
-            fstype: Some("overlay".into()),
-            flags: MsFlags::empty(),
-            data: Some(format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display())),
-            optional: false,
-        });
-        merged
-    } else {
-        lower
+    let (mut steps, root) = match &spec.source {
+        RootfsSource::Device { device, fstype } => device_steps(&dir, device, fstype, spec.writable)?,
+        RootfsSource::Share { tag, path } => share_steps(&dir, shares_base, tag, path, spec.writable)?,
     };
     if !spec.process_mounts {
         return Ok(MountPlan { steps, root });
@@ -143,6 +103,117 @@ pub fn plan(spec: &RootfsSpec, base: &Path) -> Result<MountPlan, RootfsError> {
         optional: true,
     });
     Ok(MountPlan { steps, root })
+}
+
+/// A device's filesystem, read-only, under an overlay with a tmpfs upper when writable.
+fn device_steps(dir: &Path, device: &str, fstype: &str, writable: bool) -> Result<(Vec<Step>, PathBuf), RootfsError> {
+    let device_ok = device.starts_with("/dev/") && device.len() > 5 && !device.split('/').any(|c| c == "..") && !device.contains('\0');
+    if !device_ok {
+        return Err(RootfsError::InvalidDevice(device.to_string()));
+    }
+    if !ROOT_FSTYPES.contains(&fstype) {
+        return Err(RootfsError::InvalidFstype(fstype.to_string()));
+    }
+    let lower = dir.join("lower");
+    let mut steps = vec![
+        Step::Mkdir(lower.clone()),
+        Step::Mount {
+            source: device.to_string(),
+            target: lower.clone(),
+            fstype: Some(fstype.to_string()),
+            flags: MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            data: None,
+            optional: false,
+        },
+    ];
+    if !writable {
+        return Ok((steps, lower));
+    }
+    let rw = dir.join("rw");
+    let merged = dir.join("merged");
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    steps.push(Step::Mkdir(rw.clone()));
+    steps.push(Step::Mount {
+        source: "tmpfs".into(),
+        target: rw,
+        fstype: Some("tmpfs".into()),
+        flags: MsFlags::MS_NODEV,
+        data: Some("mode=0755".into()),
+        optional: false,
+    });
+    steps.push(Step::Mkdir(upper.clone()));
+    steps.push(Step::Mkdir(work.clone()));
+    steps.push(Step::Mkdir(merged.clone()));
+    steps.push(Step::Mount {
+        source: "overlay".into(),
+        target: merged.clone(),
+        fstype: Some("overlay".into()),
+        flags: MsFlags::empty(),
+        data: Some(format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display())),
+        optional: false,
+    });
+    Ok((steps, merged))
+}
+
+/// A directory of a mounted share, bound (recursively, so the host's binds under it come
+/// along) and made read-only unless writable. The share's directory must exist: the host
+/// made it before the VM started.
+fn share_steps(dir: &Path, shares_base: &Path, tag: &str, path: &str, writable: bool) -> Result<(Vec<Step>, PathBuf), RootfsError> {
+    if !valid_share_tag(tag) {
+        return Err(RootfsError::InvalidTag(tag.to_string()));
+    }
+    if !valid_share_path(path) {
+        return Err(RootfsError::InvalidSharePath(path.to_string()));
+    }
+    let mut source = shares_base.join(tag);
+    if !path.is_empty() {
+        source.push(path);
+    }
+    let shared = dir.join("shared");
+    let mut steps = vec![
+        Step::Mkdir(shared.clone()),
+        Step::Mount {
+            source: source.display().to_string(),
+            target: shared.clone(),
+            fstype: None,
+            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+            data: None,
+            optional: false,
+        },
+    ];
+    if !writable {
+        steps.push(Step::Mount {
+            source: "none".into(),
+            target: shared.clone(),
+            fstype: None,
+            // A bind remount sets the mount's flags: keep the share's nodev.
+            flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            data: None,
+            optional: false,
+        });
+    }
+    Ok((steps, shared))
+}
+
+/// The mount of share `tag` at `shares_base/tag`: virtiofs, without device nodes (a host
+/// directory's device files are not the guest's devices to open).
+pub fn share_plan(tag: &str, shares_base: &Path) -> Result<MountPlan, RootfsError> {
+    if !valid_share_tag(tag) {
+        return Err(RootfsError::InvalidTag(tag.to_string()));
+    }
+    let target = shares_base.join(tag);
+    let steps = vec![
+        Step::Mkdir(target.clone()),
+        Step::Mount {
+            source: tag.to_string(),
+            target: target.clone(),
+            fstype: Some("virtiofs".into()),
+            flags: MsFlags::MS_NODEV,
+            data: None,
+            optional: false,
+        },
+    ];
+    Ok(MountPlan { steps, root: target })
 }
 
 fn mkdir(path: &Path) -> Result<(), RootfsError> {
@@ -185,8 +256,24 @@ mod tests {
     use super::*;
 
     fn spec(id: &str, device: &str, fstype: &str, writable: bool) -> RootfsSpec {
-        RootfsSpec { id: id.into(), device: device.into(), fstype: fstype.into(), writable, process_mounts: true }
+        RootfsSpec {
+            id: id.into(),
+            source: RootfsSource::Device { device: device.into(), fstype: fstype.into() },
+            writable,
+            process_mounts: true,
+        }
     }
+
+    fn shared(tag: &str, path: &str, writable: bool) -> RootfsSpec {
+        RootfsSpec {
+            id: "root".into(),
+            source: RootfsSource::Share { tag: tag.into(), path: path.into() },
+            writable,
+            process_mounts: false,
+        }
+    }
+
+    const SHARES: &str = "/run/palisade/shares";
 
     fn mount_targets(plan: &MountPlan) -> Vec<String> {
         plan.steps
@@ -200,7 +287,7 @@ mod tests {
 
     #[test]
     fn writable_root_is_an_overlay_over_the_read_only_device() {
-        let plan = plan(&spec("root", "/dev/vda", "erofs", true), Path::new("/run/palisade/rootfs")).unwrap();
+        let plan = plan(&spec("root", "/dev/vda", "erofs", true), Path::new("/run/palisade/rootfs"), Path::new(SHARES)).unwrap();
         assert_eq!(plan.root, Path::new("/run/palisade/rootfs/root/merged"));
         assert_eq!(
             mount_targets(&plan),
@@ -228,7 +315,7 @@ mod tests {
 
     #[test]
     fn read_only_root_is_the_device_itself() {
-        let plan = plan(&spec("ro", "/dev/vdb", "ext4", false), Path::new("/r")).unwrap();
+        let plan = plan(&spec("ro", "/dev/vdb", "ext4", false), Path::new("/r"), Path::new(SHARES)).unwrap();
         assert_eq!(plan.root, Path::new("/r/ro/lower"));
         assert_eq!(mount_targets(&plan), ["/r/ro/lower", "/r/ro/lower/proc", "/r/ro/lower/dev", "/r/ro/lower/tmp"]);
     }
@@ -239,17 +326,56 @@ mod tests {
         // hidden under the container's own.
         let mut s = spec("ro", "/dev/vdb", "ext4", false);
         s.process_mounts = false;
-        let plan = plan(&s, Path::new("/r")).unwrap();
+        let plan = plan(&s, Path::new("/r"), Path::new(SHARES)).unwrap();
         assert_eq!(mount_targets(&plan), ["/r/ro/lower"]);
     }
 
     #[test]
     fn hostile_specs_are_refused() {
         let base = Path::new("/r");
-        assert!(matches!(plan(&spec("../x", "/dev/vda", "erofs", true), base), Err(RootfsError::InvalidId(_))));
-        assert!(matches!(plan(&spec("", "/dev/vda", "erofs", true), base), Err(RootfsError::InvalidId(_))));
-        assert!(matches!(plan(&spec("a", "/etc/passwd", "erofs", true), base), Err(RootfsError::InvalidDevice(_))));
-        assert!(matches!(plan(&spec("a", "/dev/../etc", "erofs", true), base), Err(RootfsError::InvalidDevice(_))));
-        assert!(matches!(plan(&spec("a", "/dev/vda", "nfs", true), base), Err(RootfsError::InvalidFstype(_))));
+        assert!(matches!(plan(&spec("../x", "/dev/vda", "erofs", true), base, Path::new(SHARES)), Err(RootfsError::InvalidId(_))));
+        assert!(matches!(plan(&spec("", "/dev/vda", "erofs", true), base, Path::new(SHARES)), Err(RootfsError::InvalidId(_))));
+        assert!(matches!(plan(&spec("a", "/etc/passwd", "erofs", true), base, Path::new(SHARES)), Err(RootfsError::InvalidDevice(_))));
+        assert!(matches!(plan(&spec("a", "/dev/../etc", "erofs", true), base, Path::new(SHARES)), Err(RootfsError::InvalidDevice(_))));
+        assert!(matches!(plan(&spec("a", "/dev/vda", "nfs", true), base, Path::new(SHARES)), Err(RootfsError::InvalidFstype(_))));
+    }
+
+    #[test]
+    fn a_shared_root_is_a_bind_of_the_share_directory_read_only_unless_writable() {
+        let rw = plan(&shared("palisade", "root", true), Path::new("/r"), Path::new(SHARES)).unwrap();
+        assert_eq!(rw.root, Path::new("/r/root/shared"));
+        assert_eq!(rw.steps.len(), 2);
+        let Step::Mount { source, flags, fstype, .. } = &rw.steps[1] else { panic!("bind expected") };
+        assert_eq!(source, "/run/palisade/shares/palisade/root");
+        assert_eq!(*flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert!(fstype.is_none());
+        let ro = plan(&shared("palisade", "", false), Path::new("/r"), Path::new(SHARES)).unwrap();
+        let Step::Mount { source, .. } = &ro.steps[1] else { panic!("bind expected") };
+        assert_eq!(source, "/run/palisade/shares/palisade");
+        let Step::Mount { flags, target, .. } = &ro.steps[2] else { panic!("read-only remount expected") };
+        assert_eq!(target, Path::new("/r/root/shared"));
+        assert!(flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV));
+    }
+
+    #[test]
+    fn shares_are_virtiofs_without_device_nodes() {
+        let plan = share_plan("palisade", Path::new(SHARES)).unwrap();
+        assert_eq!(plan.root, Path::new("/run/palisade/shares/palisade"));
+        let Step::Mount { source, fstype, flags, .. } = &plan.steps[1] else { panic!("mount expected") };
+        assert_eq!((source.as_str(), fstype.as_deref()), ("palisade", Some("virtiofs")));
+        assert!(flags.contains(MsFlags::MS_NODEV));
+        assert!(matches!(share_plan("../etc", Path::new(SHARES)), Err(RootfsError::InvalidTag(_))));
+    }
+
+    #[test]
+    fn hostile_share_specs_are_refused() {
+        let base = Path::new("/r");
+        let refused = |tag: &str, path: &str| plan(&shared(tag, path, true), base, Path::new(SHARES)).unwrap_err();
+        assert!(matches!(refused("..", "root"), RootfsError::InvalidTag(_)));
+        assert!(matches!(refused("a/b", "root"), RootfsError::InvalidTag(_)));
+        for path in ["/etc", "../..", "root/../../etc", "root//x", "root/"] {
+            let e = refused("palisade", path);
+            assert!(matches!(e, RootfsError::InvalidSharePath(_)), "{path}: {e}");
+        }
     }
 }

@@ -21,7 +21,12 @@ fn agent_dir() -> &'static PathBuf {
         reaper::start(processes.clone()).unwrap();
         let control = Box::new(UnixConnListener::bind(&dir.join("control.sock")).unwrap());
         let streams = Box::new(UnixConnListener::bind(&dir.join("stream.sock")).unwrap());
-        let config = AgentConfig { mount_rootfs: false, rootfs_base: dir.join("rootfs"), on_shutdown: Box::new(|| {}) };
+        let config = AgentConfig {
+            mount_rootfs: false,
+            rootfs_base: dir.join("rootfs"),
+            shares_base: dir.join("shares"),
+            on_shutdown: Box::new(|| {}),
+        };
         let agent = Arc::new(Agent::new(config, processes));
         std::thread::spawn(move || serve(agent, control, streams));
         dir

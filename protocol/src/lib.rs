@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame payload either side sends or accepts.
 pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// Agent port for requests and responses.
@@ -37,7 +37,10 @@ pub enum Request {
     Hello { version: u32 },
     /// Liveness check; answered with `Ok`.
     Ping,
-    /// Mount a block device as a root filesystem that processes can be chrooted into.
+    /// Mount the virtio-fs share `tag` at [`share_dir`]`(tag)`, where root filesystems
+    /// ([`RootfsSource::Share`]) and a container's bind mounts find its directories.
+    MountShare { tag: String },
+    /// Mount a root filesystem that processes can be chrooted into and containers use.
     MountRootfs(RootfsSpec),
     /// Start a process. Its streams must already be attached on the stream port.
     StartProcess(ProcessSpec),
@@ -65,6 +68,7 @@ impl Request {
             Request::Hello { .. } => "hello",
             Request::Ping => "ping",
             Request::Shutdown => "shutdown",
+            Request::MountShare { .. } => "mount-share",
             Request::MountRootfs(_) => "mount-rootfs",
             Request::StartProcess(_) => "start-process",
             Request::Signal { .. } => "signal",
@@ -99,16 +103,70 @@ pub enum Response {
     },
 }
 
-/// A root filesystem on a guest block device.
+/// Where the agent mounts virtio-fs shares: share `tag` is at `SHARES_DIR/tag`.
+pub const SHARES_DIR: &str = "/run/palisade/shares";
+/// Longest virtio-fs tag (the device's config space field).
+pub const MAX_SHARE_TAG_LEN: usize = 36;
+
+/// Whether `tag` is a share tag both sides accept: 1 to [`MAX_SHARE_TAG_LEN`] letters,
+/// digits, `-`, `_` or `.`, and not `.` or `..` (it names a directory in the guest).
+pub fn valid_share_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= MAX_SHARE_TAG_LEN
+        && tag != "."
+        && tag != ".."
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `path` is a path inside a share: relative, `/`-separated, without `.`, `..` or
+/// empty components, without NUL; `""` is the share's root.
+pub fn valid_share_path(path: &str) -> bool {
+    path.is_empty() || (!path.contains('\0') && path.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+/// The guest directory of share `tag`.
+pub fn share_dir(tag: &str) -> String {
+    format!("{SHARES_DIR}/{tag}")
+}
+
+/// The guest path of `path` inside share `tag`: what a container spec's bind mount names
+/// as its source to mount a shared host directory or file.
+pub fn share_path(tag: &str, path: &str) -> String {
+    if path.is_empty() {
+        share_dir(tag)
+    } else {
+        format!("{SHARES_DIR}/{tag}/{path}")
+    }
+}
+
+/// What a root filesystem is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RootfsSource {
+    /// A filesystem image on a guest block device.
+    Device {
+        /// Guest block device, e.g. `/dev/vda`.
+        device: String,
+        /// Filesystem type of the device: `erofs` or `ext4`.
+        fstype: String,
+    },
+    /// A directory of a mounted virtio-fs share ([`Request::MountShare`]): a host directory,
+    /// live. Writes go to the host.
+    Share {
+        tag: String,
+        /// Inside the share ([`valid_share_path`]); `""` is the share's root.
+        path: String,
+    },
+}
+
+/// A root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
     /// Name processes refer to in [`ProcessSpec::rootfs`].
     pub id: String,
-    /// Guest block device, e.g. `/dev/vda`.
-    pub device: String,
-    /// Filesystem type of the device: `erofs` or `ext4`.
-    pub fstype: String,
-    /// Writable view: an overlay with a tmpfs upper layer over the read-only device.
+    pub source: RootfsSource,
+    /// Writable. A device gets an overlay with a tmpfs upper layer over its read-only
+    /// filesystem; a share is written through to the host. Otherwise the root is read-only.
     pub writable: bool,
     /// Also mount /proc, the guest's /dev and a /tmp tmpfs inside it, for processes
     /// chrooted into it ([`Request::StartProcess`]). Containers get theirs from their
@@ -303,9 +361,36 @@ mod tests {
             tty_size: None,
         }));
         roundtrip(Request::StartContainer { id: "c1".into() });
+        roundtrip(Request::MountShare { tag: "palisade".into() });
+        roundtrip(Request::MountRootfs(RootfsSpec {
+            id: "root".into(),
+            source: RootfsSource::Share { tag: "palisade".into(), path: "root".into() },
+            writable: true,
+            process_mounts: false,
+        }));
+        roundtrip(Request::MountRootfs(RootfsSpec {
+            id: "root".into(),
+            source: RootfsSource::Device { device: "/dev/vda".into(), fstype: "erofs".into() },
+            writable: false,
+            process_mounts: true,
+        }));
         roundtrip(Response::Created { pid: 42, warnings: vec!["w".into()] });
         roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9), oom_killed: false }));
         roundtrip(StreamHello { version: 1, id: "p1".into(), kind: StreamKind::Stdout });
+    }
+
+    #[test]
+    fn share_tags_and_paths_stay_inside_their_directory() {
+        assert!(valid_share_tag("palisade") && valid_share_tag("a.b-c_1") && valid_share_tag(&"t".repeat(36)));
+        for bad in ["", ".", "..", "a/b", "a\0", "x y", &"t".repeat(37)] {
+            assert!(!valid_share_tag(bad), "{bad:?}");
+        }
+        assert!(valid_share_path("") && valid_share_path("root") && valid_share_path("volumes/0"));
+        for bad in ["/", "/etc", "..", "a/../b", "a//b", "a/", "./a", "a\0b"] {
+            assert!(!valid_share_path(bad), "{bad:?}");
+        }
+        assert_eq!(share_path("palisade", "volumes/1"), "/run/palisade/shares/palisade/volumes/1");
+        assert_eq!(share_path("palisade", ""), share_dir("palisade"));
     }
 
     #[test]

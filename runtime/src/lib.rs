@@ -8,5 +8,6 @@
 
 pub mod oci;
 pub mod sandbox;
+pub mod share;
 pub mod virtiofsd;
 pub mod vmrun;

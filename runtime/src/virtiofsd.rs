@@ -5,8 +5,9 @@
 //! The VMM is handed the socket's path (`palisade_vmm::FsConfig`); its jail's supervisor
 //! connects to it. virtiofsd serves one connection and exits when it closes, i.e. with its VM.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,6 +59,16 @@ impl Sandbox {
     }
 }
 
+/// A host directory or file bound into the shared directory, in virtiofsd's mount namespace
+/// only (see [`crate::share`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    /// An existing empty directory or file inside the shared directory.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
 /// One virtiofsd to start.
 #[derive(Debug, Clone)]
 pub struct VirtiofsdConfig {
@@ -72,6 +83,9 @@ pub struct VirtiofsdConfig {
     pub sandbox: Sandbox,
     /// Where its stderr goes (`None`: nowhere).
     pub log: Option<PathBuf>,
+    /// Made in a mount namespace of its own before it starts; none of them is visible to
+    /// the caller, and they vanish with virtiofsd.
+    pub binds: Vec<Bind>,
 }
 
 impl VirtiofsdConfig {
@@ -86,6 +100,7 @@ impl VirtiofsdConfig {
             thread_pool_size: 0,
             sandbox: Sandbox::Namespace,
             log: None,
+            binds: Vec::new(),
         }
     }
 
@@ -118,6 +133,10 @@ pub enum VirtiofsdError {
     NotADirectory(PathBuf),
     #[error("virtiofsd {path}: {source} (scripts/setup installs it)")]
     Spawn { path: PathBuf, source: std::io::Error },
+    #[error("virtiofsd for {dir}: bind {target}: not inside the shared directory")]
+    BindOutside { dir: PathBuf, target: PathBuf },
+    #[error("virtiofsd for {dir}: binding the shared files in its own mount namespace: {source}")]
+    Binds { dir: PathBuf, source: std::io::Error },
     #[error("virtiofsd log {path}: {source}")]
     Log { path: PathBuf, source: std::io::Error },
     #[error("virtiofsd for {dir} exited before it listened ({status}){said}")]
@@ -156,16 +175,29 @@ impl Virtiofsd {
         }
         // Its own process group: a Ctrl-C on the caller's terminal is not for it.
         cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches only the child.
+        let binds = prepared_binds(config)?;
+        let has_binds = !binds.is_empty();
+        // SAFETY: between fork and exec the hook only makes raw syscalls (prctl, unshare,
+        // mount) on memory prepared before the fork; it allocates nothing.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                bind_in_own_namespace(&binds)
             });
         }
-        let child = cmd.spawn().map_err(|source| VirtiofsdError::Spawn { path: config.binary.clone(), source })?;
+        if !config.binary.is_file() {
+            let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+            return Err(VirtiofsdError::Spawn { path: config.binary.clone(), source });
+        }
+        let child = cmd.spawn().map_err(|source| {
+            if has_binds && source.kind() != std::io::ErrorKind::PermissionDenied {
+                VirtiofsdError::Binds { dir: config.shared_dir.clone(), source }
+            } else {
+                VirtiofsdError::Spawn { path: config.binary.clone(), source }
+            }
+        })?;
         let mut running = Virtiofsd { child, socket: config.socket.clone() };
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         while !config.socket.exists() {
@@ -218,6 +250,58 @@ impl Drop for Virtiofsd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A bind as the child's hook needs it: paths as C strings, the remount's flags.
+struct PreparedBind {
+    source: CString,
+    target: CString,
+    remount_flags: libc::c_ulong,
+}
+
+fn prepared_binds(config: &VirtiofsdConfig) -> Result<Vec<PreparedBind>, VirtiofsdError> {
+    let dir = &config.shared_dir;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| VirtiofsdError::Binds { dir: dir.clone(), source: std::io::Error::other(e) })
+    };
+    config
+        .binds
+        .iter()
+        .map(|b| {
+            if !b.target.starts_with(dir) || b.target.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(VirtiofsdError::BindOutside { dir: dir.clone(), target: b.target.clone() });
+            }
+            // virtiofsd opens no device node and runs nothing from the share: neither may a
+            // file it serves be one for it.
+            let mut remount_flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+            if b.read_only {
+                remount_flags |= libc::MS_RDONLY;
+            }
+            Ok(PreparedBind { source: c(&b.source)?, target: c(&b.target)?, remount_flags })
+        })
+        .collect()
+}
+
+/// In the child before exec: a mount namespace of its own, nothing propagating back to the
+/// caller's, then every bind (recursive, then remounted with its flags).
+fn bind_in_own_namespace(binds: &[PreparedBind]) -> std::io::Result<()> {
+    if binds.is_empty() {
+        return Ok(());
+    }
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: raw syscalls on NUL-terminated strings that live as long as `binds`; a null
+    // source, type or data is what mount(2) takes for "none".
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        let root = c"/";
+        check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        for b in binds {
+            let bind = libc::MS_BIND | libc::MS_REC;
+            check(libc::mount(b.source.as_ptr(), b.target.as_ptr(), std::ptr::null(), bind, std::ptr::null()))?;
+            check(libc::mount(std::ptr::null(), b.target.as_ptr(), std::ptr::null(), b.remount_flags, std::ptr::null()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The last non-empty line of a (bounded) log, sanitised: virtiofsd's error message.
@@ -322,5 +406,74 @@ mod tests {
         config.sandbox = Sandbox::None;
         let e = Virtiofsd::spawn(&config).err().unwrap().to_string();
         assert!(e.starts_with(&format!("virtiofsd for {} exited before it listened", dir.path().display())), "{e}");
+    }
+
+    /// The mount points of process `pid`, as it sees them.
+    fn mount_points(pid: u32) -> Vec<String> {
+        mounts(pid).into_iter().map(|(point, _)| point).collect()
+    }
+
+    /// (mount point, per-mount options) of process `pid`'s mounts.
+    fn mounts(pid: u32) -> Vec<(String, String)> {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split(' ').skip(4);
+                Some((fields.next()?.to_string(), fields.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn binds_exist_in_virtiofsds_namespace_only_and_go_with_it() {
+        if !root() {
+            eprintln!("binds need root; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("keep"), "precious").unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(shared.join("vol")).unwrap();
+        let mut config = VirtiofsdConfig::new(binary(), &shared, dir.path().join("fs.sock"));
+        config.log = Some(dir.path().join("virtiofsd.log"));
+        config.binds = vec![Bind { source: data.clone(), target: shared.join("vol"), read_only: true }];
+        let mut fsd = Virtiofsd::spawn(&config).unwrap();
+        let target = shared.join("vol").display().to_string();
+        assert!(!mount_points(std::process::id()).contains(&target), "the bind leaked into our namespace");
+        assert!(std::fs::read_dir(shared.join("vol")).unwrap().next().is_none(), "our placeholder is not empty");
+        // virtiofsd (or the child it serves from, after its pivot_root) has it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut pids = vec![fsd.pid()];
+            pids.extend(
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", fsd.pid()))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+            let found = pids.iter().flat_map(|&pid| mounts(pid)).find(|(m, _)| m == &target || m == "/vol");
+            if let Some((_, options)) = found {
+                let options: Vec<&str> = options.split(',').collect();
+                assert!(options.contains(&"ro") && options.contains(&"nosuid") && options.contains(&"nodev"), "{options:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "virtiofsd does not have the bind: {:?}", mount_points(fsd.pid()));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fsd.stop();
+        assert!(!mount_points(std::process::id()).contains(&target));
+        assert_eq!(std::fs::read_to_string(data.join("keep")).unwrap(), "precious");
+
+        // A target outside the shared directory is refused before anything starts.
+        config.binds = vec![Bind { source: data.clone(), target: dir.path().join("elsewhere"), read_only: false }];
+        let e = Virtiofsd::spawn(&config).err().unwrap().to_string();
+        assert!(e.contains("not inside the shared directory"), "{e}");
+        // A source that does not exist fails the start, named.
+        config.binds = vec![Bind { source: dir.path().join("missing"), target: shared.join("vol"), read_only: false }];
+        let e = Virtiofsd::spawn(&config).err().unwrap().to_string();
+        assert!(e.contains("binding the shared files") && e.contains(&shared.display().to_string()), "{e}");
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use palisade_agent::conn::UnixConnListener;
 use palisade_agent::process::{reaper, table::ProcessTable};
 use palisade_agent::server::{serve, Agent, AgentConfig};
-use palisade_protocol::{ProcessSpec, RootfsSpec, TtySize};
+use palisade_protocol::{ProcessSpec, RootfsSource, RootfsSpec, TtySize};
 use palisade_runtime::vmrun::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
 use palisade_runtime::vmrun::vmm::{Vm, VmEnd};
 
@@ -69,6 +69,7 @@ impl FakeGuest {
         let config = AgentConfig {
             mount_rootfs: false,
             rootfs_base: dir.path().join("rootfs"),
+            shares_base: dir.path().join("shares"),
             on_shutdown: Box::new(move || {
                 *on_shutdown.lock().unwrap() = Some(VmEnd { clean: true, reason: "the guest powered off".into() })
             }),
@@ -175,7 +176,14 @@ fn spec_with(id: &str, args: &[&str], patch: impl FnOnce(&mut ProcessSpec)) -> S
     };
     patch(&mut process);
     SessionSpec {
-        rootfs: RootfsSpec { id: "root".into(), device: "/dev/vda".into(), fstype: "erofs".into(), writable: true, process_mounts: true },
+        share: None,
+        rootfs: Some(RootfsSpec {
+            id: "root".into(),
+            source: RootfsSource::Device { device: "/dev/vda".into(), fstype: "erofs".into() },
+            writable: true,
+            process_mounts: true,
+        }),
+        shutdown: true,
         launch: Launch::Process(process),
         boot_timeout: Duration::from_secs(20),
         request_timeout: Duration::from_secs(20),

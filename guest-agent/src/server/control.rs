@@ -1,7 +1,7 @@
 //! The control port: Hello first, then one response per request, in order.
 
 use palisade_protocol::{
-    read_frame, write_frame, ProcessSpec, ProtocolError, Request, Response, RootfsSpec, StreamKind, TtySize, PROTOCOL_VERSION,
+    read_frame, write_frame, ProcessSpec, ProtocolError, Request, Response, RootfsSource, RootfsSpec, StreamKind, TtySize, PROTOCOL_VERSION,
 };
 
 use super::Agent;
@@ -81,6 +81,7 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
         Request::Hello { version } if version == PROTOCOL_VERSION => hello(),
         Request::Hello { version } => error(format!("protocol version mismatch: agent speaks {PROTOCOL_VERSION}, host sent {version}")),
         Request::Ping | Request::Shutdown => Response::Ok,
+        Request::MountShare { tag } => mount_share(agent, &tag),
         Request::MountRootfs(spec) => mount_rootfs(agent, &spec),
         Request::StartProcess(spec) => {
             let id = spec.id.clone();
@@ -102,11 +103,35 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
     }
 }
 
-fn mount_rootfs(agent: &Agent, spec: &RootfsSpec) -> Response {
-    let plan = match rootfs::plan(spec, &agent.config.rootfs_base) {
+fn mount_share(agent: &Agent, tag: &str) -> Response {
+    let plan = match rootfs::share_plan(tag, &agent.config.shares_base) {
         Ok(p) => p,
         Err(e) => return error(e.to_string()),
     };
+    let mut shares = agent.shares.lock().unwrap_or_else(|e| e.into_inner());
+    if shares.contains(tag) {
+        return error(format!("share {tag}: already mounted"));
+    }
+    if agent.config.mount_rootfs {
+        if let Err(e) = rootfs::apply(&plan) {
+            tracing::error!("share {tag}: {e}");
+            return error(format!("share {tag}: {e}"));
+        }
+    }
+    shares.insert(tag.to_string());
+    Response::Ok
+}
+
+fn mount_rootfs(agent: &Agent, spec: &RootfsSpec) -> Response {
+    let plan = match rootfs::plan(spec, &agent.config.rootfs_base, &agent.config.shares_base) {
+        Ok(p) => p,
+        Err(e) => return error(e.to_string()),
+    };
+    if let RootfsSource::Share { tag, .. } = &spec.source {
+        if !agent.shares.lock().unwrap_or_else(|e| e.into_inner()).contains(tag) {
+            return error(format!("rootfs {}: share {tag} is not mounted", spec.id));
+        }
+    }
     let mut mounted = agent.rootfs.lock().unwrap_or_else(|e| e.into_inner());
     if mounted.contains_key(&spec.id) {
         return error(rootfs::RootfsError::AlreadyMounted(spec.id.clone()).to_string());

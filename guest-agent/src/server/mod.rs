@@ -4,7 +4,7 @@
 pub mod control;
 pub mod stream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,8 @@ pub struct AgentConfig {
     pub mount_rootfs: bool,
     /// Where root filesystems are mounted.
     pub rootfs_base: PathBuf,
+    /// Where virtio-fs shares are mounted (`palisade_protocol::SHARES_DIR` in a guest).
+    pub shares_base: PathBuf,
     /// Called after `Shutdown` was answered: sync and reboot in a guest.
     pub on_shutdown: Box<dyn Fn() + Send + Sync>,
 }
@@ -31,11 +33,19 @@ pub struct Agent {
     /// Mounted root filesystems: id → directory to chroot into (`None` when not mounted
     /// for real).
     pub rootfs: Mutex<HashMap<String, Option<PathBuf>>>,
+    /// Tags of the mounted virtio-fs shares.
+    pub shares: Mutex<HashSet<String>>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig, processes: Arc<ProcessTable>) -> Self {
-        Agent { config, processes, streams: stream::StreamRegistry::default(), rootfs: Mutex::new(HashMap::new()) }
+        Agent {
+            config,
+            processes,
+            streams: stream::StreamRegistry::default(),
+            rootfs: Mutex::new(HashMap::new()),
+            shares: Mutex::new(HashSet::new()),
+        }
     }
 }
 

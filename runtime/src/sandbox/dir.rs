@@ -24,6 +24,8 @@ pub enum SandboxError {
     StateTooLarge { id: SandboxId, path: PathBuf },
     #[error("sandbox {0} is still running: stop it first")]
     Running(SandboxId),
+    #[error("sandbox root {path}: {source}")]
+    Root { path: PathBuf, source: std::io::Error },
 }
 
 /// A state file is small; a bigger one is not ours.
@@ -58,6 +60,30 @@ impl SandboxDir {
     }
     pub fn vsock_socket(&self) -> PathBuf {
         self.dir.join("vsock.sock")
+    }
+    /// What the supervisor runs ([`super::SandboxSpec`]).
+    pub fn spec_file(&self) -> PathBuf {
+        self.dir.join("sandbox.json")
+    }
+    /// The supervisor's own log (its stderr).
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+    pub fn vmm_stderr(&self) -> PathBuf {
+        self.dir.join("vmm.stderr")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+    /// The VM's shared directory (`crate::share::ShareDir`).
+    pub fn share_dir(&self) -> PathBuf {
+        self.dir.join("share")
+    }
+    pub fn virtiofsd_socket(&self) -> PathBuf {
+        self.dir.join("virtiofsd.sock")
+    }
+    pub fn virtiofsd_log(&self) -> PathBuf {
+        self.dir.join("virtiofsd.log")
     }
     fn lock_file(&self) -> PathBuf {
         self.dir.join("lock")

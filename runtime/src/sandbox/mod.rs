@@ -10,17 +10,26 @@
 //!   vm.json           the VMM's typed config (`palisade-vmm --config`)
 //!   exit.json         how the VM ended (`palisade-vmm --exit-record`)
 //!   vsock.sock        the agent's channel
+//!   sandbox.json      [`SandboxSpec`]: what the supervisor runs
+//!   share/            the VM's shared directory (placeholders; the binds are virtiofsd's)
+//!   virtiofsd.sock    virtiofsd's vhost-user socket
+//!   supervisor.log, vmm.stderr, serial.log, virtiofsd.log
 //! ```
 //!
 //! [`id`] says which names a sandbox may have, [`state`] what is on disk and how liveness is
-//! decided, [`dir`] where everything is and the lock.
+//! decided, [`dir`] where everything is and the lock, [`spec`] what runs, [`supervisor`] the
+//! detached process that runs it, [`control`] how other commands start, find and stop one.
 
+pub mod control;
 pub mod dir;
 pub mod id;
+pub mod spec;
 pub mod state;
+pub mod supervisor;
 
 pub use dir::{LockedSandbox, SandboxDir, SandboxError};
 pub use id::{SandboxId, SandboxIdError};
+pub use spec::{SandboxSpec, SharedPath};
 pub use state::{ProcessRef, SandboxState, Status};
 
 /// Where sandboxes live unless a root is given (runc's is `/run/runc`).

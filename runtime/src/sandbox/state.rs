@@ -53,6 +53,12 @@ pub struct SandboxState {
     /// The host process that holds the VM (its end is the VM's end).
     #[serde(default)]
     pub supervisor: Option<ProcessRef>,
+    /// The VMM (`palisade-vmm`), a child of the supervisor.
+    #[serde(default)]
+    pub vmm: Option<ProcessRef>,
+    /// The VM's virtiofsd, when it has shared directories.
+    #[serde(default)]
+    pub virtiofsd: Option<ProcessRef>,
     /// Milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     #[serde(default)]
@@ -74,6 +80,8 @@ impl SandboxState {
             id: id.to_string(),
             status: Status::Creating,
             supervisor: None,
+            vmm: None,
+            virtiofsd: None,
             created_unix_ms: now_unix_ms(),
             started_unix_ms: None,
             stopped_unix_ms: None,

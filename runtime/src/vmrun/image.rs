@@ -1,5 +1,6 @@
-//! The root filesystem image handed to the guest: an erofs or ext4 image used as is,
-//! or a directory turned into an erofs image with `mkfs.erofs`.
+//! The root filesystem: a directory (shared live with the VM) or an erofs or ext4 image
+//! used as is ([`classify`]); and `mkfs.erofs`, which makes an image of a directory (the
+//! benchmarks compare the two ways).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -62,19 +63,26 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
     Err(ImageError::Unknown(path.into()))
 }
 
-/// The image to attach and its kind: `rootfs` itself when it is an image, or a new
-/// erofs image of the directory `rootfs` written to `out`.
-pub fn prepare(rootfs: &Path, out: &Path) -> Result<(PathBuf, ImageKind), ImageError> {
+/// What a root filesystem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootKind {
+    /// A directory, shared with the VM.
+    Directory,
+    /// An image for the VM's disk.
+    Image(ImageKind),
+}
+
+/// Whether `rootfs` is a directory or an image (and which).
+pub fn classify(rootfs: &Path) -> Result<RootKind, ImageError> {
     let meta = match std::fs::metadata(rootfs) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ImageError::Missing(rootfs.into())),
         Err(source) => return Err(ImageError::Io { path: rootfs.into(), source }),
     };
     if meta.is_dir() {
-        make_erofs(rootfs, out)?;
-        return Ok((out.to_path_buf(), ImageKind::Erofs));
+        return Ok(RootKind::Directory);
     }
-    Ok((rootfs.to_path_buf(), detect(rootfs)?))
+    Ok(RootKind::Image(detect(rootfs)?))
 }
 
 /// `mkfs.erofs OUT DIR`.
@@ -126,7 +134,7 @@ mod tests {
 
     #[test]
     fn missing_rootfs_is_named() {
-        let err = prepare(Path::new("/nonexistent/rootfs"), Path::new("/tmp/x.erofs")).unwrap_err();
+        let err = classify(Path::new("/nonexistent/rootfs")).unwrap_err();
         assert_eq!(err.to_string(), "rootfs /nonexistent/rootfs: no such file or directory");
     }
 
@@ -138,9 +146,10 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("marker"), "x").unwrap();
+        assert_eq!(classify(dir.path()).unwrap(), RootKind::Directory);
         let out = tempfile::tempdir().unwrap();
-        let (image, kind) = prepare(dir.path(), &out.path().join("rootfs.erofs")).unwrap();
-        assert_eq!(kind, ImageKind::Erofs);
-        assert_eq!(detect(&image).unwrap(), ImageKind::Erofs);
+        let image = out.path().join("rootfs.erofs");
+        make_erofs(dir.path(), &image).unwrap();
+        assert_eq!(classify(&image).unwrap(), RootKind::Image(ImageKind::Erofs));
     }
 }

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use palisade_protocol::{ContainerSpec, ExitStatus, RootfsSpec};
+use palisade_protocol::{ContainerSpec, ExitStatus, RootfsSource, RootfsSpec};
 use palisade_vmm::host::{probe_kvm_host, KvmHostKind, PVM_EXPLANATION};
 
 use super::args::{disk_rates, vm_memory_mib, ArgsError, VmrunArgs};
 use super::assets::{self, AssetError};
 use super::container::{self, ContainerError};
-use super::image::{self, ImageError};
+use super::image::{self, ImageError, ImageKind, RootKind};
 use super::rundir::{candidate_bases, RunDir, RunDirError};
 use super::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
 use super::terminal::{self, RawMode};
@@ -124,17 +124,25 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
 
     let run_dir = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
     tracing::debug!(dir = %run_dir.path().display(), "run directory");
-    let (disk, image_kind) = image::prepare(&rootfs, &run_dir.rootfs_image())?;
+    // A directory becomes a read-only erofs image in the run directory.
+    let (disk, image_kind) = match image::classify(&rootfs)? {
+        RootKind::Directory => {
+            image::make_erofs(&rootfs, &run_dir.rootfs_image())?;
+            (run_dir.rootfs_image(), ImageKind::Erofs)
+        }
+        RootKind::Image(kind) => (rootfs.clone(), kind),
+    };
 
     let tty_size = if plan.terminal { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
     let spec = SessionSpec {
-        rootfs: RootfsSpec {
+        share: None,
+        rootfs: Some(RootfsSpec {
             id: "root".into(),
-            device: "/dev/vda".into(),
-            fstype: image_kind.fstype().into(),
+            source: RootfsSource::Device { device: "/dev/vda".into(), fstype: image_kind.fstype().into() },
             writable: !plan.read_only,
             process_mounts: false,
-        },
+        }),
+        shutdown: true,
         launch: Launch::Container {
             spec: ContainerSpec {
                 id: CONTAINER_ID.into(),
@@ -158,7 +166,8 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         binary: &vmm_binary,
         kernel: &kernel,
         initrd: &initrd,
-        disk: &disk,
+        disk: Some(&disk),
+        fs: vec![],
         disk_rates,
         cpus: args.cpus,
         memory_mib,

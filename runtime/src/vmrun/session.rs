@@ -68,7 +68,13 @@ impl Launch {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
-    pub rootfs: RootfsSpec,
+    /// The virtio-fs share to mount first (the rootfs or the container's volumes use it).
+    pub share: Option<String>,
+    /// The root filesystem to mount (`None`: it already is, e.g. in a running sandbox).
+    pub rootfs: Option<RootfsSpec>,
+    /// After the command: shut the VM down (vmrun), or leave it running (a command run in
+    /// a sandbox that lives on).
+    pub shutdown: bool,
     pub launch: Launch,
     pub boot_timeout: Duration,
     /// The deadline of each agent request but `Wait`, and of the liveness pings.
@@ -194,8 +200,13 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
     let mut control = wait_for_agent(socket, vm, spec, signals)?;
     tracing::info!("the guest agent answered");
     super::timings::mark("agent_ready_ms");
-    control.call_ok("mounting the rootfs", &Request::MountRootfs(spec.rootfs.clone()))?;
-    tracing::debug!("the rootfs is mounted");
+    if let Some(tag) = &spec.share {
+        control.call_ok("mounting the shared directories", &Request::MountShare { tag: tag.clone() })?;
+    }
+    if let Some(rootfs) = &spec.rootfs {
+        control.call_ok("mounting the rootfs", &Request::MountRootfs(rootfs.clone()))?;
+        tracing::debug!("the rootfs is mounted");
+    }
     let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, spec.request_timeout)?;
 
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT);
@@ -270,6 +281,10 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
     let status = relay_until_done(&id, vm, &mut side, &event_rx, signals, output_count, &progress, terminal);
     liveness_stop.store(true, Ordering::Relaxed);
     let status = status?;
+    if !spec.shutdown {
+        tracing::info!(?status, "the command exited; the VM runs on");
+        return Ok(status);
+    }
     tracing::info!(?status, "the command exited; shutting the VM down");
     super::timings::mark("command_exit_ms");
     if let Some(pid) = vm.pid() {
@@ -288,7 +303,18 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
 /// Retries connecting until the agent answers Hello, the VM ends, a signal comes or the
 /// boot timeout passes.
 fn wait_for_agent(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, signals: &Receiver<i32>) -> Result<ControlClient, SessionError> {
-    let (timeout, request_timeout) = (spec.boot_timeout, spec.request_timeout);
+    wait_for_boot(socket, vm, spec.boot_timeout, spec.request_timeout, signals)
+}
+
+/// Retries connecting until the agent answers Hello (within `timeout`), the VM ends or a
+/// signal comes; the client's requests then have `request_timeout` as their deadline.
+pub fn wait_for_boot(
+    socket: &Path,
+    vm: &mut dyn Vm,
+    timeout: Duration,
+    request_timeout: Duration,
+    signals: &Receiver<i32>,
+) -> Result<ControlClient, SessionError> {
     let start = Instant::now();
     loop {
         if let Some(end) = vm.poll_end() {

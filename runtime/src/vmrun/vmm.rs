@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_vmm::{DiskConfig, ExitRecord, SerialConfig, VmConfig, VsockConfig};
+use palisade_vmm::{DiskConfig, ExitRecord, FsConfig, SerialConfig, VmConfig, VsockConfig};
 
 use super::args::DiskRates;
 
@@ -68,7 +68,10 @@ pub struct VmmConfig<'a> {
     pub binary: &'a Path,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
-    pub disk: &'a Path,
+    /// The root filesystem image (`None`: the root is a shared directory).
+    pub disk: Option<&'a Path>,
+    /// virtio-fs devices (the VM's shared directory).
+    pub fs: Vec<FsConfig>,
     /// Limits on the guest's reads and writes of the disk.
     pub disk_rates: DiskRates,
     pub cpus: u32,
@@ -96,12 +99,17 @@ impl VmmConfig<'_> {
             cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
             vcpus: u8::try_from(self.cpus).unwrap_or(u8::MAX),
             memory_mib: self.memory_mib,
-            disks: vec![DiskConfig {
-                path: self.disk.to_path_buf(),
-                read_only: true,
-                read_rates: self.disk_rates.read,
-                write_rates: self.disk_rates.write,
-            }],
+            disks: self
+                .disk
+                .map(|disk| DiskConfig {
+                    path: disk.to_path_buf(),
+                    read_only: true,
+                    read_rates: self.disk_rates.read,
+                    write_rates: self.disk_rates.write,
+                })
+                .into_iter()
+                .collect(),
+            fs: self.fs.clone(),
             vsock: Some(VsockConfig { guest_cid: u64::from(GUEST_CID), uds_path: self.vsock_socket.to_path_buf() }),
             rng: true,
             serial,
@@ -111,6 +119,28 @@ impl VmmConfig<'_> {
 
     /// The VMM's arguments.
     pub fn args(&self) -> Vec<String> {
+        VmmArgs { binary: self.binary, config_file: self.config_file, exit_record: self.exit_record }.args()
+    }
+}
+
+/// The files of one VMM run.
+pub struct VmmFiles<'a> {
+    /// Where the VM's configuration is written for the VMM (`--config`).
+    pub config_file: &'a Path,
+    /// Where the VMM writes how the VM ended (`--exit-record`).
+    pub exit_record: &'a Path,
+    /// Where the VMM's own stderr goes (`None`: inherited).
+    pub stderr_file: Option<&'a Path>,
+}
+
+struct VmmArgs<'a> {
+    binary: &'a Path,
+    config_file: &'a Path,
+    exit_record: &'a Path,
+}
+
+impl VmmArgs<'_> {
+    fn args(&self) -> Vec<String> {
         vec!["--config".into(), self.config_file.display().to_string(), "--exit-record".into(), self.exit_record.display().to_string()]
     }
 }
@@ -126,13 +156,20 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     pub fn spawn(config: &VmmConfig<'_>) -> Result<VmmProcess, VmmError> {
-        std::fs::write(config.config_file, config.vm_config().to_json())
-            .map_err(|source| VmmError::Config { path: config.config_file.into(), source })?;
+        let files = VmmFiles { config_file: config.config_file, exit_record: config.exit_record, stderr_file: config.stderr_file };
+        VmmProcess::start(config.binary, &config.vm_config(), &files)
+    }
+
+    /// Starts `binary` on the VM `vm`, written to `files.config_file`.
+    pub fn start(binary: &Path, vm: &VmConfig, files: &VmmFiles<'_>) -> Result<VmmProcess, VmmError> {
+        std::fs::write(files.config_file, vm.to_json()).map_err(|source| VmmError::Config { path: files.config_file.into(), source })?;
+        let config = VmmArgs { binary, config_file: files.config_file, exit_record: files.exit_record };
+        let serial_log = vm.serial.log_file.clone();
         // A record left by an earlier VM in the same place must not explain this one.
         let _ = std::fs::remove_file(config.exit_record);
         let mut cmd = Command::new(config.binary);
         cmd.args(config.args()).stdin(Stdio::null()).stdout(Stdio::null());
-        if let Some(path) = config.stderr_file {
+        if let Some(path) = files.stderr_file {
             let file = std::fs::File::create(path).map_err(|source| VmmError::Output { path: path.into(), source })?;
             cmd.stderr(file);
         }
@@ -155,8 +192,8 @@ impl VmmProcess {
         let child = cmd.spawn().map_err(|source| VmmError::Spawn { path: config.binary.into(), source })?;
         Ok(VmmProcess {
             child,
-            stderr_file: config.stderr_file.map(Path::to_path_buf),
-            serial_log: config.serial_log.map(Path::to_path_buf),
+            stderr_file: files.stderr_file.map(Path::to_path_buf),
+            serial_log,
             exit_record: config.exit_record.to_path_buf(),
             ended: None,
         })
@@ -292,6 +329,26 @@ impl Vm for VmmProcess {
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 impl VmmProcess {
+    /// Ends the VM now (as [`Self::stop`] does) and says how it ended.
+    pub fn terminate(&mut self) -> VmEnd {
+        if let Some(end) = self.poll_end() {
+            return end;
+        }
+        match self.stop() {
+            Ok(status) => {
+                let end = self.explain(status);
+                self.ended = Some(end.clone());
+                end
+            }
+            Err(e) => VmEnd { clean: false, reason: format!("waiting for palisade-vmm: {e}") },
+        }
+    }
+
+    /// The VMM's exit status, once it has exited and was reaped.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM (the supervisor then kills the VMM and removes the jail directory and
     /// cgroups), SIGKILL if that does not end it within [`STOP_GRACE`]; then reaps it.
     fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
@@ -371,7 +428,8 @@ mod tests {
             binary: Path::new("/b/palisade-vmm"),
             kernel,
             initrd: Path::new("/a/initramfs.cpio"),
-            disk: Path::new("/a/busybox.erofs"),
+            disk: Some(Path::new("/a/busybox.erofs")),
+            fs: vec![],
             disk_rates: DiskRates::default(),
             cpus: 2,
             memory_mib: 256,
@@ -404,6 +462,11 @@ mod tests {
         };
         let disk = &limited.vm_config().disks[0];
         assert_eq!((disk.read_rates.bytes_per_sec, disk.write_rates.ops_per_sec), (Some(1 << 20), Some(5)));
+        // A shared root: no disk, a virtio-fs device.
+        let fs = vec![FsConfig { tag: "palisade".into(), socket: "/r/virtiofsd.sock".into() }];
+        let shared = VmmConfig { disk: None, fs: fs.clone(), ..test_config(Path::new("/a/vmlinux"), None) }.vm_config();
+        assert!(shared.disks.is_empty());
+        assert_eq!(shared.fs, fs);
         // --console: the guest's console on the VMM's stderr.
         let console = test_config(Path::new("/a/vmlinux"), None).vm_config();
         assert!(console.serial.to_stderr && console.serial.log_file.is_none() && !console.serial.to_stdout);

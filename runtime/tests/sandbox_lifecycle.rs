@@ -1,0 +1,160 @@
+//! A detached sandbox's life on the host, with the real supervisor (`palisade-sandbox
+//! supervise`, started detached by `control::start`), the real virtiofsd, and a stand-in
+//! for the VMM (a process that runs until it is killed): what a later command finds by the
+//! ID, how it stops it, and what is left when any process of it was SIGKILLed.
+//! Booting a real VM in a sandbox is the end-to-end tests' part.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use palisade_runtime::sandbox::{control, ProcessRef, SandboxId, SandboxSpec, SharedPath, Status};
+use palisade_vmm::{Ending, VmConfig};
+
+const SUPERVISOR: &str = env!("CARGO_BIN_EXE_palisade-sandbox");
+
+fn root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A VMM stand-in: runs until killed, like a VM that never ends on its own.
+fn fake_vmm(dir: &Path) -> PathBuf {
+    let path = dir.join("fake-vmm");
+    std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+fn spec(dir: &Path, shared: Vec<SharedPath>) -> SandboxSpec {
+    SandboxSpec {
+        vmm_binary: fake_vmm(dir),
+        virtiofsd_binary: Some(palisade_vmm::testing::virtiofsd::path()),
+        vm: VmConfig::new("/nonexistent/vmlinux"),
+        shared,
+    }
+}
+
+fn id(s: &str) -> SandboxId {
+    SandboxId::parse(s).unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn session_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn mounts_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+}
+
+#[test]
+fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
+    if !root() {
+        eprintln!("sandboxes need root (virtiofsd, mount namespaces); skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sandboxes = dir.path().join("root");
+    let host = dir.path().join("rootfs");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("keep"), "precious").unwrap();
+    let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: false }];
+    let s1 = id("s1");
+    let running = control::start(&sandboxes, &s1, &spec(dir.path(), shared), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
+    assert_eq!(running.status, Status::Running);
+    let (supervisor, vmm, virtiofsd) = (running.supervisor.unwrap(), running.vmm.unwrap(), running.virtiofsd.unwrap());
+    // Detached: a session of its own, not ours.
+    assert_eq!(session_of(supervisor.pid), Some(supervisor.pid));
+    assert!(vmm.is_alive() && virtiofsd.is_alive());
+
+    // Another command finds it by its ID.
+    let found = control::state(&sandboxes, &s1).unwrap();
+    assert_eq!((found.status, found.supervisor), (Status::Running, Some(supervisor)));
+    let listed = control::list(&sandboxes).unwrap();
+    assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s1"]);
+    let e = control::delete(&sandboxes, &s1, false, Duration::from_secs(5)).unwrap_err().to_string();
+    assert_eq!(e, "sandbox s1 is still running: stop it first");
+
+    // It has no agent here: stop falls back to asking the supervisor to end the VM.
+    let stopped = control::stop(&sandboxes, &s1, Duration::from_secs(20)).unwrap();
+    assert_eq!(stopped.status, Status::Stopped);
+    let exit = stopped.exit.unwrap();
+    assert_eq!((exit.ending, exit.signal), (Ending::Stopped, Some(libc::SIGTERM)), "{exit:?}");
+    for (what, p) in [("supervisor", supervisor), ("VMM", vmm), ("virtiofsd", virtiofsd)] {
+        wait_until(&format!("the {what} is gone"), || !p.is_alive());
+    }
+    assert!(mounts_mentioning(dir.path().to_str().unwrap()).is_empty());
+    assert!(!sandboxes.join("s1/share").exists(), "the shared directory's placeholders were not removed");
+    control::delete(&sandboxes, &s1, false, Duration::from_secs(5)).unwrap();
+    assert!(!sandboxes.join("s1").exists());
+    assert_eq!(std::fs::read_to_string(host.join("keep")).unwrap(), "precious");
+    let e = control::state(&sandboxes, &s1).unwrap_err().to_string();
+    assert_eq!(e, "sandbox s1 does not exist");
+}
+
+#[test]
+fn a_sigkilled_vmm_or_supervisor_leaves_a_stopped_sandbox_and_no_process() {
+    if !root() {
+        eprintln!("sandboxes need root (virtiofsd, mount namespaces); skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sandboxes = dir.path().join("root");
+    let kill = |p: ProcessRef| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+
+    // The VMM is SIGKILLed: its supervisor says so and ends what else runs.
+    let host = dir.path().join("rootfs");
+    std::fs::create_dir(&host).unwrap();
+    let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: true }];
+    let a = id("vmm-killed");
+    let running = control::start(&sandboxes, &a, &spec(dir.path(), shared), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
+    kill(running.vmm.unwrap());
+    wait_until("the state says stopped", || control::state(&sandboxes, &a).unwrap().status == Status::Stopped);
+    let exit = control::state(&sandboxes, &a).unwrap().exit.unwrap();
+    assert_eq!((exit.ending, exit.signal), (Ending::Killed, Some(libc::SIGKILL)), "{exit:?}");
+    wait_until("virtiofsd and the supervisor are gone", || {
+        !running.virtiofsd.unwrap().is_alive() && !running.supervisor.unwrap().is_alive()
+    });
+
+    // The supervisor is SIGKILLed: its VMM goes with it, and the next reader of the state
+    // finds it stopped.
+    let b = id("supervisor-killed");
+    let running = control::start(&sandboxes, &b, &spec(dir.path(), vec![]), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
+    assert!(running.virtiofsd.is_none(), "nothing shared: no virtiofsd");
+    kill(running.supervisor.unwrap());
+    wait_until("the VMM is gone", || !running.vmm.unwrap().is_alive());
+    let state = control::state(&sandboxes, &b).unwrap();
+    assert_eq!(state.status, Status::Stopped);
+    assert_eq!(state.exit.map(|e| e.ending), Some(Ending::Killed));
+    // On disk too, for the next command.
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sandboxes.join("supervisor-killed/state.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["status"], "stopped");
+
+    for s in [&a, &b] {
+        control::delete(&sandboxes, s, false, Duration::from_secs(5)).unwrap();
+    }
+    assert!(mounts_mentioning(dir.path().to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn a_sandbox_that_cannot_start_says_why_and_its_id_stays_taken_until_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandboxes = dir.path().join("root");
+    let mut broken = spec(dir.path(), vec![]);
+    broken.vmm_binary = dir.path().join("no-such-vmm");
+    let s = id("broken");
+    let e = control::start(&sandboxes, &s, &broken, Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap_err().to_string();
+    assert!(e.starts_with("sandbox broken did not start: ") && e.contains("no-such-vmm"), "{e}");
+    let e = control::start(&sandboxes, &s, &broken, Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap_err().to_string();
+    assert_eq!(e, "sandbox broken already exists");
+    control::delete(&sandboxes, &s, false, Duration::from_secs(5)).unwrap();
+}

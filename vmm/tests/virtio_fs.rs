@@ -55,6 +55,87 @@ fn a_jailed_vmm_gets_its_virtio_fs_connection_from_the_supervisor() {
     boots_with_a_virtio_fs_device(true);
 }
 
+/// The first virtio-mmio device's registers (virtio-fs when it is the only device).
+const MMIO: u32 = 0xd000_0000;
+
+/// A guest that drives the virtio-mmio handshake of the fs device up to DRIVER_OK with both
+/// queues (the hiprio and one request queue, empty), prints `A` if the device took it, gives
+/// the VMM's event loop time to hand the queues to the backend, and resets.
+fn activating_guest() -> Code {
+    let reg = |offset: u32| MMIO + offset;
+    let mut code = Code::new()
+        .write_mmio(reg(0x70), 1) // ACKNOWLEDGE
+        .write_mmio(reg(0x70), 3) // DRIVER
+        .write_mmio(reg(0x24), 1) // DriverFeaturesSel: bits 32..63
+        .write_mmio(reg(0x20), 1) // VIRTIO_F_VERSION_1
+        .write_mmio(reg(0x24), 0)
+        .write_mmio(reg(0x20), 0)
+        .write_mmio(reg(0x70), 0xb); // FEATURES_OK
+    for queue in 0..2u32 {
+        let base = 0x40_0000 + queue * 0x4000;
+        code = code
+            .write_mmio(reg(0x30), queue) // QueueSel
+            .write_mmio(reg(0x38), 16) // QueueNum
+            .write_mmio(reg(0x80), base) // descriptor table
+            .write_mmio(reg(0x84), 0)
+            .write_mmio(reg(0x90), base + 0x1000) // available ring
+            .write_mmio(reg(0x94), 0)
+            .write_mmio(reg(0xa0), base + 0x2000) // used ring
+            .write_mmio(reg(0xa4), 0)
+            .write_mmio(reg(0x44), 1); // QueueReady
+    }
+    code.write_mmio(reg(0x70), 0xf) // DRIVER_OK
+        .print_if_mmio_equals(reg(0x70), 0xf, b'A', b'!')
+        .print("\n")
+        .wait_on_port_reads(20_000)
+        .reset()
+        .halt()
+}
+
+fn activates_with_virtiofsd(jailed: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("fs.sock");
+    let mut backend = Virtiofsd::start(&shared, &socket);
+    let guest = write_guest(dir.path(), "activate", &activating_guest());
+    let fs = format!("tag=shared,socket={}", socket.display());
+    let mut args = vec!["--kernel", guest.to_str().unwrap(), "--fs", &fs, "--memory", "64"];
+    if !jailed {
+        args.push("--no-jail");
+    }
+    let out = Command::new(VMM).args(&args).env("RUST_LOG", "debug").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {:?}, stderr: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "A\n", "stderr: {stderr}");
+    // The event loop handed guest memory (the memfd) and the queues to virtiofsd, which a
+    // jailed VMM does under its seccomp filter.
+    assert!(stderr.contains("queues handed to the vhost-user backend"), "{stderr}");
+    assert!(!stderr.contains("cannot start the device"), "{stderr}");
+    assert!(backend.exits_within(Duration::from_secs(10)), "virtiofsd outlived its VM");
+}
+
+#[test]
+fn a_guest_that_activates_the_device_gets_its_queues_served_by_virtiofsd() {
+    if !common::have_kvm() {
+        return;
+    }
+    activates_with_virtiofsd(false);
+}
+
+#[test]
+fn a_jailed_vmm_hands_guest_memory_and_queues_to_virtiofsd_under_its_seccomp_filter() {
+    if !common::have_kvm() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    activates_with_virtiofsd(true);
+}
+
 #[test]
 fn a_missing_backend_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

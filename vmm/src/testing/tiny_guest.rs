@@ -67,6 +67,25 @@ impl Code {
         self
     }
 
+    /// Writes `value` to the 32-bit register (or memory) at `addr` (`mov dword [addr], imm32`;
+    /// 32-bit mode).
+    pub fn write_mmio(mut self, addr: u32, value: u32) -> Self {
+        self.bytes.extend_from_slice(&[0xc7, 0x05]);
+        self.bytes.extend_from_slice(&addr.to_le_bytes());
+        self.bytes.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// Reads the i8042's status port `times` times (`in al, 0x64` in a loop counted in ECX):
+    /// each read is an exit the VMM answers, so the VMM's other threads get to work before
+    /// the guest goes on, without output and without burning a host CPU in the guest.
+    pub fn wait_on_port_reads(mut self, times: u32) -> Self {
+        self.bytes.push(0xb9); // mov ecx, imm32
+        self.bytes.extend_from_slice(&times.to_le_bytes());
+        self.bytes.extend_from_slice(&[0xe4, 0x64, 0xff, 0xc9, 0x75, 0xfa]); // in al, 0x64; dec ecx; jnz -6
+        self
+    }
+
     /// Prints `6` when running in 64-bit long mode, `3` in 32-bit protected mode: the
     /// bytes `48 ff c0` are `inc rax` in the one and `dec eax; inc eax` in the other.
     pub fn print_cpu_mode(mut self) -> Self {

@@ -19,6 +19,7 @@ use palisade_runtime::vmrun::assets;
 use palisade_runtime::vmrun::image::{self, RootKind};
 use palisade_runtime::vmrun::session::HostIo;
 use palisade_runtime::vmrun::vmm::kernel_cmdline;
+use palisade_vmm::host::{KvmHostKind, PVM_EXPLANATION};
 use palisade_vmm::{DiskConfig, VmConfig};
 
 #[derive(Debug, Parser)]
@@ -46,6 +47,12 @@ enum Cmd {
         /// The root filesystem is read-only.
         #[arg(long)]
         read_only: bool,
+        /// Guest kernel (default: <assets>/vmlinux).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Initramfs holding the guest agent (default: <assets>/initramfs.cpio).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
         cpus: u8,
         /// Memory of the VM in MiB.
@@ -131,13 +138,18 @@ fn sandbox_id(id: &str) -> anyhow::Result<SandboxId> {
 fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8> {
     let root = cli.root;
     match cli.command {
-        Cmd::Start { id, rootfs, read_only, cpus, memory, boot_timeout } => {
+        Cmd::Start { id, rootfs, read_only, kernel, initrd, cpus, memory, boot_timeout } => {
             let id = sandbox_id(&id)?;
+            // As vmrun: a host whose /dev/kvm cannot boot the standard guest kernel is said
+            // at once, not after a boot timeout.
+            if palisade_runtime::vmrun::run::check_kvm()? == KvmHostKind::Pvm && kernel.is_none() {
+                bail!("{PVM_EXPLANATION}");
+            }
             let exe = std::env::current_exe().context("finding palisade-sandbox itself")?;
             let assets_dir = assets::assets_dir(std::env::var_os("PALISADE_ASSETS_DIR").map(PathBuf::from), &exe);
-            let kernel = assets_dir.join("vmlinux");
+            let kernel = kernel.unwrap_or_else(|| assets_dir.join("vmlinux"));
             assets::check_kernel(&kernel)?;
-            let initrd = assets_dir.join("initramfs.cpio");
+            let initrd = initrd.unwrap_or_else(|| assets_dir.join("initramfs.cpio"));
             assets::require_file("initramfs", &initrd)?;
             let vmm_binary = assets::vmm_binary(std::env::var_os("PALISADE_VMM").map(PathBuf::from), &exe);
             if !vmm_binary.is_file() {

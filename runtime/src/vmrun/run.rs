@@ -73,7 +73,8 @@ fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).map(PathBuf::from)
 }
 
-fn check_kvm() -> Result<KvmHostKind, VmrunError> {
+/// What kind of `/dev/kvm` this host has, or why it has none this process can use.
+pub fn check_kvm() -> Result<KvmHostKind, VmrunError> {
     let kind = probe_kvm_host();
     if kind == KvmHostKind::Missing {
         return Err(VmrunError::NoKvm);

@@ -51,6 +51,25 @@ fn session_of(pid: u32) -> Option<u32> {
     after.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// Live processes whose command line mentions `needle` (a sandbox's directory: its
+/// supervisor, virtiofsd and the process virtiofsd serves from all name it).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rfind(')').and_then(|i| stat[i + 2..].split_whitespace().next()).is_none_or(|s| s == "Z") {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{pid} {cmdline}"));
+        }
+    }
+    found
+}
+
 fn mounts_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
 }
@@ -92,6 +111,8 @@ fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
         wait_until(&format!("the {what} is gone"), || !p.is_alive());
     }
     assert!(mounts_mentioning(dir.path().to_str().unwrap()).is_empty());
+    let left = processes_mentioning(sandboxes.to_str().unwrap());
+    assert!(left.is_empty(), "left running: {left:?}");
     assert!(!sandboxes.join("s1/share").exists(), "the shared directory's placeholders were not removed");
     control::delete(&sandboxes, &s1, false, Duration::from_secs(5)).unwrap();
     assert!(!sandboxes.join("s1").exists());
@@ -143,6 +164,7 @@ fn a_sigkilled_vmm_or_supervisor_leaves_a_stopped_sandbox_and_no_process() {
         control::delete(&sandboxes, s, false, Duration::from_secs(5)).unwrap();
     }
     assert!(mounts_mentioning(dir.path().to_str().unwrap()).is_empty());
+    wait_until("no process of the sandboxes is left", || processes_mentioning(sandboxes.to_str().unwrap()).is_empty());
 }
 
 #[test]

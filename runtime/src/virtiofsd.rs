@@ -155,8 +155,11 @@ pub struct Virtiofsd {
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd and waits until it listens. It gets SIGTERM if the calling thread's
-    /// process dies, so it cannot outlive its starter even when that is SIGKILLed.
+    /// Starts virtiofsd and waits until it listens. It gets SIGKILL when the calling thread's
+    /// process dies (virtiofsd ignores SIGTERM while it waits for the process it serves
+    /// from). That process ends with its connection, i.e. with its VM; one whose VM died
+    /// before it connected is ended by [`Virtiofsd::stop`], or by
+    /// `sandbox::LockedSandbox::kill_leftovers` when the starter itself was SIGKILLed.
     pub fn spawn(config: &VirtiofsdConfig) -> Result<Virtiofsd, VirtiofsdError> {
         if !config.shared_dir.is_dir() {
             return Err(VirtiofsdError::NotADirectory(config.shared_dir.clone()));
@@ -181,7 +184,7 @@ impl Virtiofsd {
         // mount) on memory prepared before the fork; it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 bind_in_own_namespace(&binds)

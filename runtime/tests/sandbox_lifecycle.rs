@@ -148,11 +148,15 @@ fn a_sigkilled_vmm_or_supervisor_leaves_a_stopped_sandbox_and_no_process() {
     // The supervisor is SIGKILLed: its VMM goes with it, and the next reader of the state
     // finds it stopped.
     let b = id("supervisor-killed");
-    let running = control::start(&sandboxes, &b, &spec(dir.path(), vec![]), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
-    assert!(running.virtiofsd.is_none(), "nothing shared: no virtiofsd");
+    let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: false }];
+    let running = control::start(&sandboxes, &b, &spec(dir.path(), shared), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
     kill(running.supervisor.unwrap());
     wait_until("the VMM is gone", || !running.vmm.unwrap().is_alive());
+    // The next command that reads its state finds it stopped and ends what is left (the
+    // process virtiofsd serves from ignores its parent-death signal).
     let state = control::state(&sandboxes, &b).unwrap();
+    let b_dir = format!("{}/", sandboxes.join("supervisor-killed").display());
+    wait_until("its virtiofsd is gone", || processes_mentioning(&b_dir).is_empty());
     assert_eq!(state.status, Status::Stopped);
     assert_eq!(state.exit.map(|e| e.ending), Some(Ending::Killed));
     // On disk too, for the next command.

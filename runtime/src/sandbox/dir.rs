@@ -198,9 +198,33 @@ impl LockedSandbox {
     pub fn current_state(&self) -> Result<SandboxState, SandboxError> {
         let mut state = self.read_state()?;
         if state.refresh(&self.exit_record()) {
+            // Its supervisor died without stopping what it ran: what is left is ended here.
+            self.kill_leftovers();
             self.write_state(&state)?;
         }
         Ok(state)
+    }
+
+    /// SIGKILLs this sandbox's VMM and virtiofsd processes that are still running: those named
+    /// `palisade-vmm*` or `virtiofsd` whose command line names a file in this sandbox's
+    /// directory. Their parent-death signals end them when a supervisor dies, all but one:
+    /// the process virtiofsd serves from is PID 1 of a pid namespace of its own and ignores
+    /// it, and it would wait for ever for a VM that died before it connected.
+    pub fn kill_leftovers(&self) {
+        let needle = format!("{}/", self.dir.path().display());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if comm != "virtiofsd" && !comm.starts_with("palisade-vmm") {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg.starts_with(&needle)) {
+                tracing::info!(sandbox = %self.id.as_str(), pid, comm, "ending a process its supervisor left behind");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 
     /// Removes the directory of a sandbox that is not running.

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use palisade_runtime::sandbox::control::Attachment;
 use palisade_runtime::sandbox::{control, ProcessRef, SandboxId, SandboxSpec, SharedPath, Status};
 use palisade_vmm::{Ending, VmConfig};
 
@@ -30,6 +31,8 @@ fn spec(dir: &Path, shared: Vec<SharedPath>) -> SandboxSpec {
         virtiofsd_binary: Some(palisade_vmm::testing::virtiofsd::path()),
         vm: VmConfig::new("/nonexistent/vmlinux"),
         shared,
+        ephemeral: false,
+        console: false,
     }
 }
 
@@ -87,7 +90,9 @@ fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
     std::fs::write(host.join("keep"), "precious").unwrap();
     let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: false }];
     let s1 = id("s1");
-    let running = control::start(&sandboxes, &s1, &spec(dir.path(), shared), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
+    let running =
+        control::start(&sandboxes, &s1, &spec(dir.path(), shared), Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30))
+            .unwrap();
     assert_eq!(running.status, Status::Running);
     let (supervisor, vmm, virtiofsd) = (running.supervisor.unwrap(), running.vmm.unwrap(), running.virtiofsd.unwrap());
     // Detached: a session of its own, not ours.
@@ -136,7 +141,9 @@ fn a_sigkilled_vmm_or_supervisor_leaves_a_stopped_sandbox_and_no_process() {
     std::fs::create_dir(&host).unwrap();
     let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: true }];
     let a = id("vmm-killed");
-    let running = control::start(&sandboxes, &a, &spec(dir.path(), shared), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
+    let running =
+        control::start(&sandboxes, &a, &spec(dir.path(), shared), Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30))
+            .unwrap();
     kill(running.vmm.unwrap());
     wait_until("the state says stopped", || control::state(&sandboxes, &a).unwrap().status == Status::Stopped);
     let exit = control::state(&sandboxes, &a).unwrap().exit.unwrap();
@@ -149,7 +156,9 @@ fn a_sigkilled_vmm_or_supervisor_leaves_a_stopped_sandbox_and_no_process() {
     // finds it stopped.
     let b = id("supervisor-killed");
     let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: false }];
-    let running = control::start(&sandboxes, &b, &spec(dir.path(), shared), Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap();
+    let running =
+        control::start(&sandboxes, &b, &spec(dir.path(), shared), Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30))
+            .unwrap();
     kill(running.supervisor.unwrap());
     wait_until("the VMM is gone", || !running.vmm.unwrap().is_alive());
     // The next command that reads its state finds it stopped and ends what is left (the
@@ -178,9 +187,98 @@ fn a_sandbox_that_cannot_start_says_why_and_its_id_stays_taken_until_deleted() {
     let mut broken = spec(dir.path(), vec![]);
     broken.vmm_binary = dir.path().join("no-such-vmm");
     let s = id("broken");
-    let e = control::start(&sandboxes, &s, &broken, Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap_err().to_string();
+    let e = control::start(&sandboxes, &s, &broken, Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30))
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("sandbox broken did not start: ") && e.contains("no-such-vmm"), "{e}");
-    let e = control::start(&sandboxes, &s, &broken, Path::new(SUPERVISOR), Duration::from_secs(30)).unwrap_err().to_string();
+    let e = control::start(&sandboxes, &s, &broken, Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30))
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "sandbox broken already exists");
     control::delete(&sandboxes, &s, false, Duration::from_secs(5)).unwrap();
+}
+
+/// A child process killed when dropped (a failed assertion must not leave it running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Set in the environment of the starter process of the tied-sandbox test: `ROOT:HOST_DIR`.
+const STARTER_ENV: &str = "PALISADE_TEST_TIED_STARTER";
+
+/// Run only as the child of `a_tied_ephemeral_sandbox_goes_with_its_sigkilled_starter`: starts a
+/// tied, ephemeral sandbox (as vmrun does), says so, and waits to be killed.
+#[test]
+#[ignore = "the starter process of another test"]
+fn tied_starter() {
+    let Some(value) = std::env::var_os(STARTER_ENV) else { return };
+    let value = value.into_string().unwrap();
+    let (root, host) = value.split_once(':').unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(dir.path(), vec![SharedPath { host: host.into(), path: "root".into(), read_only: false }]);
+    spec.ephemeral = true;
+    let s = control::start(
+        Path::new(root),
+        &id("tied"),
+        &spec,
+        Path::new(SUPERVISOR),
+        Attachment::Tied { inherit_stderr: false },
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let pid = |p: Option<ProcessRef>| p.unwrap().pid;
+    println!("sandbox-started {} {} {}", pid(s.supervisor), pid(s.vmm), pid(s.virtiofsd));
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_tied_ephemeral_sandbox_goes_with_its_sigkilled_starter() {
+    use std::io::BufRead;
+    if !root() {
+        eprintln!("sandboxes need root (virtiofsd, mount namespaces); skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sandboxes = dir.path().join("root");
+    let host = dir.path().join("rootfs");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("keep"), "precious").unwrap();
+    let mut starter = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tied_starter", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(STARTER_ENV, format!("{}:{}", sandboxes.display(), host.display()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(starter.0.stdout.take().unwrap());
+    // libtest prints `test tied_starter ... ` before the test's own output, on the same line.
+    while !line.contains("sandbox-started ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the starter ended without starting its sandbox");
+    }
+    let marked = &line[line.find("sandbox-started ").unwrap()..];
+    let pids: Vec<u32> = marked.split_whitespace().skip(1).map(|p| p.parse().unwrap()).collect();
+    let refs: Vec<ProcessRef> = pids.iter().map(|&p| ProcessRef::of(p).unwrap()).collect();
+    let supervisor = refs[0];
+    assert!(sandboxes.join("tied").is_dir());
+    // Tied: the same session as its starter, a process group of its own.
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(supervisor.pid as i32))).unwrap();
+    assert_eq!(pgid.as_raw() as u32, supervisor.pid);
+    assert_ne!(session_of(supervisor.pid), Some(supervisor.pid));
+
+    starter.0.kill().unwrap();
+    starter.0.wait().unwrap();
+    for p in &refs {
+        wait_until(&format!("process {} is gone", p.pid), || !p.is_alive());
+    }
+    wait_until("the sandbox's directory is removed", || !sandboxes.join("tied").exists());
+    assert!(mounts_mentioning(dir.path().to_str().unwrap()).is_empty());
+    assert_eq!(std::fs::read_to_string(host.join("keep")).unwrap(), "precious");
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use palisade_protocol::{ProcessSpec, RootfsSource, RootfsSpec};
+use palisade_runtime::sandbox::control::Attachment;
 use palisade_runtime::sandbox::{control, supervisor, SandboxId, SandboxSpec, SharedPath};
 use palisade_runtime::share;
 use palisade_runtime::vmrun::args::{DEFAULT_PATH, DEFAULT_VM_MEMORY_MIB};
@@ -179,8 +180,15 @@ fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8>
             if !shared.is_empty() && !virtiofsd_binary.is_file() {
                 return Err(assets::AssetError::NoVirtiofsd(virtiofsd_binary).into());
             }
-            let spec = SandboxSpec { vmm_binary, virtiofsd_binary: Some(virtiofsd_binary), vm, shared: shared.clone() };
-            control::start(&root, &id, &spec, &exe, Duration::from_secs(30))?;
+            let spec = SandboxSpec {
+                vmm_binary,
+                virtiofsd_binary: Some(virtiofsd_binary),
+                vm,
+                shared: shared.clone(),
+                ephemeral: false,
+                console: false,
+            };
+            control::start(&root, &id, &spec, &exe, Attachment::Detached, Duration::from_secs(30))?;
             let boot_secs = boot_timeout
                 .or_else(|| std::env::var("PALISADE_BOOT_TIMEOUT_SECS").ok().and_then(|v| v.parse().ok()))
                 .unwrap_or(palisade_runtime::vmrun::run::DEFAULT_BOOT_TIMEOUT_SECS);

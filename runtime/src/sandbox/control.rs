@@ -73,22 +73,52 @@ pub fn list(root: &Path) -> Result<Vec<SandboxState>, SandboxError> {
     Ok(states)
 }
 
+/// How a sandbox's supervisor relates to the command that starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// In a session of its own: the sandbox outlives the command (`palisade-sandbox start`,
+    /// the OCI runtime's `create`). Its stderr goes to `supervisor.log`.
+    Detached,
+    /// In a process group of its own (a Ctrl-C on the command's terminal is not for it) but
+    /// ended with the command: it gets SIGTERM when the command dies, however it dies
+    /// (vmrun). Its stderr is the command's with `inherit_stderr`, else `supervisor.log`.
+    Tied { inherit_stderr: bool },
+}
+
 /// Creates sandbox `id` under `root` to run `spec`, starts `supervisor` (a binary whose
-/// `--root ROOT supervise ID` runs [`super::supervisor::supervise`]) detached in its own
-/// session, and waits up to `timeout` until it says the VM runs. The command that called
-/// this may exit then: the sandbox lives on.
-pub fn start(root: &Path, id: &SandboxId, spec: &SandboxSpec, supervisor: &Path, timeout: Duration) -> Result<SandboxState, ControlError> {
+/// `--root ROOT supervise ID` runs [`super::supervisor::supervise`]) as `attachment` says,
+/// and waits up to `timeout` until it says the VM runs. A detached sandbox lives on after
+/// the command that called this exits.
+pub fn start(
+    root: &Path,
+    id: &SandboxId,
+    spec: &SandboxSpec,
+    supervisor: &Path,
+    attachment: Attachment,
+    timeout: Duration,
+) -> Result<SandboxState, ControlError> {
     let locked = SandboxDir::create(root, id)?;
     spec.write_to(&locked.spec_file())?;
     let log_path = locked.supervisor_log();
     let spawn_error = |source| ControlError::Spawn { id: id.clone(), path: supervisor.into(), source };
-    let log = std::fs::File::create(&log_path).map_err(spawn_error)?;
     let mut cmd = Command::new(supervisor);
-    cmd.arg("--root").arg(root).arg("supervise").arg(id.as_str()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    // SAFETY: setsid and pthread_sigmask are async-signal-safe and act on the child only.
+    cmd.arg("--root").arg(root).arg("supervise").arg(id.as_str()).stdin(Stdio::null()).stdout(Stdio::null());
+    if attachment != (Attachment::Tied { inherit_stderr: true }) {
+        cmd.stderr(std::fs::File::create(&log_path).map_err(spawn_error)?);
+    }
+    let detached = attachment == Attachment::Detached;
+    if !detached {
+        cmd.process_group(0);
+    }
+    // SAFETY: setsid, prctl and pthread_sigmask are async-signal-safe and act on the child
+    // only.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
+        cmd.pre_exec(move || {
+            if detached {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             crate::vmrun::signals::unblock_all_in_child()
@@ -241,16 +271,31 @@ impl SandboxVm {
     }
 }
 
+/// How a stopped sandbox's VM ended, as a session reports it.
+fn end_of(s: SandboxState) -> VmEnd {
+    let clean = s.exit.as_ref().is_some_and(|e| e.clean);
+    let reason = s.end_reason.or_else(|| s.exit.map(|e| e.message)).unwrap_or_else(|| "the sandbox stopped".into());
+    VmEnd { clean, reason }
+}
+
 impl Vm for SandboxVm {
     fn poll_end(&mut self) -> Option<VmEnd> {
         match state(&self.root, &self.id) {
-            Ok(s) if s.status == Status::Stopped => Some(match s.exit {
-                Some(e) => VmEnd { clean: e.clean, reason: e.message },
-                None => VmEnd { clean: false, reason: "the sandbox stopped".into() },
-            }),
+            Ok(s) if s.status == Status::Stopped => Some(end_of(s)),
             Ok(_) => None,
             Err(e) => Some(VmEnd { clean: false, reason: e.to_string() }),
         }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        state(&self.root, &self.id).ok()?.vmm.map(|p| p.pid)
+    }
+
+    fn last_console_line(&self) -> Option<String> {
+        let serial = crate::vmrun::vmm::read_tail(&SandboxDir::new(&self.root, &self.id).serial_log(), 4096).ok()?;
+        let text = String::from_utf8_lossy(&serial).into_owned();
+        let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
+        Some(crate::vmrun::guest_text::sanitize(line).chars().take(200).collect())
     }
 
     fn finish(&mut self, timeout: Duration) -> VmEnd {
@@ -262,7 +307,7 @@ impl Vm for SandboxVm {
             std::thread::sleep(POLL);
         }
         match stop(&self.root, &self.id, Duration::from_secs(10)) {
-            Ok(s) => s.exit.map_or(VmEnd { clean: false, reason: "stopped".into() }, |e| VmEnd { clean: e.clean, reason: e.message }),
+            Ok(s) => end_of(s),
             Err(e) => VmEnd { clean: false, reason: e.to_string() },
         }
     }

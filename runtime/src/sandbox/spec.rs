@@ -30,6 +30,14 @@ pub struct SandboxSpec {
     /// Served by one virtiofsd under the tag [`crate::share::TAG`].
     #[serde(default)]
     pub shared: Vec<SharedPath>,
+    /// The sandbox belongs to the command that started it (vmrun): once that command is gone,
+    /// the supervisor removes the sandbox's directory when the VM has ended.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// The guest's console and the VMM's stderr go to the supervisor's stderr (`vmrun
+    /// --console`) instead of files in the sandbox's directory.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// Largest `sandbox.json` read (the file is ours, but a bound keeps a damaged one harmless).
@@ -76,6 +84,8 @@ mod tests {
             virtiofsd_binary: Some("/b/virtiofsd".into()),
             vm: VmConfig::new("/a/vmlinux"),
             shared: vec![SharedPath { host: "/srv/root".into(), path: "root".into(), read_only: true }],
+            ephemeral: true,
+            console: false,
         };
         spec.write_to(&path).unwrap();
         assert_eq!(SandboxSpec::read_from(&path).unwrap(), spec);

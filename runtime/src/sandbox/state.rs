@@ -59,6 +59,9 @@ pub struct SandboxState {
     /// The VM's virtiofsd, when it has shared directories.
     #[serde(default)]
     pub virtiofsd: Option<ProcessRef>,
+    /// The command that started the sandbox (what an ephemeral sandbox lives for).
+    #[serde(default)]
+    pub starter: Option<ProcessRef>,
     /// Milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     #[serde(default)]
@@ -68,6 +71,10 @@ pub struct SandboxState {
     /// How the VM ended, once it has.
     #[serde(default)]
     pub exit: Option<ExitRecord>,
+    /// The same in one line for a person: what the VMM saw, with the guest console's panic
+    /// or last line when it kept one (`vmrun`'s explanation of a VM's end).
+    #[serde(default)]
+    pub end_reason: Option<String>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -82,10 +89,12 @@ impl SandboxState {
             supervisor: None,
             vmm: None,
             virtiofsd: None,
+            starter: None,
             created_unix_ms: now_unix_ms(),
             started_unix_ms: None,
             stopped_unix_ms: None,
             exit: None,
+            end_reason: None,
         }
     }
 

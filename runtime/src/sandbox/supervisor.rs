@@ -72,6 +72,8 @@ pub fn supervise(root: &Path, id: &SandboxId, signals: &Receiver<i32>) -> Result
     };
     state.status = Status::Running;
     state.supervisor = ProcessRef::of(std::process::id());
+    // Our parent, which started us (an ephemeral sandbox lives as long as it does).
+    state.starter = ProcessRef::of(std::os::unix::process::parent_id());
     state.vmm = running.vmm.pid().and_then(ProcessRef::of);
     state.virtiofsd = running.virtiofsd.as_ref().and_then(|v| ProcessRef::of(v.pid()));
     state.started_unix_ms = Some(now_unix_ms());
@@ -99,7 +101,9 @@ pub fn supervise(root: &Path, id: &SandboxId, signals: &Receiver<i32>) -> Result
 
     let locked = SandboxDir::open(root, id)?;
     let mut state = locked.read_state()?;
+    let starter = state.starter;
     state.status = Status::Stopped;
+    state.end_reason = Some(end.reason.clone());
     state.stopped_unix_ms = Some(now_unix_ms());
     state.exit = Some(ExitRecord::read_from(&locked.exit_record()).unwrap_or_else(|_| {
         // No record: the VMM was killed before it could write one.
@@ -110,7 +114,15 @@ pub fn supervise(root: &Path, id: &SandboxId, signals: &Receiver<i32>) -> Result
     }));
     locked.write_state(&state)?;
     tracing::info!(sandbox = %id.as_str(), reason = %end.reason, "stopped");
+    if spec_is_ephemeral(&locked) && !starter.is_some_and(|s| s.is_alive()) {
+        // Its command is gone (vmrun was killed): nobody else will remove it.
+        locked.remove()?;
+    }
     Ok(())
+}
+
+fn spec_is_ephemeral(locked: &LockedSandbox) -> bool {
+    SandboxSpec::read_from(&locked.spec_file()).is_ok_and(|s| s.ephemeral)
 }
 
 /// Starts virtiofsd (when anything is shared) and the VMM, with every file in the
@@ -119,7 +131,11 @@ fn start(locked: &LockedSandbox, spec: &SandboxSpec) -> Result<Running, Supervis
     let id = locked.id().clone();
     let mut vm = spec.vm.clone();
     vm.vsock = Some(VsockConfig { guest_cid: GUEST_CID, uds_path: locked.vsock_socket() });
-    vm.serial = SerialConfig { log_file: Some(locked.serial_log()), ..SerialConfig::none() };
+    vm.serial = if spec.console {
+        SerialConfig { to_stderr: true, ..SerialConfig::none() }
+    } else {
+        SerialConfig { log_file: Some(locked.serial_log()), ..SerialConfig::none() }
+    };
     vm.fs.clear();
 
     let mut plan = SharePlan::default();
@@ -141,7 +157,8 @@ fn start(locked: &LockedSandbox, spec: &SandboxSpec) -> Result<Running, Supervis
         (Some(dir), Some(fsd))
     };
     let (config_file, exit_record, stderr_file) = (locked.vm_config(), locked.exit_record(), locked.vmm_stderr());
-    let files = VmmFiles { config_file: &config_file, exit_record: &exit_record, stderr_file: Some(&stderr_file) };
+    let files =
+        VmmFiles { config_file: &config_file, exit_record: &exit_record, stderr_file: (!spec.console).then_some(stderr_file.as_path()) };
     let vmm = VmmProcess::start(&spec.vmm_binary, &vm, &files).map_err(|source| SupervisorError::Vmm { id: id.clone(), source })?;
     Ok(Running { _share: share, virtiofsd, vmm })
 }

@@ -73,21 +73,28 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-fn mounts_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
-}
-
-#[test]
-fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
+/// As root only: a temporary directory with the sandboxes' root (`root`) and a host
+/// directory to share (`rootfs`, holding `keep`).
+fn setup() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
     if !root() {
         eprintln!("sandboxes need root (virtiofsd, mount namespaces); skipping");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let sandboxes = dir.path().join("root");
     let host = dir.path().join("rootfs");
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("keep"), "precious").unwrap();
+    Some((dir, sandboxes, host))
+}
+
+fn mounts_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+}
+
+#[test]
+fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
+    let Some((dir, sandboxes, host)) = setup() else { return };
     let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: false }];
     let s1 = id("s1");
     let running =
@@ -128,17 +135,10 @@ fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
 
 #[test]
 fn a_sigkilled_vmm_or_supervisor_leaves_a_stopped_sandbox_and_no_process() {
-    if !root() {
-        eprintln!("sandboxes need root (virtiofsd, mount namespaces); skipping");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sandboxes = dir.path().join("root");
+    let Some((dir, sandboxes, host)) = setup() else { return };
     let kill = |p: ProcessRef| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 
     // The VMM is SIGKILLed: its supervisor says so and ends what else runs.
-    let host = dir.path().join("rootfs");
-    std::fs::create_dir(&host).unwrap();
     let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: true }];
     let a = id("vmm-killed");
     let running =
@@ -239,15 +239,7 @@ fn tied_starter() {
 #[test]
 fn a_tied_ephemeral_sandbox_goes_with_its_sigkilled_starter() {
     use std::io::BufRead;
-    if !root() {
-        eprintln!("sandboxes need root (virtiofsd, mount namespaces); skipping");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sandboxes = dir.path().join("root");
-    let host = dir.path().join("rootfs");
-    std::fs::create_dir(&host).unwrap();
-    std::fs::write(host.join("keep"), "precious").unwrap();
+    let Some((dir, sandboxes, host)) = setup() else { return };
     let mut starter = KillOnDrop(
         std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "tied_starter", "--ignored", "--nocapture", "--test-threads", "1"])

@@ -220,17 +220,25 @@ pub fn stop(root: &Path, id: &SandboxId, timeout: Duration) -> Result<SandboxSta
     };
     // 1. The guest powers off (the agent syncs its filesystems first).
     let socket = SandboxDir::new(root, id).vsock_socket();
-    match ControlClient::connect(&socket, HANDSHAKE_TIMEOUT, Duration::from_secs(5)) {
-        Ok(mut control) => {
-            if let Err(e) = control.call(&Request::Shutdown) {
+    // An agent that does not answer is not waited for.
+    let asked = match ControlClient::connect(&socket, HANDSHAKE_TIMEOUT, Duration::from_secs(5)) {
+        Ok(mut control) => match control.call(&Request::Shutdown) {
+            Ok(_) => true,
+            Err(e) => {
                 tracing::debug!("sandbox {}: shutdown request: {e}", id.as_str());
+                false
             }
+        },
+        Err(e) => {
+            tracing::debug!("sandbox {}: the agent does not answer ({e}); stopping the VM instead", id.as_str());
+            false
         }
-        Err(e) => tracing::debug!("sandbox {}: the agent does not answer ({e}); stopping the VM instead", id.as_str()),
-    }
-    let half = Instant::now() + (deadline - Instant::now()) / 2;
-    if let Some(s) = wait_stopped(half)? {
-        return Ok(s);
+    };
+    if asked {
+        let half = Instant::now() + (deadline - Instant::now()) / 2;
+        if let Some(s) = wait_stopped(half)? {
+            return Ok(s);
+        }
     }
     // 2. The supervisor ends the VM.
     let signal = |p: Option<super::ProcessRef>, sig| {

@@ -313,14 +313,7 @@ impl Vm for VmmProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         tracing::warn!("the VMM did not exit within {timeout:?} after shutdown; stopping it");
-        match self.stop() {
-            Ok(status) => {
-                let end = self.explain(status);
-                self.ended = Some(end.clone());
-                end
-            }
-            Err(e) => VmEnd { clean: false, reason: format!("waiting for palisade-vmm: {e}") },
-        }
+        self.terminate()
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod container;
 mod kvm;
+mod virtio_fs;
 mod vmrun;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -30,6 +31,7 @@ fn main() {
     tests.extend(kvm::tests());
     tests.extend(vmrun::tests());
     tests.extend(container::tests());
+    tests.extend(virtio_fs::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();
 }
 

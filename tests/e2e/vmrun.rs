@@ -17,7 +17,7 @@ pub fn shared() -> RwLockReadGuard<'static, ()> {
     MACHINE.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn vm(args: &[&str], stdin: Option<&[u8]>) -> Result<Output, String> {
+pub fn vm(args: &[&str], stdin: Option<&[u8]>) -> Result<Output, String> {
     let _g = shared();
     run_vmrun(args, stdin).map_err(|e| e.to_string())
 }
@@ -121,7 +121,7 @@ fn guest_kernel_panic_is_reported() -> TestResult {
 
 /// A root filesystem directory: busybox as /bin/busybox and /bin/sh, and empty /proc, /dev,
 /// /tmp.
-fn busybox_rootfs() -> Result<tempfile::TempDir, String> {
+pub fn busybox_rootfs() -> Result<tempfile::TempDir, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = dir.path();
     for d in ["bin", "proc", "dev", "tmp"] {
@@ -160,8 +160,13 @@ fn device_read_bps_holds_a_16_mib_read_to_the_rate() -> TestResult {
         })
         .collect();
     std::fs::write(root.join("blob"), &blob).map_err(|e| e.to_string())?;
+    // The limit is the disk's: the root must be an image (a directory is shared, not a disk).
+    let image = dir.path().with_extension("erofs");
+    let _remove = RemoveOnDrop(image.clone());
+    let mkfs = Command::new("mkfs.erofs").arg(&image).arg(root).output().map_err(|e| format!("mkfs.erofs: {e}"))?;
+    ensure!(mkfs.status.success(), "mkfs.erofs: {}", String::from_utf8_lossy(&mkfs.stderr));
     let script = "read a _ </proc/uptime; /bin/busybox sha256sum /blob; read b _ </proc/uptime; echo \"$a $b\"";
-    let out = vm(&["--device-read-bps", "/dev/vda:1mb", "--rootfs", &root.display().to_string(), "--", "/bin/sh", "-c", script], None)?;
+    let out = vm(&["--device-read-bps", "/dev/vda:1mb", "--rootfs", &image.display().to_string(), "--", "/bin/sh", "-c", script], None)?;
     ensure!(out.code() == 0, "{}", out.describe());
     let stdout = out.stdout_str();
     let mut lines = stdout.lines();
@@ -178,6 +183,15 @@ fn device_read_bps_holds_a_16_mib_read_to_the_rate() -> TestResult {
     ensure!(held_to_the_rate, "16 MiB at 1 MiB/s took {took:.1} s in the guest, expected at least 14: {}", out.describe());
     eprintln!("[e2e] 16 MiB read at --device-read-bps /dev/vda:1mb took {took:.1} s in the guest");
     Ok(())
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Runs vmrun ARGS… on a pty (see [`run_vmrun_on_pty`]).

@@ -219,6 +219,16 @@ pub struct SpecOptions {
     /// With --privileged: device nodes to create besides the guest's /dev, which a
     /// privileged container gets whole, as OCI `linux.devices` entries.
     pub devices: Vec<Value>,
+    /// Bind mounts after the standard mounts (`--volume`), sources as the guest sees them.
+    pub binds: Vec<BindMount>,
+}
+
+/// A bind mount of the spec: `source` (a guest path) at `destination` in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
 }
 
 /// Writes the spec.
@@ -247,6 +257,10 @@ pub fn default_spec(o: &SpecOptions) -> Result<Value, DefaultsError> {
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
     ];
+    for b in &o.binds {
+        let mode = if b.read_only { "ro" } else { "rw" };
+        mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": ["rbind", "rprivate", mode]}));
+    }
     let mut linux = json!({
         "namespaces": [],
         "maskedPaths": if o.privileged { json!([]) } else { json!(MASKED_PATHS) },
@@ -369,6 +383,22 @@ mod tests {
         let admin = default_seccomp(&["CAP_SYS_ADMIN".to_string()]).unwrap();
         let a = names(&admin);
         assert!(a.contains(&"unshare".to_string()) && a.contains(&"mount".to_string()) && !a.contains(&"chroot".to_string()));
+    }
+
+    #[test]
+    fn volumes_are_bind_mounts_after_the_standard_ones() {
+        let binds = vec![
+            BindMount { source: "/run/palisade/shares/palisade/volumes/0".into(), destination: "/data".into(), read_only: false },
+            BindMount { source: "/run/palisade/shares/palisade/volumes/1".into(), destination: "/etc/hosts".into(), read_only: true },
+        ];
+        let p = default_spec(&SpecOptions { binds, ..opts() }).unwrap();
+        let mounts = p["mounts"].as_array().unwrap();
+        let n = mounts.len();
+        assert_eq!(mounts[n - 2]["destination"], "/data");
+        assert_eq!(mounts[n - 2]["options"], json!(["rbind", "rprivate", "rw"]));
+        assert_eq!(mounts[n - 1]["source"], "/run/palisade/shares/palisade/volumes/1");
+        assert_eq!(mounts[n - 1]["options"], json!(["rbind", "rprivate", "ro"]));
+        spec::parse(&p.to_string()).unwrap();
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub const VM_MEMORY_OVERHEAD_MIB: u32 = 64;
 pub const USERNS_BASE_ID: u32 = 100_000;
 
 /// Options that shape the container's spec, which a bundle's config.json already says.
-const SPEC_OPTIONS: [&str; 15] = [
+const SPEC_OPTIONS: [&str; 16] = [
     "command",
     "rootfs",
     "env",
@@ -34,6 +34,7 @@ const SPEC_OPTIONS: [&str; 15] = [
     "memory",
     "pids_limit",
     "userns",
+    "volume",
 ];
 
 /// Run a command in a fresh micro-VM as an OCI container, like `docker run`.
@@ -61,10 +62,15 @@ pub struct VmrunArgs {
     /// Initramfs holding the guest agent (default: <assets>/initramfs.cpio).
     #[arg(long)]
     pub initrd: Option<PathBuf>,
-    /// Root filesystem: a directory (made into an erofs image) or an erofs/ext4 image
+    /// Root filesystem: a directory, shared live with the VM (virtio-fs: what the container
+    /// writes lands in it), or an erofs/ext4 image, whose writes go to an overlay in memory
     /// (default: <assets>/busybox.erofs).
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// Bind a host directory or file into the container, shared live: HOST:CONTAINER, with
+    /// `:ro` for read-only (as Docker's; HOST must exist and be absolute). Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    pub volume: Vec<String>,
     /// Run the OCI bundle DIR as is: DIR/config.json, with `root.path` (relative to DIR)
     /// as the root filesystem, a directory or an image like --rootfs. Takes no CMD and
     /// none of the options that shape the container (they are in config.json).

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::args::{self, ArgsError, SeccompOpt, VmrunArgs, USERNS_BASE_ID};
+use super::volume::{self, Volume, VolumeError};
 use crate::oci::bundle::{self, BundleError};
-use crate::oci::defaults::{self, default_spec, DefaultsError, SeccompChoice, SpecOptions, ALL_CAPS};
+use crate::oci::defaults::{self, default_spec, BindMount, DefaultsError, SeccompChoice, SpecOptions, ALL_CAPS};
+use crate::share;
 
 /// Warnings of the agent that every run with the default profile gets: the profile
 /// lists a few syscalls newer or older than the guest's libseccomp knows.
@@ -30,6 +32,8 @@ pub struct ContainerPlan {
     pub memory_limit_mib: Option<u32>,
     /// Warning prefixes of the agent that are expected for this spec.
     pub quiet_warnings: Vec<String>,
+    /// `--volume`s: volume `i` is bound from [`share::volume_guest_path`]`(i)` in the spec.
+    pub volumes: Vec<Volume>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,8 @@ pub enum ContainerError {
     Defaults(#[from] DefaultsError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     #[error("--security-opt seccomp={path}: {problem}")]
     Profile { path: PathBuf, problem: String },
     #[error("the container's spec is {0} bytes, more than the agent accepts in one message")]
@@ -57,8 +63,15 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
             terminal: b.terminal,
             memory_limit_mib: b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32),
             quiet_warnings: vec![],
+            volumes: vec![],
         });
     }
+    let volumes = volume::parse_all(&args.volume)?;
+    let binds = volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| BindMount { source: share::volume_guest_path(i), destination: v.container.clone(), read_only: v.read_only })
+        .collect();
     if args.privileged && (!args.cap_add.is_empty() || !args.cap_drop.is_empty()) {
         return Err(ArgsError::CapsWithPrivileged.into());
     }
@@ -94,6 +107,7 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
         pids_limit: args.pids_limit,
         userns: args.userns.then_some(USERNS_BASE_ID),
         devices: vec![],
+        binds,
     };
     let spec = default_spec(&options)?.to_string();
     if spec.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
@@ -106,6 +120,7 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
         terminal: args.tty,
         memory_limit_mib: args.memory,
         quiet_warnings,
+        volumes,
     })
 }
 
@@ -170,6 +185,21 @@ mod tests {
         let c = spec_of(&["--cap-drop", "ALL", "--cap-add", "chown", "--security-opt", "seccomp=unconfined", "true"]);
         assert_eq!(c["process"]["capabilities"]["bounding"], serde_json::json!(["CAP_CHOWN"]));
         assert!(c["linux"].get("seccomp").is_none());
+    }
+
+    #[test]
+    fn volumes_become_bind_mounts_from_the_share() {
+        let p = plan(&parse(&["-v", "/srv/data:/data", "--volume", "/etc/hosts:/etc/hosts:ro", "true"]), |_| None).unwrap();
+        assert_eq!(p.volumes.len(), 2);
+        let s: Value = serde_json::from_str(&p.spec_json).unwrap();
+        let binds: Vec<&Value> = s["mounts"].as_array().unwrap().iter().filter(|m| m["type"] == "bind").collect();
+        assert_eq!(binds.len(), 2);
+        assert_eq!(binds[0]["source"], "/run/palisade/shares/palisade/volumes/0");
+        assert_eq!(binds[0]["destination"], "/data");
+        assert_eq!(binds[1]["destination"], "/etc/hosts");
+        assert_eq!(binds[1]["options"][2], "ro");
+        let e = plan(&parse(&["-v", "data:/data", "true"]), |_| None).unwrap_err().to_string();
+        assert!(e.contains("named and anonymous volumes"), "{e}");
     }
 
     #[test]

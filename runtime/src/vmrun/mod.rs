@@ -18,6 +18,7 @@ pub mod signals;
 pub mod terminal;
 pub mod timings;
 pub mod vmm;
+pub mod volume;
 
 pub use args::VmrunArgs;
 pub use run::{run, VmrunError};

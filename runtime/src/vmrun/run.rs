@@ -12,11 +12,13 @@ use palisade_vmm::host::{probe_kvm_host, KvmHostKind, PVM_EXPLANATION};
 use super::args::{disk_rates, vm_memory_mib, ArgsError, VmrunArgs};
 use super::assets::{self, AssetError};
 use super::container::{self, ContainerError};
-use super::image::{self, ImageError, ImageKind, RootKind};
+use super::image::{self, ImageError, RootKind};
 use super::rundir::{candidate_bases, RunDir, RunDirError};
 use super::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
 use super::terminal::{self, RawMode};
 use super::vmm::{VmmConfig, VmmError, VmmProcess};
+use crate::share::{self, ShareDir, ShareError, SharePlan};
+use crate::virtiofsd::{Bind, Virtiofsd, VirtiofsdConfig, VirtiofsdError};
 
 /// Default of `PALISADE_BOOT_TIMEOUT_SECS`.
 pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
@@ -45,6 +47,16 @@ pub enum VmrunError {
     Image(#[from] ImageError),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
+    #[error("--volume: {0}")]
+    Volume(ShareError),
+    #[error("--rootfs: {0}")]
+    RootShare(ShareError),
+    #[error("--device-read-bps/--device-write-bps/--device-*-iops: the root filesystem {0} is a directory, shared with the VM, so the VM has no disk to limit (give an erofs or ext4 image as --rootfs)")]
+    NoDiskToLimit(PathBuf),
+    #[error(transparent)]
+    Share(ShareError),
+    #[error(transparent)]
+    Virtiofsd(#[from] VirtiofsdError),
     #[error(transparent)]
     Vmm(#[from] VmmError),
     #[error("terminal: {0}")]
@@ -122,27 +134,49 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     if !vmm_binary.is_file() {
         return Err(AssetError::NoVmm(vmm_binary).into());
     }
+    // A directory root and the volumes are shared live (virtio-fs); an image is the VM's disk.
+    let mut shared = SharePlan::default();
+    let (disk, root_source) = match image::classify(&rootfs)? {
+        RootKind::Directory if disk_rates != Default::default() => return Err(VmrunError::NoDiskToLimit(rootfs)),
+        RootKind::Directory => {
+            shared.add(&rootfs, share::ROOT_PATH.into(), plan.read_only).map_err(VmrunError::RootShare)?;
+            (None, RootfsSource::Share { tag: share::TAG.into(), path: share::ROOT_PATH.into() })
+        }
+        RootKind::Image(kind) => (Some(rootfs.clone()), RootfsSource::Device { device: "/dev/vda".into(), fstype: kind.fstype().into() }),
+    };
+    for (i, v) in plan.volumes.iter().enumerate() {
+        shared.add(&v.host, share::volume_path(i), v.read_only).map_err(VmrunError::Volume)?;
+    }
+    let virtiofsd_binary = assets::virtiofsd_binary(env_path("PALISADE_VIRTIOFSD"), &assets_dir);
+    if !shared.is_empty() && !virtiofsd_binary.is_file() {
+        return Err(AssetError::NoVirtiofsd(virtiofsd_binary).into());
+    }
 
     let run_dir = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
     tracing::debug!(dir = %run_dir.path().display(), "run directory");
-    // A directory becomes a read-only erofs image in the run directory.
-    let (disk, image_kind) = match image::classify(&rootfs)? {
-        RootKind::Directory => {
-            image::make_erofs(&rootfs, &run_dir.rootfs_image())?;
-            (run_dir.rootfs_image(), ImageKind::Erofs)
-        }
-        RootKind::Image(kind) => (rootfs.clone(), kind),
+    // Dropped in reverse: virtiofsd stops before its shared directory's placeholders go,
+    // and those before the run directory.
+    let (share_dir, _virtiofsd) = if shared.is_empty() {
+        (None, None)
+    } else {
+        let dir = ShareDir::create(&run_dir.share_dir(), &shared).map_err(VmrunError::Share)?;
+        let mut config = VirtiofsdConfig::new(&virtiofsd_binary, dir.path(), run_dir.virtiofsd_socket());
+        config.log = Some(run_dir.virtiofsd_log());
+        config.binds =
+            shared.entries.iter().map(|e| Bind { source: e.host.clone(), target: dir.target(e), read_only: e.read_only }).collect();
+        let fsd = Virtiofsd::spawn(&config)?;
+        tracing::debug!(pid = fsd.pid(), "virtiofsd serves {}", dir.path().display());
+        (Some(dir), Some(fsd))
+    };
+    let fs = match &share_dir {
+        Some(_) => vec![palisade_vmm::FsConfig { tag: share::TAG.into(), socket: run_dir.virtiofsd_socket() }],
+        None => vec![],
     };
 
     let tty_size = if plan.terminal { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
     let spec = SessionSpec {
-        share: None,
-        rootfs: Some(RootfsSpec {
-            id: "root".into(),
-            source: RootfsSource::Device { device: "/dev/vda".into(), fstype: image_kind.fstype().into() },
-            writable: !plan.read_only,
-            process_mounts: false,
-        }),
+        share: share_dir.as_ref().map(|_| share::TAG.to_string()),
+        rootfs: Some(RootfsSpec { id: "root".into(), source: root_source, writable: !plan.read_only, process_mounts: false }),
         shutdown: true,
         launch: Launch::Container {
             spec: ContainerSpec {
@@ -167,8 +201,8 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         binary: &vmm_binary,
         kernel: &kernel,
         initrd: &initrd,
-        disk: Some(&disk),
-        fs: vec![],
+        disk: disk.as_deref(),
+        fs,
         disk_rates,
         cpus: args.cpus,
         memory_mib,
@@ -193,6 +227,8 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     let status = run_session(&run_dir.vsock_socket(), &mut vmm, &spec, io, signals)?;
     drop(_raw);
     drop(vmm);
+    drop(_virtiofsd);
+    drop(share_dir);
     drop(run_dir);
     Ok(exit_code(&status, plan.memory_limit_mib, memory_mib))
 }

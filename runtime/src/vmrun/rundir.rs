@@ -1,5 +1,6 @@
 //! The per-run directory: the VMM's configuration, vsock socket, serial log, stderr and exit
-//! record and a generated rootfs image live there; it is removed when the run ends.
+//! record, and the VM's shared directory and virtiofsd's socket live there; it is removed
+//! when the run ends.
 
 use std::path::{Path, PathBuf};
 
@@ -82,8 +83,15 @@ impl RunDir {
     pub fn exit_record(&self) -> PathBuf {
         self.path().join("exit.json")
     }
-    pub fn rootfs_image(&self) -> PathBuf {
-        self.path().join("rootfs.erofs")
+    /// The VM's shared directory (`crate::share::ShareDir`).
+    pub fn share_dir(&self) -> PathBuf {
+        self.path().join("share")
+    }
+    pub fn virtiofsd_socket(&self) -> PathBuf {
+        self.path().join("virtiofsd.sock")
+    }
+    pub fn virtiofsd_log(&self) -> PathBuf {
+        self.path().join("virtiofsd.log")
     }
 }
 

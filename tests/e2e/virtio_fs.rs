@@ -1,0 +1,212 @@
+//! virtio-fs: host directories and files shared live with the micro-VM (`vmrun -v`,
+//! `vmrun --rootfs DIR`), and sandboxes that outlive the command that started them.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use palisade_e2e::{boot_retrying, paths, run, vm_timeout, Output};
+use sha2::{Digest, Sha256};
+
+use crate::vmrun::{busybox_rootfs, shared, vm};
+use crate::{ensure, trial, TestResult};
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("virtio_fs::a_volume_carries_64_mib_and_1000_files_with_owners_and_modes", a_volume_carries_files),
+        trial("virtio_fs::host_changes_are_seen_ro_refuses_and_a_file_binds_over_etc_hosts", host_changes_ro_and_single_files),
+        trial("virtio_fs::a_rootfs_directory_is_shared_live_and_nothing_outside_it_is_reachable", rootfs_directory_is_shared_live),
+        trial("virtio_fs::a_detached_sandbox_is_found_by_its_id_and_stopped", detached_sandbox),
+        trial("virtio_fs::errors::bad_volumes_and_disk_limits_without_a_disk", bad_volumes_and_disk_limits),
+    ]
+}
+
+fn tempdir() -> Result<tempfile::TempDir, String> {
+    tempfile::tempdir().map_err(|e| e.to_string())
+}
+
+fn a_volume_carries_files() -> TestResult {
+    let host = tempdir()?;
+    let volume = format!("{}:/data", host.path().display());
+    let script = "set -e; head -c 67108864 /dev/urandom > /data/big; sync; sha256sum /data/big; mkdir /data/small; \
+                  i=0; while [ $i -lt 1000 ]; do echo \"file $i\" > /data/small/$i; i=$((i+1)); done; \
+                  echo owned > /data/owned; chown 1234:5678 /data/owned; chmod 0640 /data/owned; echo done";
+    let out = vm(&["--vm-memory", "256", "-v", &volume, "--", "sh", "-c", script], None)?;
+    ensure!(out.code() == 0 && out.stdout_str().ends_with("done\n"), "{}", out.describe());
+    let theirs = out.stdout_str().split_whitespace().next().unwrap_or_default().to_string();
+    let big = std::fs::read(host.path().join("big")).map_err(|e| format!("the host has no /data/big: {e}"))?;
+    ensure!(big.len() == 64 << 20, "the host sees {} bytes of the 64 MiB file", big.len());
+    let ours = format!("{:x}", Sha256::digest(&big));
+    ensure!(ours == theirs, "sha256 on the host {ours}, in the guest {theirs}");
+    for i in 0..1000 {
+        let text = std::fs::read_to_string(host.path().join(format!("small/{i}"))).map_err(|e| format!("small/{i}: {e}"))?;
+        ensure!(text == format!("file {i}\n"), "small/{i} holds {text:?}");
+    }
+    let meta = std::fs::metadata(host.path().join("owned")).map_err(|e| e.to_string())?;
+    ensure!((meta.uid(), meta.gid()) == (1234, 5678), "owner on the host {}:{}", meta.uid(), meta.gid());
+    ensure!(meta.permissions().mode() & 0o7777 == 0o640, "mode on the host {:o}", meta.permissions().mode() & 0o7777);
+    Ok(())
+}
+
+fn host_changes_ro_and_single_files() -> TestResult {
+    let (data, ro, files) = (tempdir()?, tempdir()?, tempdir()?);
+    std::fs::write(ro.path().join("kept"), "read-only\n").map_err(|e| e.to_string())?;
+    let hosts = files.path().join("hosts");
+    std::fs::write(&hosts, "10.1.2.3 from-the-host\n").map_err(|e| e.to_string())?;
+    // The guest says it is ready, the host then writes a file, the guest waits for it.
+    let script = "cat /etc/hosts; cat /ro/kept; touch /ro/new; echo touch=$?; echo ready > /data/ready; \
+                  i=0; while [ ! -e /data/from-host ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; cat /data/from-host";
+    let (dv, rv, hv) = (
+        format!("{}:/data", data.path().display()),
+        format!("{}:/ro:ro", ro.path().display()),
+        format!("{}:/etc/hosts:ro", hosts.display()),
+    );
+    let writer_dir = data.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        let deadline = Instant::now() + vm_timeout();
+        while Instant::now() < deadline {
+            if writer_dir.join("ready").exists() {
+                let _ = std::fs::write(writer_dir.join("from-host"), "written on the host\n");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    let out = vm(&["-v", &dv, "-v", &rv, "-v", &hv, "--", "sh", "-c", script], None)?;
+    let wrote = writer.join().unwrap_or(false);
+    ensure!(out.code() == 0, "{}", out.describe());
+    let stdout = out.stdout_str();
+    ensure!(stdout.starts_with("10.1.2.3 from-the-host\nread-only\n"), "{}", out.describe());
+    ensure!(
+        out.stderr.contains("Read-only file system") && stdout.contains("touch=1"),
+        "a write to a :ro volume must fail with EROFS: {}",
+        out.describe()
+    );
+    ensure!(!ro.path().join("new").exists(), "the :ro volume was written to");
+    ensure!(wrote, "the guest never said it was ready: {}", out.describe());
+    ensure!(stdout.ends_with("written on the host\n"), "the guest did not see the host's change: {}", out.describe());
+    Ok(())
+}
+
+fn rootfs_directory_is_shared_live() -> TestResult {
+    let dir = busybox_rootfs()?;
+    let root = dir.path();
+    // Outside the shared directory, a secret the container must not reach by any path.
+    let outside = tempdir()?;
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "the-host-secret\n").map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("/", root.join("to-slash")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&secret, root.join("to-secret")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("/etc/shadow", root.join("to-shadow")).map_err(|e| e.to_string())?;
+    let secret_path = secret.display().to_string();
+    let script = format!(
+        "echo from-the-container > /written; \
+         for p in /to-secret /to-slash{secret_path} {secret_path} /../../..{secret_path} /proc/self/root{secret_path} \
+                  /proc/1/root{secret_path} /to-shadow /to-slash/etc/shadow /etc/shadow; do \
+           /bin/busybox cat $p 2>/dev/null && echo READ:$p; done; echo end"
+    );
+    let out = vm(&["--rootfs", &root.display().to_string(), "--", "/bin/sh", "-c", &script], None)?;
+    ensure!(out.code() == 0 && out.stdout_str().ends_with("end\n"), "{}", out.describe());
+    ensure!(
+        !out.stdout_str().contains("the-host-secret") && !out.stdout_str().contains("READ:"),
+        "the container read outside its root: {}",
+        out.describe()
+    );
+    let written = std::fs::read_to_string(root.join("written")).map_err(|e| format!("the write did not land in the directory: {e}"))?;
+    ensure!(written == "from-the-container\n", "{written:?}");
+    Ok(())
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+fn running(pid: i64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+/// Refused before any VM boots, each with what was wrong.
+fn bad_volumes_and_disk_limits() -> TestResult {
+    let dir = busybox_rootfs()?;
+    let root = dir.path().display().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--device-read-bps", "/dev/vda:1mb", "--rootfs", &root, "--", "true"],
+            "is a directory, shared with the VM, so the VM has no disk to limit",
+        ),
+        (&["-v", "/nonexistent/palisade-volume:/data", "--", "true"], "--volume: /nonexistent/palisade-volume: no such file or directory"),
+        (&["-v", "named:/data", "--", "true"], "named and anonymous volumes are not supported"),
+        (&["-v", "/tmp:/data:z", "--", "true"], "unknown option \"z\""),
+    ];
+    for (args, expected) in cases {
+        let out = run(palisade_e2e::vmrun(args), None, vm_timeout()).map_err(|e| e.to_string())?;
+        ensure!(out.code() == 125 && out.stderr.contains(expected), "vmrun {args:?}: expected 125 and {expected:?}: {}", out.describe());
+    }
+    Ok(())
+}
+
+fn sandbox(args: &[&str]) -> Command {
+    let mut cmd = Command::new(paths().profile_dir.join("palisade-sandbox"));
+    cmd.args(args);
+    cmd
+}
+
+fn sandbox_run(args: &[&str]) -> Result<Output, String> {
+    run(sandbox(args), None, vm_timeout()).map_err(|e| e.to_string())
+}
+
+fn detached_sandbox() -> TestResult {
+    let _g = shared();
+    let sandboxes = tempdir()?;
+    let root_arg = sandboxes.path().display().to_string();
+    let dir = busybox_rootfs()?;
+    let rootfs = dir.path().display().to_string();
+    let id = "e2e-detached";
+    // `start` returns once the agent answers; its VM lives on after it exits.
+    let started = boot_retrying("palisade-sandbox start", || {
+        let out = sandbox_run(&["--root", &root_arg, "start", id, "--rootfs", &rootfs]);
+        if out.as_ref().is_ok_and(|o| o.code() != 0) {
+            let _ = sandbox_run(&["--root", &root_arg, "delete", "--force", id]);
+        }
+        out
+    })?;
+    ensure!(started.code() == 0 && started.stdout_str() == format!("{id}\n"), "{}", started.describe());
+    let state = |field: &str| -> Result<serde_json::Value, String> {
+        let out = sandbox_run(&["--root", &root_arg, "state", id])?;
+        let v: serde_json::Value = serde_json::from_str(&out.stdout_str()).map_err(|e| format!("{e}: {}", out.describe()))?;
+        Ok(v[field].clone())
+    };
+    ensure!(state("status")? == "running", "not running after start");
+    // A second command finds it by its ID and talks to its agent.
+    let out =
+        sandbox_run(&["--root", &root_arg, "exec", id, "--", "sh", "-c", "echo hi-from-exec > /exec-wrote; cat /exec-wrote; exit 3"])?;
+    ensure!(out.code() == 3 && out.stdout_str() == "hi-from-exec\n", "{}", out.describe());
+    ensure!(dir.path().join("exec-wrote").exists(), "the exec's write did not land in the shared root");
+    let out = sandbox_run(&["--root", &root_arg, "stop", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    ensure!(state("status")? == "stopped", "not stopped after stop");
+    let out = sandbox_run(&["--root", &root_arg, "delete", id])?;
+    ensure!(out.code() == 0 && !sandboxes.path().join(id).exists(), "{}", out.describe());
+
+    // Its VMM SIGKILLed: the state says stopped, and nothing of it is left.
+    let started = sandbox_run(&["--root", &root_arg, "start", id])?;
+    ensure!(started.code() == 0, "{}", started.describe());
+    let vmm = state("vmm")?["pid"].as_i64().ok_or("no VMM pid in the state")?;
+    // SAFETY: kill(2) on the pid the sandbox's state names.
+    ensure!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) } == 0, "kill {vmm}: {}", std::io::Error::last_os_error());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state("status")? != "stopped" {
+        ensure!(Instant::now() < deadline, "the state did not say stopped after the VMM was SIGKILLed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let supervisor = state("supervisor")?["pid"].as_i64().ok_or("no supervisor pid in the state")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(supervisor) {
+        ensure!(Instant::now() < deadline, "the supervisor outlived its VM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = sandbox_run(&["--root", &root_arg, "delete", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    Ok(())
+}

@@ -39,7 +39,7 @@ pub fn parse(value: &str) -> Result<Volume, VolumeError> {
         return Err(VolumeError::NotAHostPath(value.into()));
     }
     let path_ok = container.starts_with('/')
-        && container.trim_end_matches('/') != ""
+        && !container.trim_end_matches('/').is_empty()
         && !Path::new(container).components().any(|c| c == Component::ParentDir)
         && !container.contains('\0');
     if !path_ok {

@@ -1,0 +1,390 @@
+//! `fs-share`: what sharing host files with a micro-VM through virtio-fs costs, measured
+//! interleaved in one run and reported as medians (min–max) and ratios to a baseline
+//! measured in the same run.
+//!
+//! 1. Start-up with a directory root: `vmrun --rootfs DIR` (shared live) against the erofs
+//!    copy it replaced (`mkfs.erofs` of DIR, then `vmrun --rootfs IMAGE`), from the start to
+//!    the command's first output, for a small and a large directory.
+//! 2. File I/O: sequential write + fsync and sequential read of 256 MiB, and create / stat /
+//!    unlink of 2,000 small files, (a) on the host directly, (b) in a crun container on a
+//!    bind mount, (c) in a Palisade container on a virtio-fs volume (`vmrun -v`).
+//!
+//! On hosts whose /dev/kvm cannot boot a standard guest it re-executes itself inside the KVM
+//! test host; the report says so, and its absolute VM figures are then emulated.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use palisade_e2e::{paths, reexec_in_testhost_if_needed, run};
+
+#[derive(Parser)]
+#[command(about = "virtio-fs benchmark: shared roots and volumes against the host, crun and an erofs copy")]
+struct Args {
+    /// Rounds (each runs every contender once, interleaved), after one warm-up round.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Sizes of the root directories of part 1, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "10,500")]
+    root_sizes: Vec<u64>,
+    /// Size of the sequential files of part 2, MiB.
+    #[arg(long, default_value_t = 256)]
+    seq_mib: u64,
+    /// Number of small files of part 2.
+    #[arg(long, default_value_t = 2000)]
+    files: u64,
+    /// One round of everything at small sizes: the smoke run CI does.
+    #[arg(long)]
+    quick: bool,
+    /// Write the Markdown report here as well as to stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// Median and range of samples.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return Stat { median: f64::NAN, min: f64::NAN, max: f64::NAN };
+    }
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Stat { median, min: v[0], max: v[n - 1] }
+}
+
+impl std::fmt::Display for Stat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} ({:.0}–{:.0})", self.median, self.min, self.max)
+    }
+}
+
+/// A busybox root directory with `filler_mib` MiB of incompressible data in it.
+fn busybox_dir(dir: &Path, filler_mib: u64) -> Result<()> {
+    for d in ["bin", "proc", "dev", "tmp", "sys", "data"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).context("/bin/busybox (busybox-static)")?;
+    for applet in ["sh", "true", "echo", "dd", "date", "mkdir", "rm", "sync"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut file = std::fs::File::create(dir.join("filler"))?;
+    for _ in 0..filler_mib {
+        for b in chunk.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        std::io::Write::write_all(&mut file, &chunk)?;
+    }
+    Ok(())
+}
+
+/// Runs `cmd`; returns the milliseconds to its first line of stdout, and its whole stdout.
+fn time_to_first_line(mut cmd: Command, started: Instant) -> Result<(f64, String)> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("{cmd:?}"))?;
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut first = String::new();
+    stdout.read_line(&mut first)?;
+    let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest)?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr)?;
+    }
+    let status = child.wait()?;
+    if !status.success() || first.is_empty() {
+        bail!("{cmd:?} failed ({status}): {stderr}");
+    }
+    Ok((first_ms, first + &rest))
+}
+
+/// One sample, retried once when the VM was lost (the emulated test host loses one now and
+/// then; a second loss is an error).
+fn sample<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    match f() {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            eprintln!("[bench] {what} failed ({e:#}); once more");
+            f()
+        }
+    }
+}
+
+/// Part 1: ms from start to first output, live share against the erofs copy.
+fn root_startup(p: &palisade_e2e::Paths, size: u64, rounds: usize) -> Result<(Stat, Stat)> {
+    let dir = tempfile::tempdir()?;
+    busybox_dir(dir.path(), size)?;
+    let root = dir.path().display().to_string();
+    let image = tempfile::tempdir()?;
+    let image_path = image.path().join("root.erofs");
+    let (mut live, mut copy) = (Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        let (l, _) = sample("live share", || {
+            let mut c = Command::new(&p.vmrun);
+            c.args(["--rootfs", &root, "--", "echo", "ready"]);
+            time_to_first_line(c, Instant::now())
+        })?;
+        let (c, _) = sample("erofs copy", || {
+            let _ = std::fs::remove_file(&image_path);
+            let started = Instant::now();
+            let out = run(
+                {
+                    let mut m = Command::new("mkfs.erofs");
+                    m.arg(&image_path).arg(dir.path());
+                    m
+                },
+                None,
+                Duration::from_secs(600),
+            )?;
+            if out.code() != 0 {
+                bail!("mkfs.erofs: {}", out.describe());
+            }
+            let mut c = Command::new(&p.vmrun);
+            c.arg("--rootfs").arg(&image_path).args(["--", "echo", "ready"]);
+            time_to_first_line(c, started)
+        })?;
+        eprintln!(
+            "[bench] {size} MiB root, round {round}: live {l:.0} ms, erofs copy {c:.0} ms{}",
+            if round == 0 { " (warm-up)" } else { "" }
+        );
+        if round > 0 {
+            live.push(l);
+            copy.push(c);
+        }
+    }
+    Ok((stat(live), stat(copy)))
+}
+
+/// The workload of part 2, in busybox sh, on directory `$D`: prints `write_ms=`, `read_ms=`,
+/// `create_ms=`, `stat_ms=`, `unlink_ms=`. `$D/r` (for the read) is written beforehand by
+/// the host, whose page cache is then dropped.
+const WORKLOAD: &str = r#"set -e
+t() { date +%s%N; }
+case "$(t)" in *N*|'') echo "date has no %N" >&2; exit 9;; esac
+a=$(t); dd if=/dev/zero of="$D/w" bs=1M count="$SEQ_MIB" conv=fsync 2>/dev/null; b=$(t)
+echo write_ms=$(( (b - a) / 1000000 ))
+a=$(t); dd if="$D/r" of=/dev/null bs=1M 2>/dev/null; b=$(t)
+echo read_ms=$(( (b - a) / 1000000 ))
+mkdir "$D/s"
+a=$(t); i=0; while [ $i -lt "$FILES" ]; do : > "$D/s/$i"; i=$((i + 1)); done; b=$(t)
+echo create_ms=$(( (b - a) / 1000000 ))
+a=$(t); i=0; while [ $i -lt "$FILES" ]; do [ -f "$D/s/$i" ]; i=$((i + 1)); done; b=$(t)
+echo stat_ms=$(( (b - a) / 1000000 ))
+a=$(t); rm -r "$D/s"; sync; b=$(t)
+echo unlink_ms=$(( (b - a) / 1000000 ))
+"#;
+
+/// Which of an [`IoSamples`]' series a report row shows.
+type SampleField = fn(&IoSamples) -> &Vec<f64>;
+
+#[derive(Debug, Default, Clone)]
+struct IoSamples {
+    write: Vec<f64>,
+    read: Vec<f64>,
+    create: Vec<f64>,
+    stat: Vec<f64>,
+    unlink: Vec<f64>,
+}
+
+impl IoSamples {
+    fn push(&mut self, out: &str) -> Result<()> {
+        let get = |key: &str| -> Result<f64> {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .with_context(|| format!("no {key} in the workload's output: {out:?}"))?
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("{key} in {out:?}"))
+        };
+        self.write.push(get("write_ms")?.max(1.0));
+        self.read.push(get("read_ms")?.max(1.0));
+        self.create.push(get("create_ms")?.max(1.0));
+        self.stat.push(get("stat_ms")?.max(1.0));
+        self.unlink.push(get("unlink_ms")?.max(1.0));
+        Ok(())
+    }
+}
+
+/// Empties `dir`, writes the file the workload reads, syncs and drops the page cache.
+fn prepare_io_dir(dir: &Path, seq_mib: u64) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    let status = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "status=none"])
+        .arg(format!("of={}", dir.join("r").display()))
+        .arg(format!("count={seq_mib}"))
+        .status()?;
+    if !status.success() {
+        bail!("dd: {status}");
+    }
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")?;
+    Ok(())
+}
+
+/// An OCI bundle for crun: the busybox image's files, `dir` bound at /data, the workload.
+fn crun_bundle(bundle: &Path, data: &Path, env: &[String]) -> Result<()> {
+    busybox_dir(&bundle.join("rootfs"), 0)?;
+    let status = Command::new("crun").arg("spec").current_dir(bundle).status().context("crun spec (apt-get install crun)")?;
+    if !status.success() {
+        bail!("crun spec failed");
+    }
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", WORKLOAD]);
+    let mut all_env: Vec<String> = vec!["PATH=/bin".into(), "D=/data".into()];
+    all_env.extend(env.iter().cloned());
+    spec["process"]["env"] = serde_json::json!(all_env);
+    spec["root"]["readonly"] = false.into();
+    spec["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!({
+        "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
+    }));
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}
+
+fn io_bench(p: &palisade_e2e::Paths, args: &Args) -> Result<[IoSamples; 3]> {
+    let env = vec![format!("SEQ_MIB={}", args.seq_mib), format!("FILES={}", args.files)];
+    let host_dir = tempfile::tempdir()?;
+    let crun_dir = tempfile::tempdir()?;
+    let vm_dir = tempfile::tempdir()?;
+    let bundle = tempfile::tempdir()?;
+    crun_bundle(bundle.path(), crun_dir.path(), &env)?;
+    let mut samples: [IoSamples; 3] = Default::default();
+    let timeout = Duration::from_secs(1800);
+    for round in 0..=args.rounds {
+        // (a) the host itself, with the same busybox shell.
+        prepare_io_dir(host_dir.path(), args.seq_mib)?;
+        let mut c = Command::new("/bin/busybox");
+        c.args(["sh", "-c", WORKLOAD])
+            .env("D", host_dir.path())
+            .env("SEQ_MIB", args.seq_mib.to_string())
+            .env("FILES", args.files.to_string());
+        let host = run(c, None, timeout)?;
+        if host.code() != 0 {
+            bail!("the workload on the host: {}", host.describe());
+        }
+        // (b) crun, on a bind mount.
+        prepare_io_dir(crun_dir.path(), args.seq_mib)?;
+        let mut c = Command::new("crun");
+        c.args(["run", "-b"]).arg(bundle.path()).arg(format!("palisade-fs-bench-{}-{round}", std::process::id()));
+        let crun = run(c, None, timeout)?;
+        if crun.code() != 0 {
+            bail!("the workload in crun: {}", crun.describe());
+        }
+        // (c) a Palisade container on a virtio-fs volume.
+        prepare_io_dir(vm_dir.path(), args.seq_mib)?;
+        let volume = format!("{}:/data", vm_dir.path().display());
+        let vm = sample("the workload in a Palisade container", || {
+            let mut c = Command::new(&p.vmrun);
+            c.args(["--vm-memory", "512", "-v", &volume, "-e", "D=/data"]);
+            for e in &env {
+                c.args(["-e", e]);
+            }
+            c.args(["--", "sh", "-c", WORKLOAD]);
+            let out = run(c, None, timeout)?;
+            if out.code() != 0 {
+                bail!("{}", out.describe());
+            }
+            Ok(out)
+        })?;
+        let outs = [host.stdout_str(), crun.stdout_str(), vm.stdout_str()];
+        eprintln!(
+            "[bench] file I/O round {round}{}: host {:?}, crun {:?}, palisade {:?}",
+            if round == 0 { " (warm-up)" } else { "" },
+            outs[0],
+            outs[1],
+            outs[2]
+        );
+        if round > 0 {
+            for (s, out) in samples.iter_mut().zip(outs.iter()) {
+                s.push(out)?;
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn main() -> Result<()> {
+    reexec_in_testhost_if_needed();
+    let mut args = Args::parse();
+    if args.quick {
+        args.rounds = 1;
+        args.root_sizes = vec![4];
+        args.seq_mib = 16;
+        args.files = 100;
+    }
+    let p = paths();
+    let emulated = palisade_e2e::inside_testhost();
+    let where_ = if emulated {
+        "inside the KVM test host (QEMU TCG with emulated AMD-V): **emulated — not representative of hardware**; the host and crun figures are the test host's, on its tmpfs-backed overlay"
+    } else {
+        "directly on this host's KVM"
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut report = format!(
+        "Measured {where_}; {cpu}, {cores} cores, kernel {}; {} rounds after a warm-up, interleaved; medians (min–max).\n\n",
+        kernel.trim(),
+        args.rounds
+    );
+    report.push_str("**Start-up with a directory root** (start → the command's first output, ms)\n\n| root directory | shared live (`--rootfs DIR`) | erofs copy (`mkfs.erofs` + `--rootfs IMAGE`) | live / copy |\n|---|---|---|---|\n");
+    for &size in &args.root_sizes {
+        let (live, copy) = root_startup(&p, size, args.rounds)?;
+        report.push_str(&format!("| {size} MiB | {live} | {copy} | {:.2}× |\n", live.median / copy.median));
+    }
+    let [host, crun, vm] = io_bench(&p, &args)?;
+    let mib = args.seq_mib as f64;
+    let files = args.files as f64;
+    report.push_str(&format!(
+        "\n**File I/O** ({} MiB sequential, {} small files; higher is better; ratio to the host)\n\n| workload | host | crun, bind mount | Palisade, virtio-fs volume |\n|---|---|---|---|\n",
+        args.seq_mib, args.files
+    ));
+    let rows: [(&str, f64, SampleField); 5] = [
+        ("sequential write + fsync, MiB/s", mib, |s| &s.write),
+        ("sequential read, MiB/s", mib, |s| &s.read),
+        ("create, files/s", files, |s| &s.create),
+        ("stat, files/s", files, |s| &s.stat),
+        ("unlink (`rm -r`), files/s", files, |s| &s.unlink),
+    ];
+    for (name, amount, field) in rows {
+        let rate = |s: &IoSamples| stat(field(s).iter().map(|ms| amount / (ms / 1000.0)).collect());
+        let (h, c, v) = (rate(&host), rate(&crun), rate(&vm));
+        report.push_str(&format!(
+            "| {name} | {h} | {c} ({:.0} %) | {v} ({:.0} %) |\n",
+            100.0 * c.median / h.median,
+            100.0 * v.median / h.median
+        ));
+    }
+    print!("{report}");
+    if let Some(path) = args.output {
+        std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@ fn spec(dir: &Path, shared: Vec<SharedPath>) -> SandboxSpec {
         vm: VmConfig::new("/nonexistent/vmlinux"),
         shared,
         ephemeral: false,
+        remove_empty_root: false,
         console: false,
     }
 }

@@ -186,6 +186,7 @@ fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8>
                 vm,
                 shared: shared.clone(),
                 ephemeral: false,
+                remove_empty_root: false,
                 console: false,
             };
             control::start(&root, &id, &spec, &exe, Attachment::Detached, Duration::from_secs(30))?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use palisade_protocol::{ExitStatus, ProcessSpec, Request, RootfsSpec};
 
-use super::dir::{SandboxDir, SandboxError};
+use super::dir::{LockedSandbox, SandboxDir, SandboxError};
 use super::id::SandboxId;
 use super::spec::{SandboxSpec, SpecError};
 use super::state::{SandboxState, Status};
@@ -97,7 +97,19 @@ pub fn start(
     attachment: Attachment,
     timeout: Duration,
 ) -> Result<SandboxState, ControlError> {
-    let locked = SandboxDir::create(root, id)?;
+    start_in(SandboxDir::create(root, id)?, spec, supervisor, attachment, timeout)
+}
+
+/// [`start`] in a sandbox directory the caller has just created (and holds locked).
+pub fn start_in(
+    locked: LockedSandbox,
+    spec: &SandboxSpec,
+    supervisor: &Path,
+    attachment: Attachment,
+    timeout: Duration,
+) -> Result<SandboxState, ControlError> {
+    let (root, id) = (locked.path().parent().unwrap_or(Path::new("/")).to_path_buf(), locked.id().clone());
+    let (root, id) = (root.as_path(), &id);
     spec.write_to(&locked.spec_file())?;
     let log_path = locked.supervisor_log();
     let spawn_error = |source| ControlError::Spawn { id: id.clone(), path: supervisor.into(), source };

@@ -34,6 +34,10 @@ pub struct SandboxSpec {
     /// the supervisor removes the sandbox's directory when the VM has ended.
     #[serde(default)]
     pub ephemeral: bool,
+    /// With `ephemeral`: the root directory is the starter's own (vmrun's
+    /// `/run/palisade/vmrun`) and goes too when the sandbox leaves it empty.
+    #[serde(default)]
+    pub remove_empty_root: bool,
     /// The guest's console and the VMM's stderr go to the supervisor's stderr (`vmrun
     /// --console`) instead of files in the sandbox's directory.
     #[serde(default)]
@@ -85,6 +89,7 @@ mod tests {
             vm: VmConfig::new("/a/vmlinux"),
             shared: vec![SharedPath { host: "/srv/root".into(), path: "root".into(), read_only: true }],
             ephemeral: true,
+            remove_empty_root: false,
             console: false,
         };
         spec.write_to(&path).unwrap();

@@ -114,15 +114,16 @@ pub fn supervise(root: &Path, id: &SandboxId, signals: &Receiver<i32>) -> Result
     }));
     locked.write_state(&state)?;
     tracing::info!(sandbox = %id.as_str(), reason = %end.reason, "stopped");
-    if spec_is_ephemeral(&locked) && !starter.is_some_and(|s| s.is_alive()) {
+    let spec = SandboxSpec::read_from(&locked.spec_file()).ok();
+    if spec.as_ref().is_some_and(|s| s.ephemeral) && !starter.is_some_and(|s| s.is_alive()) {
         // Its command is gone (vmrun was killed): nobody else will remove it.
         locked.remove()?;
+        if spec.is_some_and(|s| s.remove_empty_root) {
+            // Only succeeds when empty: no other sandbox is in it.
+            let _ = std::fs::remove_dir(root);
+        }
     }
     Ok(())
-}
-
-fn spec_is_ephemeral(locked: &LockedSandbox) -> bool {
-    SandboxSpec::read_from(&locked.spec_file()).is_ok_and(|s| s.ephemeral)
 }
 
 /// Starts virtiofsd (when anything is shared) and the VMM, with every file in the

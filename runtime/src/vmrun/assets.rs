@@ -13,6 +13,8 @@ pub enum AssetError {
     NotAKernel(PathBuf),
     #[error("palisade-vmm {0}: no such file — build it with `cargo build -p palisade-vmm` or set PALISADE_VMM")]
     NoVmm(PathBuf),
+    #[error("palisade-sandbox {0}: no such file — build it with `cargo build -p palisade-runtime` or set PALISADE_SANDBOX (it holds vmrun's VM)")]
+    NoSandbox(PathBuf),
     #[error("virtiofsd {0}: no such file — scripts/setup installs it, or set PALISADE_VIRTIOFSD (a directory root or volume needs it)")]
     NoVirtiofsd(PathBuf),
 }
@@ -30,6 +32,12 @@ pub fn assets_dir(env_value: Option<PathBuf>, exe: &Path) -> PathBuf {
 /// `$PALISADE_VMM`, else `palisade-vmm` beside the executable.
 pub fn vmm_binary(env_value: Option<PathBuf>, exe: &Path) -> PathBuf {
     env_value.filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| exe.parent().unwrap_or(Path::new(".")).join("palisade-vmm"))
+}
+
+/// `$PALISADE_SANDBOX`, else `palisade-sandbox` beside the executable (the supervisor that
+/// holds vmrun's VM).
+pub fn sandbox_binary(env_value: Option<PathBuf>, exe: &Path) -> PathBuf {
+    env_value.filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| exe.parent().unwrap_or(Path::new(".")).join("palisade-sandbox"))
 }
 
 /// `$PALISADE_VIRTIOFSD`, else `<assets>/virtiofsd` (where `scripts/setup` links it).

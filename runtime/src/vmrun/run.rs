@@ -2,7 +2,7 @@
 //! and the assets, prepare the run directory and the rootfs image, start the VMM,
 //! drive the session, report the container's end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -16,12 +16,15 @@ use super::image::{self, ImageError, RootKind};
 use super::rundir::{candidate_bases, RunDir, RunDirError};
 use super::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
 use super::terminal::{self, RawMode};
-use super::vmm::{VmmConfig, VmmError, VmmProcess};
-use crate::share::{self, ShareDir, ShareError, SharePlan};
-use crate::virtiofsd::{Bind, Virtiofsd, VirtiofsdConfig, VirtiofsdError};
+use super::vmm::VmmConfig;
+use crate::sandbox::control::{self, Attachment, SandboxVm};
+use crate::sandbox::{SandboxSpec, SharedPath};
+use crate::share::{self, ShareError, SharePlan};
 
 /// Default of `PALISADE_BOOT_TIMEOUT_SECS`.
 pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
+/// How long the VM's supervisor may take to start the VMM (and virtiofsd).
+const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The container's id in the guest.
 pub const CONTAINER_ID: &str = "main";
 /// vmrun's exit code when the OOM killer ended the container (Docker's: 128 + SIGKILL).
@@ -54,11 +57,7 @@ pub enum VmrunError {
     #[error("--device-read-bps/--device-write-bps/--device-*-iops: the root filesystem {0} is a directory, shared with the VM, so the VM has no disk to limit (give an erofs or ext4 image as --rootfs)")]
     NoDiskToLimit(PathBuf),
     #[error(transparent)]
-    Share(ShareError),
-    #[error(transparent)]
-    Virtiofsd(#[from] VirtiofsdError),
-    #[error(transparent)]
-    Vmm(#[from] VmmError),
+    Sandbox(control::ControlError),
     #[error("terminal: {0}")]
     Terminal(std::io::Error),
     #[error(transparent)]
@@ -152,30 +151,15 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         return Err(AssetError::NoVirtiofsd(virtiofsd_binary).into());
     }
 
-    let run_dir = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
+    let sandbox_binary = assets::sandbox_binary(env_path("PALISADE_SANDBOX"), &exe);
+    if !sandbox_binary.is_file() {
+        return Err(AssetError::NoSandbox(sandbox_binary).into());
+    }
+    let (run_dir, lock) = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
     tracing::debug!(dir = %run_dir.path().display(), "run directory");
-    // Dropped in reverse: virtiofsd stops before its shared directory's placeholders go,
-    // and those before the run directory.
-    let (share_dir, _virtiofsd) = if shared.is_empty() {
-        (None, None)
-    } else {
-        let dir = ShareDir::create(&run_dir.share_dir(), &shared).map_err(VmrunError::Share)?;
-        let mut config = VirtiofsdConfig::new(&virtiofsd_binary, dir.path(), run_dir.virtiofsd_socket());
-        config.log = Some(run_dir.virtiofsd_log());
-        config.binds =
-            shared.entries.iter().map(|e| Bind { source: e.host.clone(), target: dir.target(e), read_only: e.read_only }).collect();
-        let fsd = Virtiofsd::spawn(&config)?;
-        tracing::debug!(pid = fsd.pid(), "virtiofsd serves {}", dir.path().display());
-        (Some(dir), Some(fsd))
-    };
-    let fs = match &share_dir {
-        Some(_) => vec![palisade_vmm::FsConfig { tag: share::TAG.into(), socket: run_dir.virtiofsd_socket() }],
-        None => vec![],
-    };
-
     let tty_size = if plan.terminal { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
     let spec = SessionSpec {
-        share: share_dir.as_ref().map(|_| share::TAG.to_string()),
+        share: (!shared.is_empty()).then(|| share::TAG.to_string()),
         rootfs: Some(RootfsSpec { id: "root".into(), source: root_source, writable: !plan.read_only, process_mounts: false }),
         shutdown: true,
         launch: Launch::Container {
@@ -195,24 +179,37 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         quiet_warnings: plan.quiet_warnings.clone(),
     };
 
-    let (serial_log, vmm_stderr) = (run_dir.serial_log(), run_dir.vmm_stderr());
-    let (config_file, exit_record) = (run_dir.vm_config(), run_dir.exit_record());
-    let config = VmmConfig {
+    // The VM is a sandbox of its own, tied to vmrun: its supervisor holds the VMM and
+    // virtiofsd, ends the VM if vmrun dies however it dies, and then removes the directory.
+    // Its vsock socket, console log and files are set by the supervisor.
+    let vm = VmmConfig {
         binary: &vmm_binary,
         kernel: &kernel,
         initrd: &initrd,
         disk: disk.as_deref(),
-        fs,
+        fs: vec![],
         disk_rates,
         cpus: args.cpus,
         memory_mib,
         vsock_socket: &run_dir.vsock_socket(),
-        serial_log: (!args.console).then_some(serial_log.as_path()),
-        stderr_file: (!args.console).then_some(vmm_stderr.as_path()),
-        config_file: &config_file,
-        exit_record: &exit_record,
+        serial_log: None,
+        stderr_file: None,
+        config_file: Path::new("vm.json"),
+        exit_record: Path::new("exit.json"),
+    }
+    .vm_config();
+    let sandbox_spec = SandboxSpec {
+        vmm_binary: vmm_binary.clone(),
+        virtiofsd_binary: (!shared.is_empty()).then(|| virtiofsd_binary.clone()),
+        vm,
+        shared: shared.entries.iter().map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only }).collect(),
+        ephemeral: true,
+        remove_empty_root: run_dir.own_base(),
+        console: args.console,
     };
-    let mut vmm = VmmProcess::spawn(&config)?;
+    control::start_in(lock, &sandbox_spec, &sandbox_binary, Attachment::Tied { inherit_stderr: args.console }, SUPERVISOR_START_TIMEOUT)
+        .map_err(VmrunError::Sandbox)?;
+    let mut vmm = SandboxVm::new(run_dir.base(), run_dir.id());
 
     // As with `docker run`: `-t` alone gives the command a terminal for its output but does
     // not read ours (Ctrl-C stays a signal to vmrun, which forwards it); `-it` puts our
@@ -226,9 +223,6 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     };
     let status = run_session(&run_dir.vsock_socket(), &mut vmm, &spec, io, signals)?;
     drop(_raw);
-    drop(vmm);
-    drop(_virtiofsd);
-    drop(share_dir);
     drop(run_dir);
     Ok(exit_code(&status, plan.memory_limit_mib, memory_mib))
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::{ensure, trial, TestResult};
 
 /// VM tests share the machine; the leak test needs it to itself.
-static MACHINE: RwLock<()> = RwLock::new(());
+pub static MACHINE: RwLock<()> = RwLock::new(());
 
 pub fn shared() -> RwLockReadGuard<'static, ()> {
     MACHINE.read().unwrap_or_else(|e| e.into_inner())

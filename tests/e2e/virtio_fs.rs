@@ -180,8 +180,16 @@ fn detached_sandbox() -> TestResult {
     };
     ensure!(state("status")? == "running", "not running after start");
     // A second command finds it by its ID and talks to its agent.
-    let out =
-        sandbox_run(&["--root", &root_arg, "exec", id, "--", "sh", "-c", "echo hi-from-exec > /exec-wrote; cat /exec-wrote; exit 3"])?;
+    let out = sandbox_run(&[
+        "--root",
+        &root_arg,
+        "exec",
+        id,
+        "--",
+        "sh",
+        "-c",
+        "echo hi-from-exec > /exec-wrote; /bin/busybox cat /exec-wrote; exit 3",
+    ])?;
     ensure!(out.code() == 3 && out.stdout_str() == "hi-from-exec\n", "{}", out.describe());
     ensure!(dir.path().join("exec-wrote").exists(), "the exec's write did not land in the shared root");
     let out = sandbox_run(&["--root", &root_arg, "stop", id])?;
@@ -235,7 +243,7 @@ fn nothing_left_after_20_runs() -> TestResult {
     }
     let mut killed = 0;
     for (i, victim) in ["vmrun", "vmrun", "vmrun", "vmm", "vmm", "vmm"].into_iter().enumerate() {
-        let mut child = vmrun("echo started > /data/started-$$; sleep 120")
+        let mut child = vmrun("echo started > /data/started-$$; /bin/busybox sleep 120")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -60,7 +60,8 @@ const MMIO: u32 = 0xd000_0000;
 
 /// A guest that drives the virtio-mmio handshake of the fs device up to DRIVER_OK with both
 /// queues (the hiprio and one request queue, empty), prints `A` if the device took it, gives
-/// the VMM's event loop time to hand the queues to the backend, and resets.
+/// the VMM's event loop time to hand the queues to the backend, resets the device (`R` if
+/// it took that), gives the loop time to stop the backend's queues, and resets the VM.
 fn activating_guest() -> Code {
     let reg = |offset: u32| MMIO + offset;
     let mut code = Code::new()
@@ -88,6 +89,12 @@ fn activating_guest() -> Code {
         .print_if_mmio_equals(reg(0x70), 0xf, b'A', b'!')
         .print("\n")
         .wait_on_port_reads(20_000)
+        // The driver resets the device (as a guest kernel does at power-off), on the vCPU's
+        // thread, whose seccomp filter has no socket calls.
+        .write_mmio(reg(0x70), 0)
+        .print_if_mmio_equals(reg(0x70), 0, b'R', b'!')
+        .print("\n")
+        .wait_on_port_reads(20_000)
         .reset()
         .halt()
 }
@@ -107,10 +114,11 @@ fn activates_with_virtiofsd(jailed: bool) {
     let out = Command::new(VMM).args(&args).env("RUST_LOG", "debug").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "status {:?}, stderr: {stderr}", out.status);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "A\n", "stderr: {stderr}");
-    // The event loop handed guest memory (the memfd) and the queues to virtiofsd, which a
-    // jailed VMM does under its seccomp filter.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "A\nR\n", "stderr: {stderr}");
+    // The event loop handed guest memory (the memfd) and the queues to virtiofsd, and took
+    // them back at the reset, which a jailed VMM does under its seccomp filter.
     assert!(stderr.contains("queues handed to the vhost-user backend"), "{stderr}");
+    assert!(stderr.contains("queues taken back from the vhost-user backend"), "{stderr}");
     assert!(!stderr.contains("cannot start the device"), "{stderr}");
     assert!(backend.exits_within(Duration::from_secs(10)), "virtiofsd outlived its VM");
 }

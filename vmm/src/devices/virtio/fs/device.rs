@@ -46,11 +46,15 @@ pub struct Fs {
     acked_features: u64,
     pub(super) queue_events: Vec<EventFd>,
     pub(super) backend: VhostUserFrontend,
-    /// Raised by `activate` (vCPU thread) for the event loop to finish the activation.
-    pub(super) activate_evt: EventFd,
+    /// Raised by `activate` and `reset` (on a vCPU's thread, whose seccomp filter has no
+    /// socket calls) for the event loop to talk to the backend.
+    pub(super) backend_evt: EventFd,
     pub(super) pending: Option<Pending>,
     /// The backend serves the queues (until a reset).
     pub(super) started: bool,
+    /// The driver reset the device since the backend was handed the queues: the event loop
+    /// takes them back before anything else.
+    pub(super) stop_pending: bool,
     activated: bool,
     /// The backend's socket hung up: said once.
     pub(super) backend_gone: bool,
@@ -76,16 +80,29 @@ impl Fs {
             acked_features: 0,
             queue_events,
             backend,
-            activate_evt: eventfd("activation")?,
+            backend_evt: eventfd("backend")?,
             pending: None,
             started: false,
+            stop_pending: false,
             activated: false,
             backend_gone: false,
         })
     }
 
+    /// Brings the backend in line with the driver, on the event loop: takes the queues back
+    /// after a reset, then hands over those of an activation since.
+    pub(super) fn sync_backend(&mut self) {
+        if std::mem::take(&mut self.stop_pending) {
+            match self.backend.reset() {
+                Ok(()) => debug!(device = NAME, tag = %self.tag, "queues taken back from the vhost-user backend"),
+                Err(e) => error!(device = NAME, tag = %self.tag, "stopping the backend's queues: {e}"),
+            }
+        }
+        self.start_backend();
+    }
+
     /// Hands the queues to the backend (on the event loop, after `activate`).
-    pub(super) fn start_backend(&mut self) {
+    fn start_backend(&mut self) {
         let Some(pending) = self.pending.take() else {
             return;
         };
@@ -151,16 +168,21 @@ impl VirtioDevice for Fs {
         }
         self.pending = Some(Pending { mem, irq, queues });
         self.activated = true;
-        self.activate_evt.write(1).map_err(|e| ActivateError::Backend { device: NAME, reason: format!("waking the event loop: {e}") })
+        self.backend_evt.write(1).map_err(|e| ActivateError::Backend { device: NAME, reason: format!("waking the event loop: {e}") })
     }
 
     fn reset(&mut self) {
+        // An activation the event loop has not handed over yet is simply dropped.
         self.pending = None;
         self.activated = false;
         self.acked_features = 0;
+        // The vhost-user messages that stop the queues are the event loop's to send. Until
+        // it does, virtiofsd may still complete requests of the old queues: only the guest's
+        // own memory is touched, as if the driver had reset a moment later.
         if std::mem::take(&mut self.started) {
-            if let Err(e) = self.backend.reset() {
-                error!(device = NAME, tag = %self.tag, "stopping the backend's queues: {e}");
+            self.stop_pending = true;
+            if let Err(e) = self.backend_evt.write(1) {
+                error!(device = NAME, tag = %self.tag, "waking the event loop to stop the backend's queues: {e}");
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Event-manager wiring of virtio-fs: the deferred activation, and the backend's socket
+//! Event-manager wiring of virtio-fs: the deferred activation and reset, and the backend's socket
 //! (a hang-up means virtiofsd is gone). The queue eventfds are the backend's kick fds and are
 //! never read here.
 
@@ -10,8 +10,8 @@ use std::os::fd::AsRawFd;
 
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            error!(device = "fs", "cannot register the activation eventfd with the event loop: {e}");
+        if let Err(e) = ops.add(Events::new(&self.backend_evt, EventSet::IN)) {
+            error!(device = "fs", "cannot register the backend eventfd with the event loop: {e}");
         }
         // EPOLLHUP and EPOLLERR are always reported; the backend sends nothing unasked.
         if let Err(e) = ops.add(Events::new_raw(self.backend.socket_fd(), EventSet::empty())) {
@@ -20,9 +20,9 @@ impl MutEventSubscriber for Fs {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.fd() == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            self.start_backend();
+        if events.fd() == self.backend_evt.as_raw_fd() {
+            let _ = self.backend_evt.read();
+            self.sync_backend();
         } else if events.fd() == self.backend.socket_fd() {
             if !self.backend_gone {
                 self.backend_gone = true;

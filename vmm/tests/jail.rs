@@ -306,6 +306,28 @@ fn a_sigkilled_supervisor_leaves_nothing_the_next_run_does_not_remove() {
 }
 
 #[test]
+fn whoever_started_a_sigkilled_supervisor_sweeps_its_jail_at_once() {
+    if !can_jail() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jail_dir = dir.path().join("jails");
+    let vm = RunningVm::start(dir.path(), &["--jail-dir", jail_dir.to_str().unwrap()]);
+    let (supervisor, pid) = (vm.pid(), vm.vmm_pid());
+    let cgroups: Vec<PathBuf> = ["memory", "pids", "cpu"].iter().filter_map(|c| cgroup_dir(pid, c)).collect();
+    assert!(!cgroups.is_empty());
+    vm.signal(libc::SIGKILL);
+    let (status, _) = vm.wait();
+    assert_eq!(status.code(), None, "killed");
+    // Right after reaping it (its jailed VMM may still be dying), as vmrun and a sandbox do.
+    assert!(palisade_vmm::jail::sweep_killed(&jail_dir, supervisor, Duration::from_secs(30)), "not swept");
+    for cg in &cgroups {
+        assert!(!cg.exists(), "cgroup {} of the killed VMM left behind", cg.display());
+    }
+    assert!(!jail_dir.exists(), "the empty jails' directory is removed too: {:?}", listing(&jail_dir));
+}
+
+#[test]
 fn a_forbidden_system_call_kills_the_vmm_with_sigsys_and_is_reported() {
     if !can_jail() {
         return;

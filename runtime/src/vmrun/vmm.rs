@@ -4,7 +4,7 @@
 //! as `vm.json` in the run directory and passed with `--config`), and says how the VM ended
 //! as data (`--exit-record`: `palisade_vmm::ExitRecord`), not as text to be parsed.
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -199,6 +199,16 @@ impl VmmProcess {
         })
     }
 
+    /// What to do once the VMM was reaped: a `palisade-vmm` killed by a signal could not
+    /// remove its jail (directory, cgroups), so that is swept now rather than by the next
+    /// run; then why the VM ended.
+    fn reaped(&self, status: std::process::ExitStatus) -> VmEnd {
+        if status.signal().is_some() {
+            palisade_vmm::jail::sweep_killed(Path::new(palisade_vmm::jail::DEFAULT_BASE_DIR), self.child.id(), JAIL_SWEEP_WAIT);
+        }
+        self.explain(status)
+    }
+
     fn explain(&self, status: std::process::ExitStatus) -> VmEnd {
         let tail = |path: Option<&Path>| path.and_then(|p| read_tail(p, EXPLAIN_TAIL).ok()).unwrap_or_default();
         // No record when the VMM itself was killed outright (SIGKILL): then its status and
@@ -298,7 +308,7 @@ impl Vm for VmmProcess {
     fn poll_end(&mut self) -> Option<VmEnd> {
         if self.ended.is_none() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.ended = Some(self.explain(status));
+                self.ended = Some(self.reaped(status));
             }
         }
         self.ended.clone()
@@ -317,6 +327,10 @@ impl Vm for VmmProcess {
     }
 }
 
+/// How long a killed `palisade-vmm`'s jailed VMM gets to die (its cgroups go only once
+/// empty) before its jail is left to the next run's sweep.
+const JAIL_SWEEP_WAIT: Duration = Duration::from_secs(5);
+
 /// How long the jailed VMM's supervisor gets to kill the VMM and remove its jail after
 /// SIGTERM before it is killed outright (its jail is then swept by the next run).
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -329,7 +343,7 @@ impl VmmProcess {
         }
         match self.stop() {
             Ok(status) => {
-                let end = self.explain(status);
+                let end = self.reaped(status);
                 self.ended = Some(end.clone());
                 end
             }

@@ -285,11 +285,16 @@ impl JailDir {
 
     fn remove(&self) {
         remove_jail_dir(&self.dir);
-        // Only goes when empty: no other VM uses it.
-        let _ = std::fs::remove_dir(&self.base);
-        if self.base == Path::new(DEFAULT_BASE_DIR) {
-            let _ = std::fs::remove_dir("/run/palisade");
-        }
+        remove_empty_base(&self.base);
+    }
+}
+
+/// Removes the jails' base directory (and `/run/palisade` above the default one) when
+/// empty: only then does no other VM use it.
+fn remove_empty_base(base: &Path) {
+    let _ = std::fs::remove_dir(base);
+    if base == Path::new(DEFAULT_BASE_DIR) {
+        let _ = std::fs::remove_dir("/run/palisade");
     }
 }
 
@@ -316,6 +321,30 @@ pub struct Swept {
 /// gone (killed with SIGKILL, say). Jails of running VMs are left alone.
 pub fn sweep_stale(base_dir: &Path) -> Swept {
     sweep(base_dir, &cgroup::detect())
+}
+
+/// Sweeps the jail of the killed supervisor `pid` (the process a caller started as
+/// `palisade-vmm`), waiting up to `timeout` for its jailed VMM to finish dying (its cgroups
+/// go only once empty). Returns whether nothing of that jail is left; other stale jails
+/// are swept on the way.
+pub fn sweep_killed(base_dir: &Path, pid: u32, timeout: std::time::Duration) -> bool {
+    let hierarchies = cgroup::detect();
+    let deadline = std::time::Instant::now() + timeout;
+    let of_pid = |name: &OsString| name.to_str().and_then(JailId::parse).is_some_and(|id| id.pid == pid && !id.owner_alive());
+    loop {
+        sweep(base_dir, &hierarchies);
+        let in_dir = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| of_pid(&e.file_name()));
+        let left = in_dir(base_dir) || cgroup::parent_dirs(&hierarchies).iter().any(|d| in_dir(d));
+        if !left {
+            remove_empty_base(base_dir);
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(pid, "the jail of a killed palisade-vmm is still there after {timeout:?}: the next run sweeps it");
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn sweep(base_dir: &Path, hierarchies: &[Hierarchy]) -> Swept {

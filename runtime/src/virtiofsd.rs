@@ -14,9 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How virtiofsd lets the guest cache what it reads (its `--cache`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Cache {
     /// Cache while the host does not change the file (virtiofsd's default).
+    #[default]
     Auto,
     /// Cache everything: for directories nobody else changes.
     Always,
@@ -69,6 +71,21 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+/// How a VM's virtiofsd serves the guest: what `docs/benchmarks.md` measured chose the
+/// defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    #[serde(default)]
+    pub cache: Cache,
+    /// Worker threads (0: requests are served on the queue's thread).
+    #[serde(default)]
+    pub thread_pool_size: u32,
+}
+
+/// The largest worker pool a VM's virtiofsd may be given.
+pub const MAX_THREAD_POOL_SIZE: u32 = 64;
+
 /// One virtiofsd to start.
 #[derive(Debug, Clone)]
 pub struct VirtiofsdConfig {
@@ -91,13 +108,14 @@ pub struct VirtiofsdConfig {
 impl VirtiofsdConfig {
     /// The defaults for a VM's shared directory: namespace sandbox, `auto` cache, no pool.
     pub fn new(binary: impl Into<PathBuf>, shared_dir: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Self {
+        let tuning = Tuning::default();
         VirtiofsdConfig {
             binary: binary.into(),
             shared_dir: shared_dir.into(),
             socket: socket.into(),
             read_only: false,
-            cache: Cache::Auto,
-            thread_pool_size: 0,
+            cache: tuning.cache,
+            thread_pool_size: tuning.thread_pool_size,
             sandbox: Sandbox::Namespace,
             log: None,
             binds: Vec::new(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use palisade_runtime::sandbox::control::Attachment;
 use palisade_runtime::sandbox::{control, ProcessRef, SandboxId, SandboxSpec, SharedPath, Status};
+use palisade_runtime::virtiofsd::{Cache, Tuning};
 use palisade_vmm::{Ending, VmConfig};
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_palisade-sandbox");
@@ -31,6 +32,7 @@ fn spec(dir: &Path, shared: Vec<SharedPath>) -> SandboxSpec {
         virtiofsd_binary: Some(palisade_vmm::testing::virtiofsd::path()),
         vm: VmConfig::new("/nonexistent/vmlinux"),
         shared,
+        virtiofsd: Tuning::default(),
         ephemeral: false,
         remove_empty_root: false,
         console: false,
@@ -98,14 +100,17 @@ fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
     let Some((dir, sandboxes, host)) = setup() else { return };
     let shared = vec![SharedPath { host: host.clone(), path: "root".into(), read_only: false }];
     let s1 = id("s1");
-    let running =
-        control::start(&sandboxes, &s1, &spec(dir.path(), shared), Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30))
-            .unwrap();
+    let tuned = SandboxSpec { virtiofsd: Tuning { cache: Cache::Never, thread_pool_size: 2 }, ..spec(dir.path(), shared) };
+    let running = control::start(&sandboxes, &s1, &tuned, Path::new(SUPERVISOR), Attachment::Detached, Duration::from_secs(30)).unwrap();
     assert_eq!(running.status, Status::Running);
     let (supervisor, vmm, virtiofsd) = (running.supervisor.unwrap(), running.vmm.unwrap(), running.virtiofsd.unwrap());
     // Detached: a session of its own, not ours.
     assert_eq!(session_of(supervisor.pid), Some(supervisor.pid));
     assert!(vmm.is_alive() && virtiofsd.is_alive());
+    // Its virtiofsd serves as the spec says.
+    let argv = std::fs::read(format!("/proc/{}/cmdline", virtiofsd.pid)).unwrap();
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    assert!(argv.contains(" --cache never --thread-pool-size 2 "), "{argv}");
 
     // Another command finds it by its ID.
     let found = control::state(&sandboxes, &s1).unwrap();

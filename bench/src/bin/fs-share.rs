@@ -36,12 +36,77 @@ struct Args {
     /// Number of small files of part 2.
     #[arg(long, default_value_t = 2000)]
     files: u64,
-    /// One round of everything at small sizes: the smoke run CI does.
+    /// virtiofsd settings compared in part 3, as MODE:THREADS (`vmrun --share-cache MODE
+    /// --share-threads THREADS`); none skips part 3.
+    #[arg(long, value_delimiter = ',', default_value = "auto:0,always:0,metadata:0,never:0,auto:2")]
+    tunings: Vec<Tuning>,
+    /// Rounds of part 3, after one warm-up round.
+    #[arg(long, default_value_t = 3)]
+    tuning_rounds: usize,
+    /// One round of everything at small sizes (a smoke run of a few minutes).
     #[arg(long)]
     quick: bool,
+    /// Where the directories measured go [default: inside the KVM test host, a fresh ext4
+    /// filesystem on a loop device; elsewhere /var/tmp]. Not a tmpfs of Linux before 6.6:
+    /// its directory offsets shift as entries go, and `rm -r` through virtiofsd then leaves
+    /// entries behind.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
     /// Write the Markdown report here as well as to stdout.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+/// The filesystem the measured directories live on; a loop-mounted ext4 is unmounted (and
+/// its image removed) on drop.
+struct Scratch {
+    path: PathBuf,
+    what: String,
+    loop_image: Option<PathBuf>,
+}
+
+impl Scratch {
+    fn new(args: &Args, emulated: bool) -> Result<Scratch> {
+        if let Some(dir) = &args.dir {
+            return Ok(Scratch { path: dir.clone(), what: format!("{}", dir.display()), loop_image: None });
+        }
+        if !emulated {
+            return Ok(Scratch { path: "/var/tmp".into(), what: "/var/tmp".into(), loop_image: None });
+        }
+        // The test host's own filesystems are tmpfs (Linux 6.1) and 9p.
+        let image = PathBuf::from(format!("/dev/shm/palisade-fs-bench-{}.ext4", std::process::id()));
+        let path = PathBuf::from(format!("/run/palisade-fs-bench-{}", std::process::id()));
+        let size_mib = 4 * args.seq_mib + args.root_sizes.iter().max().copied().unwrap_or(0) * 2 + 256;
+        std::fs::File::create(&image)?.set_len(size_mib << 20)?;
+        let step = |cmd: &mut Command| -> Result<()> {
+            let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+            if !out.status.success() {
+                bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        };
+        let _ = Command::new("modprobe").args(["-a", "loop", "ext4"]).status();
+        step(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+        std::fs::create_dir_all(&path)?;
+        let scratch =
+            Scratch { path, what: format!("ext4 on a loop device over the test host's tmpfs ({size_mib} MiB)"), loop_image: Some(image) };
+        step(Command::new("mount").args(["-o", "loop"]).arg(scratch.loop_image.as_ref().unwrap()).arg(&scratch.path))?;
+        Ok(scratch)
+    }
+
+    fn tempdir(&self) -> Result<tempfile::TempDir> {
+        tempfile::tempdir_in(&self.path).with_context(|| format!("a directory in {}", self.path.display()))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(image) = &self.loop_image {
+            let _ = Command::new("umount").arg(&self.path).status();
+            let _ = std::fs::remove_dir(&self.path);
+            let _ = std::fs::remove_file(image);
+        }
+    }
 }
 
 /// Median and range of samples.
@@ -125,8 +190,8 @@ fn sample<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
 }
 
 /// Part 1: ms from start to first output, live share against the erofs copy.
-fn root_startup(p: &palisade_e2e::Paths, size: u64, rounds: usize) -> Result<(Stat, Stat)> {
-    let dir = tempfile::tempdir()?;
+fn root_startup(p: &palisade_e2e::Paths, scratch: &Scratch, size: u64, rounds: usize) -> Result<(Stat, Stat)> {
+    let dir = scratch.tempdir()?;
     busybox_dir(dir.path(), size)?;
     let root = dir.path().display().to_string();
     let image = tempfile::tempdir()?;
@@ -173,19 +238,20 @@ fn root_startup(p: &palisade_e2e::Paths, size: u64, rounds: usize) -> Result<(St
 /// `create_ms=`, `stat_ms=`, `unlink_ms=`. `$D/r` (for the read) is written beforehand by
 /// the host, whose page cache is then dropped.
 const WORKLOAD: &str = r#"set -e
-t() { date +%s%N; }
-case "$(t)" in *N*|'') echo "date has no %N" >&2; exit 9;; esac
+# Microseconds of wall-clock time (Debian's busybox `date` has no %N; adjtimex only reads).
+t() { busybox adjtimex | busybox awk '/tv_sec/ { s = $2 } /tv_usec/ { u = $2 } END { printf "%d%06d\n", s, u }'; }
+case "$(t)" in ''|*[!0-9]*) echo "no clock: busybox adjtimex says $(busybox adjtimex 2>&1)" >&2; exit 9;; esac
 a=$(t); dd if=/dev/zero of="$D/w" bs=1M count="$SEQ_MIB" conv=fsync 2>/dev/null; b=$(t)
-echo write_ms=$(( (b - a) / 1000000 ))
+echo write_ms=$(( (b - a) / 1000 ))
 a=$(t); dd if="$D/r" of=/dev/null bs=1M 2>/dev/null; b=$(t)
-echo read_ms=$(( (b - a) / 1000000 ))
+echo read_ms=$(( (b - a) / 1000 ))
 mkdir "$D/s"
 a=$(t); i=0; while [ $i -lt "$FILES" ]; do : > "$D/s/$i"; i=$((i + 1)); done; b=$(t)
-echo create_ms=$(( (b - a) / 1000000 ))
+echo create_ms=$(( (b - a) / 1000 ))
 a=$(t); i=0; while [ $i -lt "$FILES" ]; do [ -f "$D/s/$i" ]; i=$((i + 1)); done; b=$(t)
-echo stat_ms=$(( (b - a) / 1000000 ))
+echo stat_ms=$(( (b - a) / 1000 ))
 a=$(t); rm -r "$D/s"; sync; b=$(t)
-echo unlink_ms=$(( (b - a) / 1000000 ))
+echo unlink_ms=$(( (b - a) / 1000 ))
 "#;
 
 /// Which of an [`IoSamples`]' series a report row shows.
@@ -264,20 +330,87 @@ fn crun_bundle(bundle: &Path, data: &Path, env: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn io_bench(p: &palisade_e2e::Paths, args: &Args) -> Result<[IoSamples; 3]> {
+/// virtiofsd's settings (`vmrun --share-cache`, `--share-threads`), as `MODE:THREADS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tuning {
+    cache: String,
+    threads: u32,
+}
+
+impl Default for Tuning {
+    /// vmrun's defaults.
+    fn default() -> Self {
+        Tuning { cache: "auto".into(), threads: 0 }
+    }
+}
+
+impl std::str::FromStr for Tuning {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cache, threads) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected MODE:THREADS, e.g. auto:0"))?;
+        let threads = threads.parse().map_err(|_| format!("{s:?}: THREADS is a whole number"))?;
+        Ok(Tuning { cache: cache.into(), threads })
+    }
+}
+
+impl std::fmt::Display for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--share-cache {} --share-threads {}", self.cache, self.threads)
+    }
+}
+
+/// The workload in a Palisade container on a virtio-fs volume of `dir` (emptied first),
+/// its virtiofsd set up as `tuning` says.
+fn vm_workload(p: &palisade_e2e::Paths, dir: &Path, args: &Args, tuning: &Tuning) -> Result<palisade_e2e::Output> {
+    prepare_io_dir(dir, args.seq_mib)?;
+    let volume = format!("{}:/data", dir.display());
+    sample("the workload in a Palisade container", || {
+        let mut c = Command::new(&p.vmrun);
+        c.args(["--vm-memory", "512", "-v", &volume, "-e", "D=/data"]);
+        c.args(["--share-cache", &tuning.cache, "--share-threads", &tuning.threads.to_string()]);
+        c.args(["-e", &format!("SEQ_MIB={}", args.seq_mib), "-e", &format!("FILES={}", args.files)]);
+        c.args(["--", "sh", "-c", WORKLOAD]);
+        let out = run(c, None, Duration::from_secs(1800))?;
+        if out.code() != 0 {
+            bail!("{}", out.describe());
+        }
+        Ok(out)
+    })
+}
+
+/// Part 3: the Palisade column of part 2 under each of virtiofsd's settings, interleaved.
+fn tuning_bench(p: &palisade_e2e::Paths, scratch: &Scratch, args: &Args) -> Result<Vec<IoSamples>> {
+    let dir = scratch.tempdir()?;
+    let mut samples = vec![IoSamples::default(); args.tunings.len()];
+    for round in 0..=args.tuning_rounds {
+        for (tuning, s) in args.tunings.iter().zip(samples.iter_mut()) {
+            let out = vm_workload(p, dir.path(), args, tuning)?;
+            eprintln!("[bench] virtiofsd {tuning}, round {round}{}: {:?}", if round == 0 { " (warm-up)" } else { "" }, out.stdout_str());
+            if round > 0 {
+                s.push(&out.stdout_str())?;
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn io_bench(p: &palisade_e2e::Paths, scratch: &Scratch, args: &Args) -> Result<[IoSamples; 3]> {
     let env = vec![format!("SEQ_MIB={}", args.seq_mib), format!("FILES={}", args.files)];
-    let host_dir = tempfile::tempdir()?;
-    let crun_dir = tempfile::tempdir()?;
-    let vm_dir = tempfile::tempdir()?;
+    let host_dir = scratch.tempdir()?;
+    let crun_dir = scratch.tempdir()?;
+    let vm_dir = scratch.tempdir()?;
     let bundle = tempfile::tempdir()?;
     crun_bundle(bundle.path(), crun_dir.path(), &env)?;
     let mut samples: [IoSamples; 3] = Default::default();
     let timeout = Duration::from_secs(1800);
     for round in 0..=args.rounds {
-        // (a) the host itself, with the same busybox shell.
+        // (a) the host itself, with the same busybox shell, run from the same place as
+        // crun's (so that neither execs from a slower filesystem, the test host's 9p root).
         prepare_io_dir(host_dir.path(), args.seq_mib)?;
-        let mut c = Command::new("/bin/busybox");
+        let tools = bundle.path().join("rootfs/bin");
+        let mut c = Command::new(tools.join("busybox"));
         c.args(["sh", "-c", WORKLOAD])
+            .env("PATH", &tools)
             .env("D", host_dir.path())
             .env("SEQ_MIB", args.seq_mib.to_string())
             .env("FILES", args.files.to_string());
@@ -294,21 +427,7 @@ fn io_bench(p: &palisade_e2e::Paths, args: &Args) -> Result<[IoSamples; 3]> {
             bail!("the workload in crun: {}", crun.describe());
         }
         // (c) a Palisade container on a virtio-fs volume.
-        prepare_io_dir(vm_dir.path(), args.seq_mib)?;
-        let volume = format!("{}:/data", vm_dir.path().display());
-        let vm = sample("the workload in a Palisade container", || {
-            let mut c = Command::new(&p.vmrun);
-            c.args(["--vm-memory", "512", "-v", &volume, "-e", "D=/data"]);
-            for e in &env {
-                c.args(["-e", e]);
-            }
-            c.args(["--", "sh", "-c", WORKLOAD]);
-            let out = run(c, None, timeout)?;
-            if out.code() != 0 {
-                bail!("{}", out.describe());
-            }
-            Ok(out)
-        })?;
+        let vm = vm_workload(p, vm_dir.path(), args, &Tuning::default())?;
         let outs = [host.stdout_str(), crun.stdout_str(), vm.stdout_str()];
         eprintln!(
             "[bench] file I/O round {round}{}: host {:?}, crun {:?}, palisade {:?}",
@@ -334,11 +453,13 @@ fn main() -> Result<()> {
         args.root_sizes = vec![4];
         args.seq_mib = 16;
         args.files = 100;
+        args.tunings.truncate(2);
+        args.tuning_rounds = 1;
     }
     let p = paths();
     let emulated = palisade_e2e::inside_testhost();
     let where_ = if emulated {
-        "inside the KVM test host (QEMU TCG with emulated AMD-V): **emulated — not representative of hardware**; the host and crun figures are the test host's, on its tmpfs-backed overlay"
+        "inside the KVM test host (QEMU TCG with emulated AMD-V): **emulated — not representative of hardware**; the host and crun figures are the test host's"
     } else {
         "directly on this host's KVM"
     };
@@ -349,17 +470,20 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let scratch = Scratch::new(&args, emulated)?;
     let mut report = format!(
-        "Measured {where_}; {cpu}, {cores} cores, kernel {}; {} rounds after a warm-up, interleaved; medians (min–max).\n\n",
+        "Measured {where_}; {cpu}, {cores} cores, kernel {}; directories on {}; {} rounds after a warm-up ({} for virtiofsd's settings), interleaved; medians (min–max).\n\n",
         kernel.trim(),
-        args.rounds
+        scratch.what,
+        args.rounds,
+        args.tuning_rounds
     );
     report.push_str("**Start-up with a directory root** (start → the command's first output, ms)\n\n| root directory | shared live (`--rootfs DIR`) | erofs copy (`mkfs.erofs` + `--rootfs IMAGE`) | live / copy |\n|---|---|---|---|\n");
     for &size in &args.root_sizes {
-        let (live, copy) = root_startup(&p, size, args.rounds)?;
+        let (live, copy) = root_startup(&p, &scratch, size, args.rounds)?;
         report.push_str(&format!("| {size} MiB | {live} | {copy} | {:.2}× |\n", live.median / copy.median));
     }
-    let [host, crun, vm] = io_bench(&p, &args)?;
+    let [host, crun, vm] = io_bench(&p, &scratch, &args)?;
     let mib = args.seq_mib as f64;
     let files = args.files as f64;
     report.push_str(&format!(
@@ -373,7 +497,7 @@ fn main() -> Result<()> {
         ("stat, files/s", files, |s| &s.stat),
         ("unlink (`rm -r`), files/s", files, |s| &s.unlink),
     ];
-    for (name, amount, field) in rows {
+    for &(name, amount, field) in &rows {
         let rate = |s: &IoSamples| stat(field(s).iter().map(|ms| amount / (ms / 1000.0)).collect());
         let (h, c, v) = (rate(&host), rate(&crun), rate(&vm));
         report.push_str(&format!(
@@ -381,6 +505,31 @@ fn main() -> Result<()> {
             100.0 * c.median / h.median,
             100.0 * v.median / h.median
         ));
+    }
+    if !args.tunings.is_empty() {
+        let tuned = tuning_bench(&p, &scratch, &args)?;
+        report.push_str(&format!(
+            "\n**virtiofsd's settings** (the Palisade column above under each; higher is better; ratio to `{}`, vmrun's default)\n\n| workload |",
+            Tuning::default()
+        ));
+        for t in &args.tunings {
+            report.push_str(&format!(" `{t}` |"));
+        }
+        report.push_str("\n|---|");
+        report.push_str(&"---|".repeat(args.tunings.len()));
+        report.push('\n');
+        let base = args.tunings.iter().position(|t| *t == Tuning::default());
+        for (name, amount, field) in rows {
+            report.push_str(&format!("| {name} |"));
+            let rates: Vec<Stat> = tuned.iter().map(|s| stat(field(s).iter().map(|ms| amount / (ms / 1000.0)).collect())).collect();
+            for r in &rates {
+                match base {
+                    Some(b) => report.push_str(&format!(" {r} ({:.0} %) |", 100.0 * r.median / rates[b].median)),
+                    None => report.push_str(&format!(" {r} |")),
+                }
+            }
+            report.push('\n');
+        }
     }
     print!("{report}");
     if let Some(path) = args.output {

@@ -15,7 +15,7 @@ use palisade_protocol::{ProcessSpec, RootfsSource, RootfsSpec};
 use palisade_runtime::sandbox::control::Attachment;
 use palisade_runtime::sandbox::{control, supervisor, SandboxId, SandboxSpec, SharedPath};
 use palisade_runtime::share;
-use palisade_runtime::vmrun::args::{DEFAULT_PATH, DEFAULT_VM_MEMORY_MIB};
+use palisade_runtime::vmrun::args::{ShareTuningArgs, DEFAULT_PATH, DEFAULT_VM_MEMORY_MIB};
 use palisade_runtime::vmrun::assets;
 use palisade_runtime::vmrun::image::{self, RootKind};
 use palisade_runtime::vmrun::session::HostIo;
@@ -62,6 +62,8 @@ enum Cmd {
         /// Seconds the guest may take to boot (default: PALISADE_BOOT_TIMEOUT_SECS or 120).
         #[arg(long, value_name = "SECS")]
         boot_timeout: Option<u64>,
+        #[command(flatten)]
+        share_tuning: ShareTuningArgs,
     },
     /// Run a command in running sandbox ID (chrooted into its root filesystem) and exit
     /// with its status; the sandbox runs on.
@@ -139,7 +141,7 @@ fn sandbox_id(id: &str) -> anyhow::Result<SandboxId> {
 fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8> {
     let root = cli.root;
     match cli.command {
-        Cmd::Start { id, rootfs, read_only, kernel, initrd, cpus, memory, boot_timeout } => {
+        Cmd::Start { id, rootfs, read_only, kernel, initrd, cpus, memory, boot_timeout, share_tuning } => {
             let id = sandbox_id(&id)?;
             // As vmrun: a host whose /dev/kvm cannot boot the standard guest kernel is said
             // at once, not after a boot timeout.
@@ -176,6 +178,7 @@ fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8>
                     RootfsSource::Device { device: "/dev/vda".into(), fstype: kind.fstype().into() }
                 }
             };
+            let tuning = share_tuning.tuning(!shared.is_empty())?;
             let virtiofsd_binary = assets::virtiofsd_binary(std::env::var_os("PALISADE_VIRTIOFSD").map(PathBuf::from), &assets_dir);
             if !shared.is_empty() && !virtiofsd_binary.is_file() {
                 return Err(assets::AssetError::NoVirtiofsd(virtiofsd_binary).into());
@@ -185,6 +188,7 @@ fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8>
                 virtiofsd_binary: Some(virtiofsd_binary),
                 vm,
                 shared: shared.clone(),
+                virtiofsd: tuning,
                 ephemeral: false,
                 remove_empty_root: false,
                 console: false,

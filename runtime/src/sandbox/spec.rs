@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use palisade_vmm::VmConfig;
+
+use crate::virtiofsd::Tuning;
 use serde::{Deserialize, Serialize};
 
 /// A host directory or file shared with the VM, at `path` inside its shared directory.
@@ -30,6 +32,9 @@ pub struct SandboxSpec {
     /// Served by one virtiofsd under the tag [`crate::share::TAG`].
     #[serde(default)]
     pub shared: Vec<SharedPath>,
+    /// How its virtiofsd serves what is shared.
+    #[serde(default)]
+    pub virtiofsd: Tuning,
     /// The sandbox belongs to the command that started it (vmrun): once that command is gone,
     /// the supervisor removes the sandbox's directory when the VM has ended.
     #[serde(default)]
@@ -88,6 +93,7 @@ mod tests {
             virtiofsd_binary: Some("/b/virtiofsd".into()),
             vm: VmConfig::new("/a/vmlinux"),
             shared: vec![SharedPath { host: "/srv/root".into(), path: "root".into(), read_only: true }],
+            virtiofsd: Tuning { cache: crate::virtiofsd::Cache::Never, thread_pool_size: 2 },
             ephemeral: true,
             remove_empty_root: false,
             console: false,

@@ -151,6 +151,8 @@ fn start(locked: &LockedSandbox, spec: &SandboxSpec) -> Result<Running, Supervis
         let dir = ShareDir::create(&locked.share_dir(), &plan).map_err(|source| SupervisorError::Share { id: id.clone(), source })?;
         let mut config = VirtiofsdConfig::new(binary, dir.path(), locked.virtiofsd_socket());
         config.log = Some(locked.virtiofsd_log());
+        config.cache = spec.virtiofsd.cache;
+        config.thread_pool_size = spec.virtiofsd.thread_pool_size;
         config.binds =
             plan.entries.iter().map(|e| Bind { source: e.host.clone(), target: dir.target(e), read_only: e.read_only }).collect();
         let fsd = Virtiofsd::spawn(&config).map_err(|source| SupervisorError::Virtiofsd { id: id.clone(), source })?;

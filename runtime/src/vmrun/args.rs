@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use palisade_vmm::rate_limiter::Rates;
 
+use crate::virtiofsd::{Cache, Tuning, MAX_THREAD_POOL_SIZE};
+
 /// `PATH` of the command unless `-e PATH=…` says otherwise (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// VM memory when neither `--memory` nor `--vm-memory` is given, and the least the VM
@@ -134,6 +136,8 @@ pub struct VmrunArgs {
     /// Limit the writes to a disk, in requests a second: `/dev/vda:N`.
     #[arg(long, value_name = "DEVICE:N")]
     pub device_write_iops: Vec<String>,
+    #[command(flatten)]
+    pub share_tuning: ShareTuningArgs,
     /// Show the guest's serial console on stderr (debugging).
     #[arg(long)]
     pub console: bool,
@@ -145,8 +149,37 @@ pub struct VmrunArgs {
     pub command: Vec<String>,
 }
 
+/// How the VM's virtiofsd serves a directory root and the volumes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ShareTuningArgs {
+    /// How much of the shared files the guest may cache: auto (until the host changes a
+    /// file), always (for files only the container changes: a host change may go unseen),
+    /// metadata, or never [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub share_cache: Option<Cache>,
+    /// virtiofsd's worker threads (0: it serves requests on its queue's thread) [default: 0].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_THREAD_POOL_SIZE as i64))]
+    pub share_threads: Option<u32>,
+}
+
+impl ShareTuningArgs {
+    /// The tuning asked for; an error if anything was asked for and nothing is shared.
+    pub fn tuning(&self, shares_anything: bool) -> Result<Tuning, ArgsError> {
+        if !shares_anything && (self.share_cache.is_some() || self.share_threads.is_some()) {
+            return Err(ArgsError::NothingShared);
+        }
+        let default = Tuning::default();
+        Ok(Tuning {
+            cache: self.share_cache.unwrap_or(default.cache),
+            thread_pool_size: self.share_threads.unwrap_or(default.thread_pool_size),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
+    #[error("--share-cache/--share-threads: nothing is shared with the VM (the root filesystem is an image and there is no --volume)")]
+    NothingShared,
     #[error("-e {0:?}: expected KEY=VALUE")]
     BadEnv(String),
     #[error("--user {0:?}: expected UID[:GID] as numbers (names are not looked up)")]
@@ -387,6 +420,17 @@ mod tests {
         let b = parse(&["ls", "-l", "--cpus"]).unwrap();
         assert_eq!(b.command, ["ls", "-l", "--cpus"]);
         assert_eq!((b.cpus, b.memory, b.vm_memory, b.workdir.as_str()), (1, None, None, "/"));
+    }
+
+    #[test]
+    fn virtiofsd_tuning_is_taken_only_when_something_is_shared() {
+        let a = parse(&["--share-cache", "never", "--share-threads", "4", "true"]).unwrap();
+        assert_eq!(a.share_tuning.tuning(true).unwrap(), Tuning { cache: Cache::Never, thread_pool_size: 4 });
+        let e = a.share_tuning.tuning(false).unwrap_err().to_string();
+        assert!(e.starts_with("--share-cache/--share-threads: nothing is shared"), "{e}");
+        assert_eq!(parse(&["true"]).unwrap().share_tuning.tuning(false).unwrap(), Tuning::default());
+        assert!(parse(&["--share-cache", "sometimes", "true"]).is_err());
+        assert!(parse(&["--share-threads", "65", "true"]).is_err());
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     for (i, v) in plan.volumes.iter().enumerate() {
         shared.add(&v.host, share::volume_path(i), v.read_only).map_err(VmrunError::Volume)?;
     }
+    let tuning = args.share_tuning.tuning(!shared.is_empty())?;
     let virtiofsd_binary = assets::virtiofsd_binary(env_path("PALISADE_VIRTIOFSD"), &assets_dir);
     if !shared.is_empty() && !virtiofsd_binary.is_file() {
         return Err(AssetError::NoVirtiofsd(virtiofsd_binary).into());
@@ -203,6 +204,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         virtiofsd_binary: (!shared.is_empty()).then(|| virtiofsd_binary.clone()),
         vm,
         shared: shared.entries.iter().map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only }).collect(),
+        virtiofsd: tuning,
         ephemeral: true,
         remove_empty_root: run_dir.own_base(),
         console: args.console,

@@ -87,10 +87,14 @@ pub fn reexec_in_testhost_if_needed() {
     // A test host that itself failed (exit 123 wedged, 124 timed out, 125 crashed: QEMU's
     // emulation of nested AMD-V does that now and then on these machines) is not a test
     // failing — the tests report failures with 101. Such a run is retried in a new test
-    // host, at most three times, and says so; the tests that already passed are skipped
-    // (exactly those).
+    // host and says so; the tests that already passed are skipped (exactly those). It is
+    // retried while the test hosts get somewhere (a test passed in this one or the one
+    // before), at most [`MAX_TESTHOST_ATTEMPTS`] in all: the emulator's crashes come at
+    // random, a few in a long suite, so a fixed small count failed suites whose every test
+    // passed.
     let mut passed: Vec<String> = Vec::new();
     let mut attempt = 1;
+    let mut passed_before = [0usize; 2];
     let status = loop {
         // The same arguments (a filter keeps its meaning); the tests that passed are named
         // exactly in the environment ([`ALREADY_PASSED`]), not as `--skip`s, which would
@@ -116,18 +120,30 @@ pub fn reexec_in_testhost_if_needed() {
         }
         let status = child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", p.testhost.display()));
         let Some(failure) = testhost_failure(status.code()) else { break status };
-        if attempt == 4 {
+        // Nothing passed in this test host nor in the one before: it is not the emulator
+        // now and then.
+        let stuck = attempt > 2 && passed.len() == passed_before[0];
+        if attempt == MAX_TESTHOST_ATTEMPTS || stuck {
+            eprintln!(
+                "[e2e] the test host {failure} (exit {}, attempt {attempt}): giving up{}",
+                status.code().unwrap_or(-1),
+                if stuck { " (no test passed in the last two test hosts)" } else { "" }
+            );
             break status;
         }
         eprintln!(
-            "[e2e] the test host {failure} (exit {}, attempt {attempt} of 4): running the tests that have not passed yet in a new test host ({} passed, skipped)",
+            "[e2e] the test host {failure} (exit {}, attempt {attempt} of at most {MAX_TESTHOST_ATTEMPTS}): running the tests that have not passed yet in a new test host ({} passed, skipped)",
             status.code().unwrap_or(-1),
             passed.len()
         );
+        passed_before = [passed_before[1], passed.len()];
         attempt += 1;
     };
     std::process::exit(status.code().unwrap_or(125));
 }
+
+/// How many test hosts one run of the e2e binary may use (see [`reexec_in_testhost_if_needed`]).
+pub const MAX_TESTHOST_ATTEMPTS: u32 = 8;
 
 /// The environment variable that names (one per line, exactly) the tests that already
 /// passed in an earlier test host of this run; [`without_already_passed`] drops them.

@@ -43,6 +43,10 @@ struct Args {
     /// Rounds of part 3, after one warm-up round.
     #[arg(long, default_value_t = 3)]
     tuning_rounds: usize,
+    /// Which parts to run (each is printed as soon as it is done: a test host lost in a
+    /// later part keeps the earlier ones).
+    #[arg(long, value_delimiter = ',', default_value = "startup,io,tuning")]
+    parts: Vec<Part>,
     /// One round of everything at small sizes (a smoke run of a few minutes).
     #[arg(long)]
     quick: bool,
@@ -106,6 +110,29 @@ impl Drop for Scratch {
             let _ = std::fs::remove_dir(&self.path);
             let _ = std::fs::remove_file(image);
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// 1: start-up with a directory root, shared live against the erofs copy.
+    Startup,
+    /// 2: file I/O on the host, in crun, in Palisade.
+    Io,
+    /// 3: file I/O in Palisade under each of virtiofsd's settings.
+    Tuning,
+}
+
+/// The report so far: each piece goes to stdout at once and is kept for `--output`.
+#[derive(Default)]
+struct Report(String);
+
+impl Report {
+    fn add(&mut self, text: &str) {
+        use std::io::Write;
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+        self.0.push_str(text);
     }
 }
 
@@ -471,25 +498,24 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let scratch = Scratch::new(&args, emulated)?;
-    let mut report = format!(
+    let mut report = Report::default();
+    report.add(&format!(
         "Measured {where_}; {cpu}, {cores} cores, kernel {}; directories on {}; {} rounds after a warm-up ({} for virtiofsd's settings), interleaved; medians (min–max).\n\n",
         kernel.trim(),
         scratch.what,
         args.rounds,
         args.tuning_rounds
-    );
-    report.push_str("**Start-up with a directory root** (start → the command's first output, ms)\n\n| root directory | shared live (`--rootfs DIR`) | erofs copy (`mkfs.erofs` + `--rootfs IMAGE`) | live / copy |\n|---|---|---|---|\n");
-    for &size in &args.root_sizes {
-        let (live, copy) = root_startup(&p, &scratch, size, args.rounds)?;
-        report.push_str(&format!("| {size} MiB | {live} | {copy} | {:.2}× |\n", live.median / copy.median));
+    ));
+    if args.parts.contains(&Part::Startup) {
+        let mut text = String::from("**Start-up with a directory root** (start → the command's first output, ms)\n\n| root directory | shared live (`--rootfs DIR`) | erofs copy (`mkfs.erofs` + `--rootfs IMAGE`) | live / copy |\n|---|---|---|---|\n");
+        for &size in &args.root_sizes {
+            let (live, copy) = root_startup(&p, &scratch, size, args.rounds)?;
+            text.push_str(&format!("| {size} MiB | {live} | {copy} | {:.2}× |\n", live.median / copy.median));
+        }
+        report.add(&text);
     }
-    let [host, crun, vm] = io_bench(&p, &scratch, &args)?;
     let mib = args.seq_mib as f64;
     let files = args.files as f64;
-    report.push_str(&format!(
-        "\n**File I/O** ({} MiB sequential, {} small files; higher is better; ratio to the host)\n\n| workload | host | crun, bind mount | Palisade, virtio-fs volume |\n|---|---|---|---|\n",
-        args.seq_mib, args.files
-    ));
     let rows: [(&str, f64, SampleField); 5] = [
         ("sequential write + fsync, MiB/s", mib, |s| &s.write),
         ("sequential read, MiB/s", mib, |s| &s.read),
@@ -497,43 +523,51 @@ fn main() -> Result<()> {
         ("stat, files/s", files, |s| &s.stat),
         ("unlink (`rm -r`), files/s", files, |s| &s.unlink),
     ];
-    for &(name, amount, field) in &rows {
-        let rate = |s: &IoSamples| stat(field(s).iter().map(|ms| amount / (ms / 1000.0)).collect());
-        let (h, c, v) = (rate(&host), rate(&crun), rate(&vm));
-        report.push_str(&format!(
-            "| {name} | {h} | {c} ({:.0} %) | {v} ({:.0} %) |\n",
-            100.0 * c.median / h.median,
-            100.0 * v.median / h.median
-        ));
-    }
-    if !args.tunings.is_empty() {
-        let tuned = tuning_bench(&p, &scratch, &args)?;
-        report.push_str(&format!(
-            "\n**virtiofsd's settings** (the Palisade column above under each; higher is better; ratio to `{}`, vmrun's default)\n\n| workload |",
-            Tuning::default()
-        ));
-        for t in &args.tunings {
-            report.push_str(&format!(" `{t}` |"));
+    if args.parts.contains(&Part::Io) {
+        let [host, crun, vm] = io_bench(&p, &scratch, &args)?;
+        let mut text = format!(
+            "\n**File I/O** ({} MiB sequential, {} small files; higher is better; ratio to the host)\n\n| workload | host | crun, bind mount | Palisade, virtio-fs volume |\n|---|---|---|---|\n",
+            args.seq_mib, args.files
+        );
+        for &(name, amount, field) in &rows {
+            let rate = |s: &IoSamples| stat(field(s).iter().map(|ms| amount / (ms / 1000.0)).collect());
+            let (h, c, v) = (rate(&host), rate(&crun), rate(&vm));
+            text.push_str(&format!(
+                "| {name} | {h} | {c} ({:.0} %) | {v} ({:.0} %) |\n",
+                100.0 * c.median / h.median,
+                100.0 * v.median / h.median
+            ));
         }
-        report.push_str("\n|---|");
-        report.push_str(&"---|".repeat(args.tunings.len()));
-        report.push('\n');
+        report.add(&text);
+    }
+    if args.parts.contains(&Part::Tuning) && !args.tunings.is_empty() {
+        let tuned = tuning_bench(&p, &scratch, &args)?;
+        let mut text = format!(
+            "\n**virtiofsd's settings** (file I/O in Palisade under each; higher is better; ratio to `{}`, vmrun's default)\n\n| workload |",
+            Tuning::default()
+        );
+        for t in &args.tunings {
+            text.push_str(&format!(" `{t}` |"));
+        }
+        text.push_str("\n|---|");
+        text.push_str(&"---|".repeat(args.tunings.len()));
+        text.push('\n');
         let base = args.tunings.iter().position(|t| *t == Tuning::default());
         for (name, amount, field) in rows {
-            report.push_str(&format!("| {name} |"));
+            text.push_str(&format!("| {name} |"));
             let rates: Vec<Stat> = tuned.iter().map(|s| stat(field(s).iter().map(|ms| amount / (ms / 1000.0)).collect())).collect();
             for r in &rates {
                 match base {
-                    Some(b) => report.push_str(&format!(" {r} ({:.0} %) |", 100.0 * r.median / rates[b].median)),
-                    None => report.push_str(&format!(" {r} |")),
+                    Some(b) => text.push_str(&format!(" {r} ({:.0} %) |", 100.0 * r.median / rates[b].median)),
+                    None => text.push_str(&format!(" {r} |")),
                 }
             }
-            report.push('\n');
+            text.push('\n');
         }
+        report.add(&text);
     }
-    print!("{report}");
     if let Some(path) = args.output {
-        std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, &report.0).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -11,6 +11,8 @@ static MARKS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 /// Guest memory mappings are anonymous and at least this large; the VMM's own heap
 /// and stacks are far smaller, so this splits "guest RAM" from "VMM overhead".
 const GUEST_RAM_MAPPING_MIN_KIB: u64 = 32 * 1024;
+/// How smaps names the VMM's memfd guest RAM (`palisade_vmm::memory`).
+const GUEST_RAM_MEMFD_PATH: &str = "/memfd:palisade-guest-ram";
 
 /// Records vmrun's start; call first thing in `main`.
 pub fn start() {
@@ -53,10 +55,12 @@ pub fn mark_vmm_memory(pid: u32) {
     }
 }
 
-/// (total Rss, Rss outside large anonymous mappings) in KiB, from `/proc/PID/smaps`.
+/// (total Rss, Rss outside guest RAM) in KiB, from `/proc/PID/smaps`. Guest RAM is a large
+/// anonymous mapping, or the VMM's memfd (when a vhost-user backend shares it).
 pub fn rss_split(smaps: &str) -> (u64, u64) {
     let (mut total, mut overhead) = (0, 0);
     let (mut size, mut anonymous) = (0u64, false);
+    let guest_ram_file = |path: &str| path.starts_with(GUEST_RAM_MEMFD_PATH);
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
@@ -70,7 +74,7 @@ pub fn rss_split(smaps: &str) -> (u64, u64) {
             }
             Some(first) if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) => {
                 // A mapping header: "start-end perms offset dev inode [path]".
-                anonymous = line.split_whitespace().nth(5).is_none();
+                anonymous = line.split_whitespace().nth(5).is_none_or(guest_ram_file);
             }
             _ => {}
         }
@@ -106,5 +110,14 @@ Size:               1024 kB
 Rss:                 500 kB
 ";
         assert_eq!(rss_split(smaps), (100560, 560));
+        // Guest RAM in a memfd (shared with virtiofsd) is guest RAM too; other files are not.
+        let memfd = "7f00-7f10 rw-s 00000000 00:01 77 /memfd:palisade-guest-ram (deleted)
+Size:             262144 kB
+Rss:              100000 kB
+7f20-7f30 rw-s 00000000 00:01 78 /memfd:something-else (deleted)
+Size:              65536 kB
+Rss:                 700 kB
+";
+        assert_eq!(rss_split(memfd), (100700, 700));
     }
 }

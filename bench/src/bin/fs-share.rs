@@ -497,11 +497,21 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // The VMM advises huge pages for guest RAM; whether the host follows decides what a
+    // guest's first touch of its memory costs (memfd RAM: shmem_enabled).
+    let thp = |file: &str| {
+        let text = std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{file}")).unwrap_or_default();
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')).map(str::to_string))
+            .unwrap_or_else(|| "unknown".into())
+    };
     let scratch = Scratch::new(&args, emulated)?;
     let mut report = Report::default();
     report.add(&format!(
-        "Measured {where_}; {cpu}, {cores} cores, kernel {}; directories on {}; {} rounds after a warm-up ({} for virtiofsd's settings), interleaved; medians (min–max).\n\n",
+        "Measured {where_}; {cpu}, {cores} cores, kernel {}, transparent huge pages `{}` (shmem `{}`); directories on {}; {} rounds after a warm-up ({} for virtiofsd's settings), interleaved; medians (min–max).\n\n",
         kernel.trim(),
+        thp("enabled"),
+        thp("shmem_enabled"),
         scratch.what,
         args.rounds,
         args.tuning_rounds

@@ -211,6 +211,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     };
     control::start_in(lock, &sandbox_spec, &sandbox_binary, Attachment::Tied { inherit_stderr: args.console }, SUPERVISOR_START_TIMEOUT)
         .map_err(VmrunError::Sandbox)?;
+    super::timings::mark("sandbox_started_ms");
     let mut vmm = SandboxVm::new(run_dir.base(), run_dir.id());
 
     // As with `docker run`: `-t` alone gives the command a terminal for its output but does

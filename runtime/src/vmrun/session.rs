@@ -202,10 +202,12 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
     super::timings::mark("agent_ready_ms");
     if let Some(tag) = &spec.share {
         control.call_ok("mounting the shared directories", &Request::MountShare { tag: tag.clone() })?;
+        super::timings::mark("share_mounted_ms");
     }
     if let Some(rootfs) = &spec.rootfs {
         control.call_ok("mounting the rootfs", &Request::MountRootfs(rootfs.clone()))?;
         tracing::debug!("the rootfs is mounted");
+        super::timings::mark("rootfs_mounted_ms");
     }
     let mut side = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, spec.request_timeout)?;
 
@@ -227,6 +229,7 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
             match control.call(&Request::CreateContainer(container.clone()))? {
                 Response::Created { pid, warnings } => {
                     tracing::info!(pid, "the container was created");
+                    super::timings::mark("container_created_ms");
                     for w in warnings {
                         if spec.quiet_warnings.iter().any(|q| w.starts_with(q.as_str())) {
                             tracing::info!("container warning: {w}");
@@ -243,7 +246,10 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
         Launch::Process(p) => Request::StartProcess(p.clone()),
     };
     match control.call(&start)? {
-        Response::Started { pid } => tracing::info!(pid, "the command started"),
+        Response::Started { pid } => {
+            tracing::info!(pid, "the command started");
+            super::timings::mark("command_started_ms");
+        }
         Response::Error { message } => return Err(failed(message)),
         other => return Err(ConnectError::Unexpected { what: "start".into(), answer: Box::new(other) }.into()),
     }

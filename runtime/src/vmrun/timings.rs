@@ -1,6 +1,8 @@
 //! Start-up timings for benchmarks: with `PALISADE_TIMINGS=1`, vmrun prints one line
-//! `vmrun-timings: agent_ready_ms=… command_exit_ms=… vmm_rss_kib=… vmm_overhead_rss_kib=…`
-//! to stderr when it ends. Times count from vmrun's start.
+//! `vmrun-timings: sandbox_started_ms=… agent_ready_ms=… [share_mounted_ms=…]
+//! [rootfs_mounted_ms=…] [container_created_ms=…] command_started_ms=… command_exit_ms=…
+//! vmm_rss_kib=… vmm_overhead_rss_kib=…` to stderr when it ends, each mark present when its
+//! step happened. Times count from vmrun's start.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;

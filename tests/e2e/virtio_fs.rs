@@ -48,9 +48,12 @@ fn a_volume_carries_files() -> TestResult {
     let volume = format!("{}:/data", host.path().display());
     let script = "set -e; head -c 67108864 /dev/urandom > /data/big; sync; sha256sum /data/big; mkdir /data/small; \
                   i=0; while [ $i -lt 1000 ]; do echo \"file $i\" > /data/small/$i; i=$((i+1)); done; \
-                  echo owned > /data/owned; chown 1234:5678 /data/owned; chmod 0640 /data/owned; echo done";
-    let out = vm(&["--vm-memory", "256", "-v", &volume, "--", "sh", "-c", script], None)?;
+                  echo owned > /data/owned; chown 1234:5678 /data/owned; chmod 0640 /data/owned; \
+                  echo readahead=$(cat /sys/class/bdi/$(mountpoint -d /data)/read_ahead_kb); echo done";
+    // Privileged for /sys: the share's read-ahead is the agent's, not the kernel's default.
+    let out = vm(&["--vm-memory", "256", "--privileged", "-v", &volume, "--", "sh", "-c", script], None)?;
     ensure!(out.code() == 0 && out.stdout_str().ends_with("done\n"), "{}", out.describe());
+    ensure!(out.stdout_str().contains("\nreadahead=1024\n"), "the share's read-ahead is not 1024 KiB: {}", out.describe());
     let theirs = out.stdout_str().split_whitespace().next().unwrap_or_default().to_string();
     let big = std::fs::read(host.path().join("big")).map_err(|e| format!("the host has no /data/big: {e}"))?;
     ensure!(big.len() == 64 << 20, "the host sees {} bytes of the 64 MiB file", big.len());

@@ -117,6 +117,10 @@ fn mount_share(agent: &Agent, tag: &str) -> Response {
             tracing::error!("share {tag}: {e}");
             return error(format!("share {tag}: {e}"));
         }
+        // Best effort: the share works with the kernel's read-ahead, only slower.
+        if let Err(e) = rootfs::set_readahead(&plan.root, rootfs::SHARE_READAHEAD_KIB) {
+            tracing::warn!("share {tag}: setting its read-ahead: {e}");
+        }
     }
     shares.insert(tag.to_string());
     Response::Ok

@@ -222,7 +222,10 @@ pub fn share_plan(tag: &str, shares_base: &Path) -> Result<MountPlan, RootfsErro
 pub const SHARE_READAHEAD_KIB: u32 = 1024;
 
 /// Sets the read-ahead of the filesystem mounted at `mount` (its backing device's
-/// `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`) to `kib`.
+/// `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`) to `kib`. For virtio-fs, `mount` must be the
+/// share's root: the FUSE connection's bdi is named after it, and the submounts virtiofsd
+/// announces under it (other host filesystems) have device numbers of their own but share
+/// that bdi.
 pub fn set_readahead(mount: &Path, kib: u32) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(mount)?.dev();

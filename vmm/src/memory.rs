@@ -68,8 +68,8 @@ pub fn create_guest_memory(mib: u32, backing: Backing) -> Result<GuestMemory, Me
 /// Cloud Hypervisor does by default: a guest's first touch of 2 MiB then costs the host one
 /// fault and KVM one 2 MiB mapping instead of 512 of each. The kernel follows the advice
 /// when `/sys/kernel/mm/transparent_hugepage/enabled` (anonymous RAM) or `shmem_enabled`
-/// (memfd RAM, shared with a vhost-user backend) is `madvise`/`advise` or `always`; with
-/// `never` guest RAM stays in 4 KiB pages. Advice the kernel refuses (no THP support) is
+/// (memfd RAM, shared with a vhost-user backend) is `madvise`/`advise`, `within_size` or
+/// `always`; with `never` guest RAM stays in 4 KiB pages. Advice the kernel refuses (no THP support) is
 /// not an error.
 fn advise_huge_pages(mem: &GuestMemory) {
     for region in mem.iter() {

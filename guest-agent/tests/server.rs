@@ -118,13 +118,13 @@ fn signals_reach_the_process() {
     let mut c = control();
     let (_out, _err) = (stream("sleeper", StreamKind::Stdout), stream("sleeper", StreamKind::Stderr));
     assert!(matches!(call(&mut c, Request::StartProcess(spec("sleeper", &["sleep", "60"]))), Response::Started { .. }));
-    assert_eq!(call(&mut c, Request::Signal { id: "sleeper".into(), signal: 9 }), Response::Ok);
+    assert_eq!(call(&mut c, Request::Signal { id: "sleeper".into(), signal: 9, all: false }), Response::Ok);
     let status = match call(&mut c, Request::Wait { id: "sleeper".into() }) {
         Response::Exited(s) => s,
         other => panic!("{other:?}"),
     };
     assert_eq!(status.shell_code(), 137);
-    assert!(matches!(call(&mut c, Request::Signal { id: "sleeper".into(), signal: 0 }), Response::Error { .. }));
+    assert!(matches!(call(&mut c, Request::Signal { id: "sleeper".into(), signal: 0, all: false }), Response::Error { .. }));
 }
 
 #[test]

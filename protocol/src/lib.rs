@@ -44,8 +44,14 @@ pub enum Request {
     MountRootfs(RootfsSpec),
     /// Start a process. Its streams must already be attached on the stream port.
     StartProcess(ProcessSpec),
-    /// Send a signal to a started process.
-    Signal { id: String, signal: i32 },
+    /// Send a signal to a started process; with `all`, to every process in the cgroup of
+    /// container `id` (runc's `kill --all`).
+    Signal {
+        id: String,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
     /// Set the window size of a process's terminal.
     ResizeTty { id: String, rows: u16, cols: u16 },
     /// Block until the process has exited, then answer `Exited`.

@@ -4,9 +4,11 @@
 //! `palisade-vmm` binary, talks to the guest agent through the VMM's vsock Unix socket,
 //! runs one command and relays its stdio, signals and exit status. [`virtiofsd`] starts the
 //! virtio-fs backend that shares host directories with a VM. [`sandbox`] is a VM's state on
-//! disk, for commands that outlive one another (the OCI runtime's create/start/delete).
+//! disk, for commands that outlive one another; [`oci_runtime`] is `palisade`, the OCI runtime
+//! with runc's command line, on top of it.
 
 pub mod oci;
+pub mod oci_runtime;
 pub mod sandbox;
 pub mod share;
 pub mod virtiofsd;

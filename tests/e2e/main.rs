@@ -5,6 +5,7 @@
 
 mod container;
 mod kvm;
+mod oci_runtime;
 mod virtio_fs;
 mod vmrun;
 
@@ -32,6 +33,7 @@ fn main() {
     tests.extend(vmrun::tests());
     tests.extend(container::tests());
     tests.extend(virtio_fs::tests());
+    tests.extend(oci_runtime::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();
 }
 

@@ -154,6 +154,14 @@ impl ProcessTable {
         Ok(if entry.status.is_none() { Some(entry.pid) } else { None })
     }
 
+    /// The cgroup of `id` while it runs (a container's init; `None` for a plain process or
+    /// once it has exited).
+    pub fn running_cgroup(&self, id: &str) -> Result<Option<PathBuf>, TableError> {
+        let inner = self.lock();
+        let entry = inner.by_id.get(id).ok_or_else(|| TableError::Unknown { id: id.to_string() })?;
+        Ok(if entry.status.is_none() { entry.cgroup.clone() } else { None })
+    }
+
     /// The pty master of `id`, if it runs on a terminal and has not exited.
     pub fn pty_master(&self, id: &str) -> Result<Option<Arc<OwnedFd>>, TableError> {
         let inner = self.lock();

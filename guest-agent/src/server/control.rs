@@ -92,7 +92,7 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
             }
             response
         }
-        Request::Signal { id, signal } => send_signal(agent, &id, signal),
+        Request::Signal { id, signal, all } => send_signal(agent, &id, signal, all),
         Request::ResizeTty { id, rows, cols } => resize_tty(agent, &id, TtySize { rows, cols }),
         Request::CreateContainer(spec) => crate::container::agent::create(agent, spec),
         Request::StartContainer { id } => crate::container::agent::start(agent, &id),
@@ -230,9 +230,12 @@ fn start_process(agent: &Agent, spec: ProcessSpec) -> Response {
     }
 }
 
-fn send_signal(agent: &Agent, id: &str, signal: i32) -> Response {
+fn send_signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Response {
     if !(1..=64).contains(&signal) {
         return error(format!("signal {signal} is not a valid signal number"));
+    }
+    if all {
+        return signal_cgroup(agent, id, signal);
     }
     match agent.processes.running_pid(id) {
         Err(e) => error(e.to_string()),
@@ -247,6 +250,30 @@ fn send_signal(agent: &Agent, id: &str, signal: i32) -> Response {
             }
         }
     }
+}
+
+/// Signals every process of container `id`'s cgroup (`kill --all`). The init first, so a
+/// SIGKILL of a pid namespace's init takes the rest with it even if the list is stale.
+fn signal_cgroup(agent: &Agent, id: &str, signal: i32) -> Response {
+    let (pid, cgroup) = match (agent.processes.running_pid(id), agent.processes.running_cgroup(id)) {
+        (Err(e), _) | (_, Err(e)) => return error(e.to_string()),
+        (Ok(None), _) => return Response::Ok, // exited
+        (Ok(Some(pid)), Ok(cgroup)) => (pid, cgroup),
+    };
+    let Some(cgroup) = cgroup else { return error(format!("process {id}: not a container (--all needs its cgroup)")) };
+    // SAFETY: kill(2) of a pid the reaper has not collected (see send_signal).
+    unsafe { libc::kill(pid, signal) };
+    let procs = match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+        Ok(p) => p,
+        Err(e) => return error(format!("container {id}: {}: {e}", cgroup.join("cgroup.procs").display())),
+    };
+    for other in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|&p| p != pid && p > 1) {
+        // SAFETY: kill(2) of a pid listed in the container's cgroup a moment ago; a pid
+        // that exited since and was reused would have to be in this cgroup again to be
+        // listed, and only the container's processes are.
+        unsafe { libc::kill(other, signal) };
+    }
+    Response::Ok
 }
 
 fn resize_tty(agent: &Agent, id: &str, size: TtySize) -> Response {

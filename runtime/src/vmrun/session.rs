@@ -456,14 +456,27 @@ fn forward_signal(id: &str, side: &mut ControlClient, sig: i32, terminal: bool) 
             None => return,
         }
     } else {
-        Request::Signal { id: id.into(), signal: sig }
+        Request::Signal { id: id.into(), signal: sig, all: false }
     };
     if let Err(e) = side.call_ok("a signal or window size", &request) {
         tracing::warn!("forwarding signal {sig}: {e}");
     }
 }
 
-fn relay_output(mut stream: UnixStream, mut sink: Box<dyn Write + Send>, events: Sender<Event>, progress: Arc<AtomicU64>) {
+fn relay_output(stream: UnixStream, sink: Box<dyn Write + Send>, events: Sender<Event>, progress: Arc<AtomicU64>) {
+    copy_output(stream, sink, progress, move || {
+        let _ = events.send(Event::OutputDone);
+    });
+}
+
+/// Copies one output stream of a guest process to `sink` on a thread of its own, counting
+/// the bytes in `progress`, and calls `done` at its end (or when `sink` is gone).
+pub(crate) fn copy_output(
+    mut stream: UnixStream,
+    mut sink: Box<dyn Write + Send>,
+    progress: Arc<AtomicU64>,
+    done: impl FnOnce() + Send + 'static,
+) {
     let spawned = std::thread::Builder::new().name("output".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -481,14 +494,16 @@ fn relay_output(mut stream: UnixStream, mut sink: Box<dyn Write + Send>, events:
                 break; // our stdout is gone (e.g. a closed pipe): drop the rest
             }
         }
-        let _ = events.send(Event::OutputDone);
+        done();
     });
     if let Err(e) = spawned {
         tracing::error!("starting an output relay thread: {e}");
     }
 }
 
-fn relay_input(mut source: Box<dyn Read + Send>, mut stream: UnixStream) {
+/// Copies `source` into a guest process's input stream on a thread of its own, and
+/// half-closes the stream at the end of `source`.
+pub(crate) fn relay_input(mut source: Box<dyn Read + Send>, mut stream: UnixStream) {
     let spawned = std::thread::Builder::new().name("input".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {

@@ -1,0 +1,328 @@
+//! `create`: a sandbox (VM) for the container, its root and bind-mount sources shared into
+//! it, the container created in the guest (its init waits at the exec barrier) by the
+//! container's monitor, whose PID goes to `--pid-file`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use palisade_protocol::{ContainerSpec, RootfsSource, RootfsSpec};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::monitor::{MonitorReport, MonitorRequest, REPORT_FD};
+use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, SANDBOX_DIR};
+use super::RuntimeError;
+use crate::oci::bundle;
+use crate::sandbox::control::{self, Attachment};
+use crate::sandbox::{ProcessRef, SandboxDir, SandboxId, SandboxSpec, SharedPath};
+use crate::share::{self, SharePlan};
+use crate::vmrun::args::{vm_memory_mib, ShareTuningArgs};
+use crate::vmrun::assets::{self, AssetError};
+use crate::vmrun::vmm::kernel_cmdline;
+
+/// How long the supervisor may take to say the VM runs.
+const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `create` was asked.
+pub struct CreateOptions<'a> {
+    pub root: &'a Path,
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub preserve_fds: u32,
+}
+
+/// The sandboxes' root under the runtime's root.
+pub fn sandbox_root(root: &Path) -> PathBuf {
+    root.join(SANDBOX_DIR)
+}
+
+/// The sandbox of a container of its own: a short name (socket paths must stay under
+/// 108 bytes however long the root and the ID are).
+fn own_sandbox_id(id: &str) -> SandboxId {
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    SandboxId::parse(&hex).expect("hex is a valid sandbox id")
+}
+
+/// The container's spec as the guest gets it: host bind-mount sources become paths in the
+/// VM's share (added to `plan`), and a network namespace given by path (a host namespace,
+/// meaningless in the guest) becomes a new one: the container has loopback only.
+pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path) -> Result<String, RuntimeError> {
+    let mut v: Value = serde_json::from_str(config).map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
+    if v.get("hooks").is_some_and(|h| h.as_object().is_some_and(|o| o.values().any(|l| l.as_array().is_some_and(|a| !a.is_empty())))) {
+        return Err(RuntimeError::Unsupported("config.json: hooks are not supported by palisade yet".into()));
+    }
+    if let Some(ns) = v.pointer_mut("/linux/namespaces").and_then(Value::as_array_mut) {
+        for n in ns.iter_mut() {
+            let kind = n.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+            if n.get("path").is_some_and(|p| p.as_str().is_some_and(|p| !p.is_empty())) {
+                if kind == "network" {
+                    n.as_object_mut().map(|o| o.remove("path"));
+                } else {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "config.json: linux.namespaces: joining a host {kind} namespace by path is not possible from a VM"
+                    )));
+                }
+            }
+        }
+    }
+    let mut index = 0;
+    if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
+        for m in mounts.iter_mut() {
+            let options: Vec<String> =
+                m.get("options").and_then(Value::as_array).into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
+            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
+            if !is_bind {
+                continue;
+            }
+            let Some(source) = m.get("source").and_then(Value::as_str) else { continue };
+            let host = bundle_dir.join(source);
+            let read_only = options.iter().any(|o| o == "ro");
+            let path = share::volume_path(index);
+            plan.add(&host, path, read_only).map_err(|e| RuntimeError::Invalid(format!("config.json: mount {}: {e}", host.display())))?;
+            m["source"] = Value::String(share::volume_guest_path(index));
+            index += 1;
+        }
+    }
+    let text = v.to_string();
+    if text.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
+        return Err(RuntimeError::Invalid(format!("config.json: {} bytes, more than the guest accepts", text.len())));
+    }
+    Ok(text)
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).map(PathBuf::from)
+}
+
+/// Runs `create`.
+pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), RuntimeError> {
+    SandboxId::parse(o.id).map_err(|e| RuntimeError::Invalid(e.to_string().replace("sandbox ID", "container ID")))?;
+    if o.preserve_fds > 0 {
+        return Err(RuntimeError::Unsupported("--preserve-fds: passing descriptors into a VM is not supported".into()));
+    }
+    let bundle_dir = std::path::absolute(o.bundle).map_err(|e| RuntimeError::Invalid(format!("bundle {}: {e}", o.bundle.display())))?;
+    let b = bundle::load(&bundle_dir).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    if b.terminal {
+        return Err(match o.console_socket {
+            None => RuntimeError::Invalid("process.terminal is set: --console-socket is required".into()),
+            Some(_) => RuntimeError::Unsupported("process.terminal: terminals are not supported by palisade yet".into()),
+        });
+    }
+    let annotations: std::collections::BTreeMap<String, String> = serde_json::from_str::<Value>(&b.config)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["annotations"].clone()).ok())
+        .unwrap_or_default();
+    let container_type =
+        annotations.get("io.kubernetes.cri.container-type").or_else(|| annotations.get("io.kubernetes.cri-o.ContainerType"));
+    if container_type.is_some_and(|t| t == "container") {
+        return Err(RuntimeError::Unsupported("containers joining a pod's VM are not supported by palisade yet".into()));
+    }
+    let mut plan = SharePlan::default();
+    plan.add(&b.rootfs, share::ROOT_PATH.into(), b.readonly).map_err(|e| RuntimeError::Invalid(format!("root.path: {e}")))?;
+    let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir)?;
+
+    let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
+    let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), &exe);
+    let kernel = env_path("PALISADE_KERNEL").unwrap_or_else(|| assets_dir.join("vmlinux"));
+    if crate::vmrun::run::check_kvm().map_err(|e| RuntimeError::Other(e.to_string()))? == palisade_vmm::host::KvmHostKind::Pvm
+        && std::env::var_os("PALISADE_KERNEL").is_none()
+    {
+        return Err(RuntimeError::Other(palisade_vmm::host::PVM_EXPLANATION.to_string()));
+    }
+    let asset = |e: AssetError| RuntimeError::Other(e.to_string());
+    assets::check_kernel(&kernel).map_err(asset)?;
+    let initrd = assets_dir.join("initramfs.cpio");
+    assets::require_file("initramfs", &initrd).map_err(asset)?;
+    let vmm_binary = assets::vmm_binary(env_path("PALISADE_VMM"), &exe);
+    if !vmm_binary.is_file() {
+        return Err(asset(AssetError::NoVmm(vmm_binary)));
+    }
+    let virtiofsd_binary = assets::virtiofsd_binary(env_path("PALISADE_VIRTIOFSD"), &assets_dir);
+    if !virtiofsd_binary.is_file() {
+        return Err(asset(AssetError::NoVirtiofsd(virtiofsd_binary)));
+    }
+    let limit_mib = b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32);
+    let memory_mib = vm_memory_mib(None, limit_mib).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let tuning = ShareTuningArgs::default().tuning(true).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+
+    let locked = ContainerDir::create(o.root, o.id)?;
+    let sandbox_id = own_sandbox_id(o.id);
+    let mut record = ContainerRecord {
+        id: o.id.into(),
+        bundle: bundle_dir.clone(),
+        rootfs: b.rootfs.clone(),
+        annotations,
+        created_unix_ns: super::time::now_unix_ns(),
+        recorded: Recorded::Creating,
+        monitor: None,
+        guest_pid: None,
+        sandbox: sandbox_id.as_str().into(),
+        owns_sandbox: true,
+    };
+    locked.write_record(&record)?;
+    let sroot = sandbox_root(o.root);
+    let result = (|| -> Result<ProcessRef, RuntimeError> {
+        let vm = palisade_vmm::VmConfig {
+            initrd: Some(initrd.clone()),
+            cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
+            vcpus: 1,
+            memory_mib,
+            rng: true,
+            ..palisade_vmm::VmConfig::new(&kernel)
+        };
+        let spec = SandboxSpec {
+            vmm_binary: vmm_binary.clone(),
+            virtiofsd_binary: Some(virtiofsd_binary.clone()),
+            vm,
+            shared: plan
+                .entries
+                .iter()
+                .map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only })
+                .collect(),
+            virtiofsd: tuning,
+            ephemeral: false,
+            remove_empty_root: false,
+            console: false,
+        };
+        control::start(&sroot, &sandbox_id, &spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
+        let boot_secs = std::env::var("PALISADE_BOOT_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::vmrun::run::DEFAULT_BOOT_TIMEOUT_SECS);
+        let rootfs = RootfsSpec {
+            id: "root".into(),
+            source: RootfsSource::Share { tag: share::TAG.into(), path: share::ROOT_PATH.into() },
+            writable: !b.readonly,
+            process_mounts: false,
+        };
+        control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
+        let request = MonitorRequest {
+            socket: SandboxDir::new(&sroot, &sandbox_id).vsock_socket(),
+            container: ContainerSpec { id: o.id.into(), spec_json, rootfs: "root".into(), stdin: true, tty_size: None },
+        };
+        write_json_atomic(&locked.monitor_request(), &request)
+            .map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.monitor_request().display())))?;
+        let (monitor, report) = spawn_monitor(&exe, o.root, &locked)?;
+        match report {
+            MonitorReport::Created { pid, warnings } => {
+                for w in warnings {
+                    tracing::warn!("container {}: {w}", o.id);
+                }
+                record.guest_pid = Some(pid);
+                Ok(monitor)
+            }
+            MonitorReport::Failed { message } => Err(RuntimeError::Guest(message)),
+        }
+    })();
+    match result {
+        Ok(monitor) => {
+            record.monitor = Some(monitor);
+            record.recorded = Recorded::Created;
+            locked.write_record(&record)?;
+            if let Some(pid_file) = o.pid_file {
+                write_atomic(pid_file, monitor.pid.to_string().as_bytes())
+                    .map_err(|e| RuntimeError::Other(format!("--pid-file {}: {e}", pid_file.display())))?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Nothing of a container that was not created stays behind.
+            if SandboxDir::new(&sroot, &sandbox_id).path().exists() {
+                if let Err(d) = control::delete(&sroot, &sandbox_id, true, Duration::from_secs(30)) {
+                    tracing::warn!("removing the sandbox of container {}: {d}", o.id);
+                }
+            }
+            let _ = std::fs::remove_dir(&sroot);
+            let _ = locked.remove();
+            Err(e)
+        }
+    }
+}
+
+/// Starts the monitor (`palisade --root ROOT monitor ID`) on this command's stdio, detached
+/// in a session of its own, and reads its report.
+fn spawn_monitor(exe: &Path, root: &Path, dir: &ContainerDir) -> Result<(ProcessRef, MonitorReport), RuntimeError> {
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Other(format!("pipe: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(root).arg("monitor").arg(dir.id());
+    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let w = report_w.as_raw_fd();
+    // SAFETY: dup2, setsid and sigprocmask are async-signal-safe and act on the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w, REPORT_FD) < 0 || libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            crate::vmrun::signals::unblock_all_in_child()
+        });
+    }
+    let child = cmd.spawn().map_err(|e| RuntimeError::Other(format!("starting the monitor {}: {e}", exe.display())))?;
+    drop(report_w);
+    drop(cmd);
+    let monitor = ProcessRef::of(child.id()).ok_or_else(|| RuntimeError::Other("the monitor exited at once".into()))?;
+    let mut line = String::new();
+    let read = BufReader::new(std::fs::File::from(report_r)).take(1 << 20).read_line(&mut line);
+    // The monitor is not waited for: it lives on, and our caller (a subreaper) reaps it.
+    std::mem::forget(child);
+    match read {
+        Ok(n) if n > 0 => {}
+        _ => {
+            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no log");
+            return Err(RuntimeError::Other(format!("the container's monitor ended without a report ({last})")));
+        }
+    }
+    let report = serde_json::from_str(line.trim()).map_err(|e| RuntimeError::Other(format!("the monitor's report: {e}")))?;
+    Ok((monitor, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_become_share_paths_and_a_host_network_namespace_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let config = serde_json::json!({
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
+                {"destination": "/data", "source": "data", "options": ["bind"]},
+            ],
+            "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/x"}, {"type": "pid"}]}
+        });
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let mut plan = SharePlan::default();
+        let out: Value = serde_json::from_str(&guest_spec(&config.to_string(), &mut plan, dir.path()).unwrap()).unwrap();
+        assert_eq!(out["mounts"][0]["source"], "proc");
+        assert_eq!(out["mounts"][1]["source"], "/run/palisade/shares/palisade/volumes/0");
+        assert_eq!(out["mounts"][2]["source"], "/run/palisade/shares/palisade/volumes/1");
+        assert_eq!(plan.entries.len(), 2);
+        assert!(plan.entries[0].read_only && !plan.entries[1].read_only);
+        assert_eq!(plan.entries[1].host, dir.path().join("data"));
+        assert!(out["linux"]["namespaces"][0].get("path").is_none());
+
+        let ipc = serde_json::json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}});
+        let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path()).unwrap_err().to_string();
+        assert!(e.contains("ipc namespace"), "{e}");
+        let hooks = serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}});
+        assert!(guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path()).unwrap_err().to_string().contains("hooks"));
+    }
+
+    #[test]
+    fn sandbox_names_are_short() {
+        let id = own_sandbox_id(&"x".repeat(1024));
+        assert_eq!(id.as_str().len(), 16);
+        assert_ne!(own_sandbox_id("a"), own_sandbox_id("b"));
+    }
+}

@@ -1,0 +1,130 @@
+//! `start`, `kill` and `delete`: what changes a container after `create`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palisade_protocol::{Request, Response};
+
+use super::create::sandbox_root;
+use super::signal::parse_signal;
+use super::store::{ContainerDir, ContainerRecord, LockedContainer, Recorded, Status, StoreError};
+use super::RuntimeError;
+use crate::sandbox::{control, SandboxDir};
+use crate::vmrun::connect::{request_timeout, ControlClient};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `delete --force` waits for a killed container's monitor to end.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+fn agent(root: &Path, record: &ContainerRecord) -> Result<ControlClient, RuntimeError> {
+    let sandbox = record.sandbox_id().ok_or_else(|| RuntimeError::Other(format!("container {}: bad sandbox name", record.id)))?;
+    let socket = SandboxDir::new(&sandbox_root(root), &sandbox).vsock_socket();
+    ControlClient::connect_ready(&socket, HANDSHAKE_TIMEOUT, request_timeout())
+        .map_err(|e| RuntimeError::Other(format!("container {}: its VM's agent: {e}", record.id)))
+}
+
+fn refused(id: &str, what: &str, response: Response) -> RuntimeError {
+    match response {
+        Response::Error { message } => {
+            RuntimeError::Guest(message.strip_prefix(&format!("container {id}: ")).map(str::to_string).unwrap_or(message))
+        }
+        other => RuntimeError::Other(format!("container {id}: the agent answered {what} with {other:?}")),
+    }
+}
+
+/// `start ID`: releases the container's exec barrier.
+pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
+    let locked = ContainerDir::open(root, id)?;
+    let mut record = locked.read_record()?;
+    match record.status() {
+        Status::Created => {}
+        Status::Stopped => return Err(RuntimeError::State("cannot start a container that has stopped".into())),
+        Status::Running => return Err(RuntimeError::State("cannot start an already running container".into())),
+        Status::Creating => return Err(RuntimeError::State(format!("cannot start a container in the creating state: {id}"))),
+    }
+    match agent(root, &record)?.call(&Request::StartContainer { id: id.into() }) {
+        Ok(Response::Started { .. }) => {}
+        Ok(other) => return Err(refused(id, "start-container", other)),
+        Err(e) => return Err(RuntimeError::Other(format!("container {id}: start: {e}"))),
+    }
+    record.recorded = Recorded::Running;
+    locked.write_record(&record)?;
+    Ok(())
+}
+
+/// `kill ID [SIGNAL]` (`--all`: every process of the container).
+pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), RuntimeError> {
+    let signal = parse_signal(signal)?;
+    let locked = ContainerDir::open(root, id)?;
+    let record = locked.read_record()?;
+    if !matches!(record.status(), Status::Created | Status::Running) {
+        return Err(RuntimeError::State("container not running".into()));
+    }
+    send(root, &record, signal, all)
+}
+
+fn send(root: &Path, record: &ContainerRecord, signal: i32, all: bool) -> Result<(), RuntimeError> {
+    match agent(root, record)?.call(&Request::Signal { id: record.id.clone(), signal, all }) {
+        Ok(Response::Ok) => Ok(()),
+        Ok(other) => Err(refused(&record.id, "signal", other)),
+        Err(e) => Err(RuntimeError::Other(format!("container {}: signal: {e}", record.id))),
+    }
+}
+
+/// `delete [--force] ID`: removes a stopped (or created) container and its VM; a running
+/// one only with `force`, which kills it first. `--force` of an unknown ID succeeds.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
+    let locked = match ContainerDir::open(root, id) {
+        Ok(l) => l,
+        Err(StoreError::NotFound(_)) if force => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let record = match locked.read_record() {
+        Ok(r) => r,
+        // `create` died before it wrote its record: only its own files are left (anything
+        // else in the directory is not a container's, and stays).
+        Err(StoreError::NotFound(_)) if only_container_files(locked.path()) => return Ok(locked.remove()?),
+        Err(e) => return Err(e.into()),
+    };
+    match record.status() {
+        Status::Stopped => {}
+        Status::Created | Status::Creating => kill_and_wait(root, &record),
+        Status::Running if force => kill_and_wait(root, &record),
+        status => {
+            return Err(RuntimeError::State(format!("cannot delete container {id} that is not stopped: {}", status.name())));
+        }
+    }
+    remove(root, locked, &record)
+}
+
+fn only_container_files(dir: &Path) -> bool {
+    let known = ["lock", "monitor.json", "monitor.log", "exit.json"];
+    std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().all(|e| known.contains(&e.file_name().to_string_lossy().as_ref())))
+}
+
+fn kill_and_wait(root: &Path, record: &ContainerRecord) {
+    if let Err(e) = send(root, record, libc::SIGKILL, true) {
+        tracing::info!("container {}: SIGKILL: {e}; ending its VM instead", record.id);
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    while record.monitor.is_some_and(|m| m.is_alive()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(m) = record.monitor.filter(|m| m.is_alive()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Removes the container's sandbox (when it is its own) and directory.
+fn remove(root: &Path, locked: LockedContainer, record: &ContainerRecord) -> Result<(), RuntimeError> {
+    if let (true, Some(sandbox)) = (record.owns_sandbox, record.sandbox_id()) {
+        let sroot = sandbox_root(root);
+        match control::delete(&sroot, &sandbox, true, Duration::from_secs(30)) {
+            Ok(()) | Err(control::ControlError::Sandbox(crate::sandbox::SandboxError::NotFound(_))) => {}
+            Err(e) => return Err(RuntimeError::Other(format!("container {}: removing its VM: {e}", record.id))),
+        }
+        // Only when empty: other containers' sandboxes stay.
+        let _ = std::fs::remove_dir(&sroot);
+    }
+    Ok(locked.remove()?)
+}

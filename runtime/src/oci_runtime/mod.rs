@@ -1,0 +1,51 @@
+//! `palisade`, the OCI runtime with runc's command line: containerd's runc shim (with
+//! `BinaryName`), podman and CRI-O drive it unchanged, and every container runs in a
+//! micro-VM of its own. The binary (`src/bin/palisade.rs`) is a thin CLI ([`cli`]) over
+//! this library.
+//!
+//! [`create`] boots the container's sandbox ([`crate::sandbox`]) and has its [`monitor`]
+//! create the container in the guest; [`lifecycle`] starts, signals and deletes it;
+//! [`query`] reports OCI state; [`run`] is create + start + wait; [`spec_cmd`] writes a
+//! starting config.json and the feature list. Containers are kept on disk by [`store`];
+//! [`log`] is runc's `--log`/`--log-format`.
+
+pub mod cli;
+pub mod create;
+pub mod lifecycle;
+pub mod log;
+pub mod monitor;
+pub mod query;
+pub mod run;
+pub mod signal;
+pub mod spec_cmd;
+pub mod store;
+pub mod time;
+
+pub use store::StoreError;
+
+/// Where containers live unless `--root` says otherwise (not `palisade-sandbox`'s
+/// `/run/palisade`: each would take the other's directories for its own).
+pub const DEFAULT_ROOT: &str = "/run/palisade-oci";
+
+/// Why a command failed. runc exits 1 for all of them; the message is what callers show.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Bad input: a bundle, a flag, a signal.
+    #[error("{0}")]
+    Invalid(String),
+    /// The container is not in a state the command works on.
+    #[error("{0}")]
+    State(String),
+    /// Something runc does that palisade does not (yet, or in a VM at all).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The guest refused: the container's init could not be created or started.
+    #[error("{0}")]
+    Guest(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::control::ControlError),
+    #[error("{0}")]
+    Other(String),
+}

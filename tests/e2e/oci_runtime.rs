@@ -1,0 +1,307 @@
+//! `palisade`, the OCI runtime: runc's lifecycle (create, start, state, kill, delete, run)
+//! with real micro-VMs, and its errors compared with crun's for the same calls.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use palisade_e2e::{boot_retrying, paths, run, vm_timeout, Output, VmOutcome};
+use serde_json::Value;
+
+use crate::vmrun::{busybox_rootfs, shared};
+use crate::{ensure, trial, TestResult};
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("oci_runtime::create_start_state_kill_delete_leave_nothing_behind", create_start_kill_delete),
+        trial("oci_runtime::run_gives_the_containers_exit_code_output_and_signal", run_exit_codes),
+        trial("oci_runtime::conformance::errors_and_spec_match_crun", errors_match_crun),
+    ]
+}
+
+fn palisade(args: &[&str]) -> Command {
+    let mut cmd = Command::new(paths().profile_dir.join("palisade"));
+    cmd.args(args);
+    cmd
+}
+
+fn tempdir() -> Result<tempfile::TempDir, String> {
+    tempfile::tempdir().map_err(|e| e.to_string())
+}
+
+/// A bundle: a busybox root and the spec `palisade spec` writes, running `args` without a
+/// terminal.
+fn bundle(args: &[&str]) -> Result<tempfile::TempDir, String> {
+    let dir = tempdir()?;
+    let rootfs = busybox_rootfs()?;
+    std::fs::rename(rootfs.path(), dir.path().join("rootfs")).map_err(|e| e.to_string())?;
+    let out = run(palisade(&["spec", "--bundle", &dir.path().display().to_string()]), None, vm_timeout()).map_err(|e| e.to_string())?;
+    if out.code() != 0 {
+        return Err(out.describe());
+    }
+    let path = dir.path().join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    spec["process"]["terminal"] = Value::Bool(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["root"]["readonly"] = Value::Bool(false);
+    std::fs::write(&path, spec.to_string()).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// A palisade run whose boot the emulator may lose: palisade's own failure (exit 1) is
+/// what `boot_retrying` looks at, as vmrun's 125.
+struct Palisade(Output);
+
+impl VmOutcome for Palisade {
+    fn exit_code(&self) -> i32 {
+        if self.0.code() == 1 {
+            125
+        } else {
+            self.0.code()
+        }
+    }
+    fn diagnostics(&self) -> String {
+        self.0.stderr.clone()
+    }
+    fn set_boots(&mut self, boots: u32) {
+        self.0.boots = boots;
+    }
+}
+
+fn state(root: &str, id: &str) -> Result<Value, String> {
+    let out = run(palisade(&["--root", root, "state", id]), None, vm_timeout()).map_err(|e| e.to_string())?;
+    ensure_ok(&out)?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))
+}
+
+fn ensure_ok(out: &Output) -> Result<(), String> {
+    if out.code() == 0 {
+        Ok(())
+    } else {
+        Err(out.describe())
+    }
+}
+
+fn pal(root: &str, args: &[&str]) -> Result<Output, String> {
+    let mut all = vec!["--root", root];
+    all.extend_from_slice(args);
+    run(palisade(&all), None, vm_timeout()).map_err(|e| e.to_string())
+}
+
+/// Processes whose command line names `needle` (what a container could leave running).
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_some_and(|p| p.parse::<u32>().is_ok()) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+fn create_start_kill_delete() -> TestResult {
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let b = bundle(&["sh", "-c", "echo started; exec sleep 600"])?;
+    let bundle_arg = b.path().display().to_string();
+    let pid_file = b.path().join("init.pid");
+    let id = "e2e-lifecycle";
+    // The container's stdout is create's, held by its monitor: a file here.
+    let out_path = b.path().join("stdout");
+    let created = boot_retrying("palisade create", || -> Result<Palisade, String> {
+        let cmd = palisade(&["--root", &root, "create", "--bundle", &bundle_arg, "--pid-file", &pid_file.display().to_string(), id]);
+        let out = run_to_files(cmd, &out_path, &b.path().join("stderr"))?;
+        if out.code() != 0 {
+            let _ = pal(&root, &["delete", "--force", id]);
+        }
+        Ok(Palisade(out))
+    })?
+    .0;
+    ensure!(created.code() == 0, "{}", created.describe());
+    let s = state(&root, id)?;
+    let pid = std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?;
+    ensure!(s["status"] == "created" && s["id"] == id && s["bundle"] == bundle_arg.as_str(), "state after create: {s}");
+    ensure!(
+        s["pid"].as_u64().map(|p| p.to_string()) == Some(pid.clone()) && Path::new(&format!("/proc/{pid}")).exists(),
+        "--pid-file {pid:?} is not state's live pid: {s}"
+    );
+    ensure!(
+        s["ociVersion"].as_str().is_some_and(|v| v.starts_with("1.")) && s["created"].as_str().is_some_and(|c| c.ends_with('Z')),
+        "{s}"
+    );
+
+    let out = pal(&root, &["start", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    ensure!(state(&root, id)?["status"] == "running", "not running after start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&out_path).unwrap_or_default() != "started\n" {
+        ensure!(Instant::now() < deadline, "the container's output never reached create's stdout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = pal(&root, &["start", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("already running"), "a second start: {}", out.describe());
+    let out = pal(&root, &["delete", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("not stopped: running"), "delete of a running container: {}", out.describe());
+    let out = pal(&root, &["list", "--format", "json"])?;
+    let list: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))?;
+    ensure!(list.as_array().is_some_and(|l| l.len() == 1 && l[0]["id"] == id && l[0]["status"] == "running"), "list: {list}");
+
+    let out = pal(&root, &["kill", id, "KILL"])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = state(&root, id)?;
+        if s["status"] == "stopped" {
+            ensure!(s["pid"] == 0, "a stopped container has pid 0: {s}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "still {} 30 s after kill KILL", s["status"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = pal(&root, &["kill", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("not running"), "kill of a stopped container: {}", out.describe());
+    let out = pal(&root, &["delete", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    ensure!(std::fs::read_dir(root_dir.path()).map_err(|e| e.to_string())?.next().is_none(), "the root is not empty after delete");
+    let left = processes_naming(&root);
+    ensure!(left.is_empty(), "processes left after delete: {left:?}");
+    Ok(())
+}
+
+/// Runs a command whose stdout and stderr are files (`create` hands both to the monitor,
+/// which holds them as long as the container runs: pipes would not end with `create`).
+fn run_to_files(mut cmd: Command, stdout: &Path, stderr: &Path) -> Result<Output, String> {
+    let start = Instant::now();
+    let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+    cmd.stdin(Stdio::null()).stdout(file(stdout)?).stderr(file(stderr)?);
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if start.elapsed() > vm_timeout() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{cmd:?} did not finish within {:?}", vm_timeout()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output { status, stdout: vec![], stderr: std::fs::read_to_string(stderr).unwrap_or_default(), elapsed: start.elapsed(), boots: 1 })
+}
+
+fn run_exit_codes() -> TestResult {
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let id = "e2e-run-code";
+    let b = bundle(&["sh", "-c", "echo out; echo err >&2; exit 7"])?;
+    let bundle_arg = b.path().display().to_string();
+    let out = boot_retrying("palisade run", || {
+        let out = pal(&root, &["run", "--bundle", &bundle_arg, id]).map(Palisade);
+        if out.as_ref().is_ok_and(|o| o.0.code() == 1) {
+            let _ = pal(&root, &["delete", "--force", id]);
+        }
+        out
+    })?
+    .0;
+    ensure!(out.code() == 7 && out.stdout_str() == "out\n" && out.stderr == "err\n", "{}", out.describe());
+    ensure!(!root_dir.path().join(id).exists(), "run left container {id} behind");
+
+    // Killed from outside by a signal: run ends as its container's process did (128 + 9).
+    // (A container's init cannot SIGKILL itself: PID 1 of a namespace ignores that.)
+    let id = "e2e-run-signal";
+    let b = bundle(&["busybox", "sleep", "600"])?;
+    let bundle_arg = b.path().display().to_string();
+    let runner_root = root.clone();
+    let runner = std::thread::spawn(move || pal(&runner_root, &["run", "--bundle", &bundle_arg, id]));
+    let deadline = Instant::now() + vm_timeout();
+    while state(&root, id).map(|s| s["status"] != "running").unwrap_or(true) {
+        ensure!(!runner.is_finished(), "run ended before its container ran: {:?}", runner.join().map(|o| o.map(|o| o.describe())));
+        ensure!(Instant::now() < deadline, "the container never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = pal(&root, &["kill", id, "9"])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    let out = runner.join().map_err(|_| "the run thread panicked".to_string())??;
+    ensure!(out.code() == 137, "run of a container killed by SIGKILL: {}", out.describe());
+    ensure!(!root_dir.path().join(id).exists(), "run left container {id} behind");
+    Ok(())
+}
+
+/// One call made of both runtimes: what a caller sees of it.
+fn outcome(runtime: &Path, root: &Path, args: &[&str], cwd: &Path) -> Result<(i32, bool), String> {
+    let mut cmd = Command::new(runtime);
+    cmd.arg("--root").arg(root).args(args).current_dir(cwd);
+    let out = run(cmd, None, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    Ok((out.code(), !out.stderr.trim().is_empty()))
+}
+
+fn errors_match_crun() -> TestResult {
+    let crun = Path::new("/usr/bin/crun");
+    ensure!(crun.exists(), "crun is not installed (scripts/setup installs it)");
+    let palisade = paths().profile_dir.join("palisade");
+    let work = tempdir()?;
+    let no_config = work.path().join("no-config");
+    let broken = work.path().join("broken");
+    for d in [&no_config, &broken] {
+        std::fs::create_dir_all(d.join("rootfs")).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(broken.join("config.json"), "{\"ociVersion\": \"1.0.2\",").map_err(|e| e.to_string())?;
+    let (nc, br) = (no_config.display().to_string(), broken.display().to_string());
+    let scenarios: Vec<(&str, Vec<&str>)> = vec![
+        ("state of an unknown id", vec!["state", "nope"]),
+        ("start of an unknown id", vec!["start", "nope"]),
+        ("kill of an unknown id", vec!["kill", "nope", "KILL"]),
+        ("delete of an unknown id", vec!["delete", "nope"]),
+        ("delete --force of an unknown id", vec!["delete", "--force", "nope"]),
+        ("create from a bundle without config.json", vec!["create", "--bundle", &nc, "c1"]),
+        ("create from a broken config.json", vec!["create", "--bundle", &br, "c2"]),
+        ("list of an empty root", vec!["list"]),
+        ("list -q of an empty root", vec!["list", "-q"]),
+        ("spec where config.json exists", vec!["spec", "--bundle", &br]),
+    ];
+    let mut differences = Vec::new();
+    for (what, args) in &scenarios {
+        let (crun_root, pal_root) = (work.path().join("crun-root"), work.path().join("palisade-root"));
+        let theirs = outcome(crun, &crun_root, args, work.path())?;
+        let ours = outcome(&palisade, &pal_root, args, work.path())?;
+        // Same success or failure, and a failure says why on stderr.
+        if (theirs.0 == 0) != (ours.0 == 0) || (ours.0 != 0 && (!ours.1 || ours.0 != 1)) {
+            differences.push(format!(
+                "{what}: crun exit {} (stderr said something: {}), palisade exit {} ({})",
+                theirs.0, theirs.1, ours.0, ours.1
+            ));
+        }
+    }
+    // Both write a spec that is a 1.x config with a terminal running sh on a read-only rootfs.
+    for (runtime, name) in [(crun, "crun"), (palisade.as_path(), "palisade")] {
+        let dir = work.path().join(format!("spec-{name}"));
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let (code, _) = outcome(runtime, &work.path().join("r"), &["spec"], &dir)?;
+        let spec: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap_or_default()).unwrap_or_default();
+        let shape = (
+            code,
+            spec["ociVersion"].as_str().is_some_and(|v| v.starts_with("1.")),
+            spec["process"]["terminal"].clone(),
+            spec["process"]["args"].clone(),
+            spec["root"].clone(),
+        );
+        if shape != (0, true, Value::Bool(true), serde_json::json!(["sh"]), serde_json::json!({"path": "rootfs", "readonly": true})) {
+            differences.push(format!("{name} spec: {shape:?}"));
+        }
+    }
+    ensure!(
+        differences.is_empty(),
+        "palisade differs from crun in {} of {} scenarios:\n{}",
+        differences.len(),
+        scenarios.len() + 1,
+        differences.join("\n")
+    );
+    Ok(())
+}

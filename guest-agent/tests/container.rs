@@ -391,3 +391,76 @@ fn device_allowlist_is_enforced_in_the_container() {
     println!("--- allow 10:200 ---\n{}", allowed.output);
     assert!(allowed.output.contains("mknod-ok") && allowed.output.contains("tun-ok"), "{}", allowed.output);
 }
+
+#[test]
+fn exec_joins_the_containers_namespaces_and_seccomp_with_its_own_user_and_capabilities() {
+    if !need_root() {
+        return;
+    }
+    let root = busybox_rootfs();
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(spec("echo init-ran; exec sleep 600")).unwrap();
+    let (out_r, out_w) = pipe();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let opts = CreateOptions {
+        id: "exec-test",
+        rootfs: root.path(),
+        bundle: None,
+        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()],
+        cgroup_root: None,
+    };
+    let forks = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = container::create(&spec, &opts).unwrap();
+    c.start().unwrap();
+    drop(out_w);
+    let mut line = [0u8; 9];
+    std::fs::File::from(out_r).read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"init-ran\n");
+
+    // A process of its own: uid 1000, one capability, no_new_privileges off, another cwd.
+    let process: oci_spec::runtime::Process = serde_json::from_value(json!({
+        "cwd": "/tmp", "env": ["PATH=/bin", "WHO=exec"],
+        "args": ["sh", "-c", "cat /proc/self/status; echo PID=$$ HOST=$(hostname) CWD=$(pwd) WHO=$WHO; \
+                 echo INIT=$(cat /proc/1/cmdline | tr '\\0' ' '); mkdir /tmp/x; echo mkdir=$?"],
+        "user": {"uid": 1000, "gid": 1000},
+        "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}
+    }))
+    .unwrap();
+    let (exec_r, exec_w) = pipe();
+    let launched = container::exec::exec(&c.exec_target(), "exec-1", &process, [null.as_raw_fd(), exec_w.as_raw_fd(), exec_w.as_raw_fd()])
+        .unwrap_or_else(|(_, e)| panic!("exec failed: {e}"));
+    drop(exec_w);
+    drop(forks);
+    let mut o = String::new();
+    std::fs::File::from(exec_r).read_to_string(&mut o).unwrap();
+    let code = wait(launched.pid);
+    println!("--- exec output (exit {code}) ---\n{o}");
+    assert_eq!(code, 0, "{o}");
+    assert!(o.contains("HOST=palisade-test CWD=/tmp WHO=exec\n"), "the container's uts namespace, the exec's cwd and env: {o}");
+    assert!(o.contains("INIT=sleep 600\n"), "the container's pid namespace, whose PID 1 is its init: {o}");
+    // The container's /proc counts in its pid namespace: the exec'd shell is not its PID 1.
+    assert!(o.contains("PID=") && !o.contains("PID=1 "), "a process of the container's pid namespace, not its init: {o}");
+    assert_eq!(field(&o, "Uid"), "1000\t1000\t1000\t1000");
+    // A non-root program keeps no effective capability without ambient ones (as with runc).
+    assert_eq!(field(&o, "CapEff"), "0000000000000000");
+    assert_eq!(field(&o, "CapBnd"), "0000000000000020", "the exec's own bounding set: CAP_KILL only");
+    assert_eq!(field(&o, "Seccomp"), "2", "the container's seccomp profile");
+    assert!(o.contains("mkdir=1\n") && o.contains("No medium found"), "the container's seccomp rule (ENOMEDIUM): {o}");
+
+    // A program that does not exist is an error of the exec, not of the container.
+    let mut missing = process.clone();
+    missing.set_args(Some(vec!["no-such-program".into()]));
+    let forks = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    match container::exec::exec(&c.exec_target(), "exec-2", &missing, [null.as_raw_fd(); 3]) {
+        Ok(p) => panic!("exec of a missing program started pid {}", p.pid),
+        Err((pid, e)) => {
+            assert!(e.to_string().contains("no-such-program: command not found"), "{e}");
+            if let Some(pid) = pid {
+                wait(pid);
+            }
+        }
+    }
+    drop(forks);
+    // SAFETY: killing our own child, the container's init, not yet reaped.
+    unsafe { libc::kill(c.pid, libc::SIGKILL) };
+    assert_eq!(wait(c.pid), 128 + libc::SIGKILL);
+}

@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame payload either side sends or accepts.
 pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// Agent port for requests and responses.
@@ -63,6 +63,17 @@ pub enum Request {
     /// Release a created container's exec barrier; answered with `Started`. `Wait`,
     /// `Signal` and `ResizeTty` then work with the container id as the process id.
     StartContainer { id: String },
+    /// Start a process in a created or running container (runc's `exec`): it joins the
+    /// namespaces and cgroup of the container's init and gets the container's seccomp
+    /// profile. Its streams must already be attached under `id`; `Wait`, `Signal` and
+    /// `ResizeTty` then work with `id`. Answered with `Started`.
+    ExecProcess(ExecSpec),
+    /// The processes of a container (every process in its cgroup); answered with
+    /// `Processes`.
+    ListProcesses { id: String },
+    /// Freeze (`frozen`) or thaw every process of a container (its cgroup's
+    /// `cgroup.freeze`); answered with `Ok` once the cgroup says it is done.
+    Freeze { id: String, frozen: bool },
     /// Sync filesystems and power the VM off.
     Shutdown,
 }
@@ -82,6 +93,9 @@ impl Request {
             Request::CreateContainer(_) => "create-container",
             Request::StartContainer { .. } => "start-container",
             Request::Wait { .. } => "wait",
+            Request::ExecProcess(_) => "exec-process",
+            Request::ListProcesses { .. } => "list-processes",
+            Request::Freeze { .. } => "freeze",
         }
     }
 }
@@ -104,9 +118,48 @@ pub enum Response {
         warnings: Vec<String>,
     },
     Exited(ExitStatus),
+    /// The processes of a container ([`Request::ListProcesses`]).
+    Processes {
+        processes: Vec<ProcessInfo>,
+    },
     Error {
         message: String,
     },
+}
+
+/// Longest command line of a [`ProcessInfo`] the agent sends (longer ones are cut).
+pub const MAX_PROCESS_CMD_LEN: usize = 4096;
+/// Most processes one [`Response::Processes`] lists.
+pub const MAX_LISTED_PROCESSES: usize = 1024;
+
+/// One process of a container, as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Its pid in the guest (the agent's pid namespace).
+    pub pid: u32,
+    pub ppid: u32,
+    /// Real uid, in the guest's initial user namespace.
+    pub uid: u32,
+    /// User plus system CPU time, in milliseconds.
+    pub cpu_ms: u64,
+    /// The command line, arguments separated by spaces (the name in brackets when empty).
+    pub cmd: String,
+}
+
+/// A process to start in a container ([`Request::ExecProcess`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// The container to join.
+    pub container: String,
+    /// Caller-chosen unique name of the new process (streams and later requests use it).
+    pub id: String,
+    /// The OCI `process` object (runc's `exec --process` file) as JSON text; its
+    /// `terminal` chooses a single `Tty` stream.
+    pub process_json: String,
+    /// An stdin stream is attached (otherwise stdin is /dev/null).
+    pub stdin: bool,
+    #[serde(default)]
+    pub tty_size: Option<TtySize>,
 }
 
 /// Where the agent mounts virtio-fs shares: share `tag` is at `SHARES_DIR/tag`.
@@ -367,6 +420,16 @@ mod tests {
             tty_size: None,
         }));
         roundtrip(Request::StartContainer { id: "c1".into() });
+        roundtrip(Request::ExecProcess(ExecSpec {
+            container: "c1".into(),
+            id: "e1".into(),
+            process_json: "{\"args\":[\"sh\"],\"cwd\":\"/\"}".into(),
+            stdin: true,
+            tty_size: None,
+        }));
+        roundtrip(Request::ListProcesses { id: "c1".into() });
+        roundtrip(Request::Freeze { id: "c1".into(), frozen: true });
+        roundtrip(Response::Processes { processes: vec![ProcessInfo { pid: 7, ppid: 1, uid: 0, cpu_ms: 12, cmd: "sleep 60".into() }] });
         roundtrip(Request::MountShare { tag: "palisade".into() });
         roundtrip(Request::MountRootfs(RootfsSpec {
             id: "root".into(),

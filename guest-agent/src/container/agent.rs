@@ -1,13 +1,17 @@
 //! The agent's container requests ([`create`] for `CreateContainer`, [`start`] for
 //! `StartContainer`): the protocol glue between the control port and [`super::create`].
 //! A container's init is registered in the agent's process table under the container
-//! id, so `Wait`, `Signal` and `ResizeTty` work on containers as on processes.
+//! id, so `Wait`, `Signal` and `ResizeTty` work on containers as on processes. [`exec`]
+//! (`ExecProcess`) starts further processes in a container, [`list_processes`] and
+//! [`freeze`] act on its cgroup.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use palisade_protocol::{ContainerSpec, Response, StreamKind};
+use palisade_protocol::{ContainerSpec, ExecSpec, Response, StreamKind, TtySize, MAX_LISTED_PROCESSES};
 
 use super::{cgroup, spec, Container, CreateOptions};
 use crate::process::stdio::{ChildStdio, Streams};
@@ -16,6 +20,8 @@ use crate::server::Agent;
 
 /// Longest container id accepted.
 const MAX_ID_LEN: usize = 128;
+/// How long freezing or thawing a container may take.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The guest's cgroup v2 hierarchy.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -59,35 +65,9 @@ fn create_inner(agent: &Agent, req: &ContainerSpec) -> Response {
         None => return error(format!("container {id}: rootfs {}: not mounted", req.rootfs)),
     };
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-    let kinds: Vec<StreamKind> = match (terminal, req.stdin) {
-        (true, _) => vec![StreamKind::Tty],
-        (false, true) => vec![StreamKind::Stdin, StreamKind::Stdout, StreamKind::Stderr],
-        (false, false) => vec![StreamKind::Stdout, StreamKind::Stderr],
-    };
-    let conns = match agent.streams.take_all(id, &kinds) {
-        Ok(c) => c,
-        Err(missing) => return error(format!("container {id}: the {missing:?} stream is not attached")),
-    };
-    agent.streams.discard(id);
-    let mut conns = conns.into_iter();
-    let streams = match (terminal, req.stdin) {
-        (true, _) => conns.next().map(Streams::Tty),
-        (false, stdin) => {
-            let stdin_conn = if stdin { conns.next() } else { None };
-            match (conns.next(), conns.next()) {
-                (Some(o), Some(e)) => Some(Streams::Pipes { stdin: stdin_conn, stdout: o, stderr: e }),
-                _ => None,
-            }
-        }
-    };
-    let Some(streams) = streams else { return error(format!("container {id}: internal error collecting streams")) };
-    let stdio = match if terminal { ChildStdio::pty(req.tty_size) } else { ChildStdio::pipes(req.stdin) } {
+    let (streams, stdio, pty_master) = match attached_stdio(agent, id, terminal, req.stdin, req.tty_size) {
         Ok(s) => s,
-        Err(e) => return error(format!("container {id}: {e}")),
-    };
-    let pty_master = match stdio.pty_master() {
-        Ok(m) => m,
-        Err(e) => return error(format!("container {id}: pty: {e}")),
+        Err(message) => return error(format!("container {id}: {message}")),
     };
     let cgroup_root = Path::new(CGROUP_ROOT);
     let opts = CreateOptions {
@@ -120,6 +100,122 @@ fn create_inner(agent: &Agent, req: &ContainerSpec) -> Response {
         }
         Ok(Err(e)) => error(format!("container {id}: {e}")),
         Err(e) => error(e.to_string()),
+    }
+}
+
+/// Takes the streams attached for process `id` and makes the stdio its process gets
+/// (a pty with `terminal`, pipes otherwise); streams of kinds it does not use are closed.
+fn attached_stdio(
+    agent: &Agent,
+    id: &str,
+    terminal: bool,
+    stdin: bool,
+    tty_size: Option<TtySize>,
+) -> Result<(Streams, ChildStdio, Option<Arc<OwnedFd>>), String> {
+    let kinds: Vec<StreamKind> = match (terminal, stdin) {
+        (true, _) => vec![StreamKind::Tty],
+        (false, true) => vec![StreamKind::Stdin, StreamKind::Stdout, StreamKind::Stderr],
+        (false, false) => vec![StreamKind::Stdout, StreamKind::Stderr],
+    };
+    let conns = agent.streams.take_all(id, &kinds).map_err(|missing| format!("the {missing:?} stream is not attached"))?;
+    agent.streams.discard(id);
+    let mut conns = conns.into_iter();
+    let streams = match (terminal, stdin) {
+        (true, _) => conns.next().map(Streams::Tty),
+        (false, stdin) => {
+            let stdin_conn = if stdin { conns.next() } else { None };
+            match (conns.next(), conns.next()) {
+                (Some(o), Some(e)) => Some(Streams::Pipes { stdin: stdin_conn, stdout: o, stderr: e }),
+                _ => None,
+            }
+        }
+    };
+    let streams = streams.ok_or("internal error collecting streams")?;
+    let stdio = if terminal { ChildStdio::pty(tty_size) } else { ChildStdio::pipes(stdin) }.map_err(|e| e.to_string())?;
+    let pty_master = stdio.pty_master().map_err(|e| format!("pty: {e}"))?;
+    Ok((streams, stdio, pty_master))
+}
+
+/// Handles `ExecProcess`.
+pub fn exec(agent: &Agent, req: ExecSpec) -> Response {
+    let response = exec_inner(agent, &req);
+    if matches!(response, Response::Error { .. }) && !agent.processes.contains(&req.id) {
+        agent.streams.discard(&req.id);
+    }
+    response
+}
+
+fn exec_inner(agent: &Agent, req: &ExecSpec) -> Response {
+    let id = req.id.as_str();
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.contains('\0') {
+        return error(format!("process id {id:?} is invalid (1-{MAX_ID_LEN} bytes)"));
+    }
+    if agent.processes.contains(id) {
+        return error(format!("process {id}: the id is already in use"));
+    }
+    let target = match containers().lock().unwrap_or_else(|e| e.into_inner()).get(&req.container) {
+        Some(c) => c.exec_target(),
+        None => return error(format!("container {}: no such container", req.container)),
+    };
+    if !matches!(agent.processes.running_pid(&req.container), Ok(Some(_))) {
+        return error(format!("container {}: cannot exec in a stopped container", req.container));
+    }
+    let process = match spec::parse_process(&req.process_json) {
+        Ok(p) => p,
+        Err(e) => return error(format!("process {id}: {e}")),
+    };
+    let terminal = process.terminal().unwrap_or(false);
+    let (streams, stdio, pty_master) = match attached_stdio(agent, id, terminal, req.stdin, req.tty_size) {
+        Ok(s) => s,
+        Err(message) => return error(format!("process {id}: {message}")),
+    };
+    let result = agent.processes.spawn_registered(id, || {
+        let launched = super::exec::exec(&target, id, &process, stdio.child_fds())?;
+        Ok(Spawned { pid: launched.pid, pty_master: pty_master.clone(), cgroup: target.cgroup.clone() })
+    });
+    match result {
+        Ok(Ok(pid)) => {
+            stdio.start_relays(id, streams);
+            tracing::debug!(id, pid, container = req.container, "process exec'd");
+            Response::Started { pid: pid as u32 }
+        }
+        Ok(Err(e)) => error(format!("process {id}: {e}")),
+        Err(e) => error(e.to_string()),
+    }
+}
+
+/// The cgroup of container `id`.
+fn container_cgroup(id: &str) -> Result<PathBuf, String> {
+    match containers().lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        Some(Container { cgroup: Some(cg), .. }) => Ok(cg.path.clone()),
+        Some(_) => Err(format!("container {id}: it has no cgroup")),
+        None => Err(format!("container {id}: no such container")),
+    }
+}
+
+/// Handles `ListProcesses`: every process of the container's cgroup and the cgroups below.
+pub fn list_processes(id: &str) -> Response {
+    let path = match container_cgroup(id) {
+        Ok(p) => p,
+        Err(message) => return error(message),
+    };
+    match cgroup::pids(&path) {
+        Ok(pids) => {
+            Response::Processes { processes: pids.into_iter().take(MAX_LISTED_PROCESSES).filter_map(super::ps::process_info).collect() }
+        }
+        Err(e) => error(format!("container {id}: {e}")),
+    }
+}
+
+/// Handles `Freeze`.
+pub fn freeze(id: &str, frozen: bool) -> Response {
+    let path = match container_cgroup(id) {
+        Ok(p) => p,
+        Err(message) => return error(message),
+    };
+    match cgroup::freeze(&path, frozen, FREEZE_TIMEOUT) {
+        Ok(()) => Response::Ok,
+        Err(e) => error(format!("container {id}: {e}")),
     }
 }
 

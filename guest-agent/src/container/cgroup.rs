@@ -190,6 +190,65 @@ pub fn oom_kills(path: &Path) -> u64 {
     std::fs::read_to_string(path.join("memory.events")).map(|s| parse_oom_kills(&s)).unwrap_or(0)
 }
 
+/// Most cgroups below a container's that [`pids`] walks (a container may make its own).
+const MAX_WALKED_CGROUPS: usize = 4096;
+
+/// Every pid in the cgroup at `path` and the cgroups below it, sorted, without repeats.
+pub fn pids(path: &Path) -> Result<Vec<i32>, CgroupError> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    let mut walked = 0;
+    while let Some(dir) = dirs.pop() {
+        walked += 1;
+        let procs = dir.join("cgroup.procs");
+        match std::fs::read_to_string(&procs) {
+            Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+            // A cgroup removed while we walk is simply empty.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != path => continue,
+            Err(source) => return Err(CgroupError::Io { path: dir, what: "reading cgroup.procs".into(), source }),
+        }
+        if walked >= MAX_WALKED_CGROUPS {
+            break;
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+/// Whether `cgroup.events` text says the cgroup is frozen.
+pub fn parse_frozen(events: &str) -> Option<bool> {
+    events.lines().find_map(|l| l.strip_prefix("frozen ")).map(|v| v.trim() == "1")
+}
+
+/// Freezes (or thaws) every process of the cgroup at `path` and below, and waits until
+/// the kernel says it is done (`cgroup.events`).
+pub fn freeze(path: &Path, frozen: bool, timeout: std::time::Duration) -> Result<(), CgroupError> {
+    write(path, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+    let deadline = std::time::Instant::now() + timeout;
+    let events = path.join("cgroup.events");
+    loop {
+        let text = std::fs::read_to_string(&events).map_err(|source| CgroupError::Io {
+            path: path.to_path_buf(),
+            what: "reading cgroup.events".into(),
+            source,
+        })?;
+        if parse_frozen(&text) == Some(frozen) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let what = format!("{} did not finish within {} s", if frozen { "freezing" } else { "thawing" }, timeout.as_secs());
+            return Err(CgroupError::Io { path: path.to_path_buf(), what, source: std::io::ErrorKind::TimedOut.into() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A container's cgroup.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
@@ -262,6 +321,20 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pids_of_a_cgroup_tree_and_its_frozen_state() {
+        let root = tempfile::tempdir().unwrap();
+        let sub = root.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(root.path().join("cgroup.procs"), "12\n3\n").unwrap();
+        std::fs::write(sub.join("cgroup.procs"), "7\n12\ngarbage\n").unwrap();
+        assert_eq!(pids(root.path()).unwrap(), [3, 7, 12]);
+        assert!(pids(&root.path().join("gone")).is_err(), "a container's own cgroup must exist");
+        assert_eq!(parse_frozen("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(parse_frozen("populated 1\nfrozen 0\n"), Some(false));
+        assert_eq!(parse_frozen("populated 1\n"), None);
+    }
 
     fn resources(json: &str) -> LinuxResources {
         serde_json::from_str(json).unwrap()

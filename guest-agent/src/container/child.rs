@@ -125,7 +125,8 @@ pub enum Action {
         path: CString,
         content: Vec<u8>,
     },
-    /// Fork once more; the child goes on, this process reports its pid and exits.
+    /// Fork once more, as a sibling (CLONE_PARENT); the child goes on, this process reports
+    /// its pid and exits.
     ForkAgain,
     /// Stdio onto 0, 1, 2; a new session; the terminal as controlling terminal.
     Stdio {
@@ -642,7 +643,11 @@ fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
             Action::Unshare { flags } => check(libc::unshare(*flags) as libc::c_long).map(drop),
             Action::WriteFile { path, content } => write_file(path, content),
             Action::ForkAgain => {
-                let pid = check(libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize))?;
+                // CLONE_PARENT: the new process is the agent's child, not ours, so the agent
+                // reaps it (and learns its status) after we exit; orphaned, it would go to
+                // the init of the pid namespace it is in.
+                let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+                let pid = check(libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize))?;
                 if pid > 0 {
                     report(st.report_fd, REPORT_PID, 0, pid as i32);
                     libc::_exit(0);

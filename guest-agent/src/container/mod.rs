@@ -2,7 +2,7 @@
 //! runtime spec. One file per concern: [`spec`] (load and check), [`namespaces`],
 //! [`rootfs`] (mounts), [`devices`], [`capabilities`], [`seccomp`], [`rlimits`],
 //! [`cgroup`] (v2) with its device allowlist [`cgroup_devices`], [`process`] (user, caps, exec), [`state`]; [`child`] runs the
-//! prepared steps in the container's init.
+//! prepared steps in the container's init; [`exec`] starts further processes in a container.
 //!
 //! [`create`] turns a spec into a list of init actions (all memory prepared up front),
 //! clones the init into its namespaces, writes its id maps and cgroup from the agent's
@@ -15,8 +15,10 @@ pub mod cgroup;
 pub mod cgroup_devices;
 pub mod child;
 pub mod devices;
+pub mod exec;
 pub mod namespaces;
 pub mod process;
+pub mod ps;
 pub mod rlimits;
 pub mod rootfs;
 pub mod seccomp;
@@ -268,6 +270,8 @@ pub struct Container {
     pub helper_pid: Option<i32>,
     pub cgroup: Option<cgroup::Cgroup>,
     pub warnings: Vec<String>,
+    /// The spec's `linux.seccomp`, which processes exec'd into the container get too.
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     status: Status,
     go: Option<OwnedFd>,
     reports: Option<OwnedFd>,
@@ -411,6 +415,22 @@ pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, Contai
             None
         }
     };
+    let mut container = launch(opts.id, &plan, cgroup, program, warnings)?;
+    drop(joined);
+    container.seccomp = linux.seccomp().clone();
+    Ok(container)
+}
+
+/// Clones a process that runs `plan`'s actions, does the agent's side of its set-up (id
+/// maps, the cgroup, oom_score_adj), releases it, and returns once it waits at its
+/// barrier. A process that fails on the way is SIGKILLed (the caller reaps it).
+fn launch(
+    id: &str,
+    plan: &Plan,
+    cgroup: Option<cgroup::Cgroup>,
+    program: String,
+    warnings: Vec<String>,
+) -> Result<Container, ContainerError> {
     let descriptions: Vec<String> = plan.actions.iter().map(Action::describe).collect();
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("report pipe")(e.into()))?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("start pipe")(e.into()))?;
@@ -425,18 +445,18 @@ pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, Contai
         unsafe { child::run(actions, rfd, gfd) }
     }
     if pid < 0 {
-        return Err(io_err("clone of the container's init")(io::Error::last_os_error()));
+        return Err(io_err(format!("clone of {id}'s first process"))(io::Error::last_os_error()));
     }
     let pid = pid as i32;
     drop(report_w);
     drop(go_r);
-    drop(joined);
     let mut container = Container {
-        id: opts.id.to_string(),
+        id: id.to_string(),
         pid,
         helper_pid: None,
         cgroup,
         warnings,
+        seccomp: None,
         status: Status::Creating,
         go: Some(go_w),
         reports: Some(report_r),
@@ -461,7 +481,7 @@ pub fn create(spec: &Spec, opts: &CreateOptions<'_>) -> Result<Container, Contai
             std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
                 .map_err(io_err(format!("writing /proc/{pid}/oom_score_adj")))?;
         }
-        write_go(container.go.as_ref().expect("go pipe")).map_err(io_err("releasing the container's init"))
+        write_go(container.go.as_ref().expect("go pipe")).map_err(io_err(format!("releasing {id}'s first process")))
     })();
     if let Err(e) = setup {
         kill(&container);

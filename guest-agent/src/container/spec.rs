@@ -21,31 +21,8 @@ fn invalid(msg: impl Into<String>) -> SpecError {
     SpecError::Invalid(msg.into())
 }
 
-/// Parses config.json text and checks it.
-pub fn parse(json: &str) -> Result<Spec, SpecError> {
-    if json.len() > MAX_SPEC_SIZE {
-        return Err(invalid(format!("{} bytes, more than the {MAX_SPEC_SIZE} accepted", json.len())));
-    }
-    let spec: Spec = serde_json::from_str(json).map_err(|e| SpecError::Parse(e.to_string()))?;
-    validate(&spec)?;
-    Ok(spec)
-}
-
-/// Reads `bundle/config.json`.
-pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read { path: path.display().to_string(), source })?;
-    parse(&text)
-}
-
-/// The checks that do not depend on the machine: required fields and their shapes.
-/// (Mounts, devices, seccomp and resources are checked when they are converted.)
-pub fn validate(spec: &Spec) -> Result<(), SpecError> {
-    let version = spec.version();
-    if !version.starts_with("1.") {
-        return Err(invalid(format!("ociVersion: {version:?} is not a 1.x version")));
-    }
-    let process = spec.process().as_ref().ok_or_else(|| invalid("process: missing"))?;
+/// Checks a `process` object: of the container's init, or of a process exec'd into it.
+pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
     let args = process.args().as_deref().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err(invalid("process.args: must name a program"));
@@ -72,6 +49,45 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
             return Err(invalid(format!("process.oomScoreAdj: {adj} is outside -1000..1000")));
         }
     }
+    Ok(())
+}
+
+/// Parses a `process` object (runc's `exec --process` file) and checks it.
+pub fn parse_process(json: &str) -> Result<oci_spec::runtime::Process, SpecError> {
+    if json.len() > MAX_SPEC_SIZE {
+        return Err(invalid(format!("process: {} bytes, more than the {MAX_SPEC_SIZE} accepted", json.len())));
+    }
+    let process = serde_json::from_str(json).map_err(|e| SpecError::Parse(format!("process: {e}")))?;
+    validate_process(&process)?;
+    Ok(process)
+}
+
+/// Parses config.json text and checks it.
+pub fn parse(json: &str) -> Result<Spec, SpecError> {
+    if json.len() > MAX_SPEC_SIZE {
+        return Err(invalid(format!("{} bytes, more than the {MAX_SPEC_SIZE} accepted", json.len())));
+    }
+    let spec: Spec = serde_json::from_str(json).map_err(|e| SpecError::Parse(e.to_string()))?;
+    validate(&spec)?;
+    Ok(spec)
+}
+
+/// Reads `bundle/config.json`.
+pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read { path: path.display().to_string(), source })?;
+    parse(&text)
+}
+
+/// The checks that do not depend on the machine: required fields and their shapes.
+/// (Mounts, devices, seccomp and resources are checked when they are converted.)
+pub fn validate(spec: &Spec) -> Result<(), SpecError> {
+    let version = spec.version();
+    if !version.starts_with("1.") {
+        return Err(invalid(format!("ociVersion: {version:?} is not a 1.x version")));
+    }
+    let process = spec.process().as_ref().ok_or_else(|| invalid("process: missing"))?;
+    validate_process(process)?;
     if spec.root().is_none() {
         return Err(invalid("root: missing"));
     }

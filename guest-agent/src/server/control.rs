@@ -96,6 +96,9 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
         Request::ResizeTty { id, rows, cols } => resize_tty(agent, &id, TtySize { rows, cols }),
         Request::CreateContainer(spec) => crate::container::agent::create(agent, spec),
         Request::StartContainer { id } => crate::container::agent::start(agent, &id),
+        Request::ExecProcess(spec) => crate::container::agent::exec(agent, spec),
+        Request::ListProcesses { id } => crate::container::agent::list_processes(&id),
+        Request::Freeze { id, frozen } => crate::container::agent::freeze(&id, frozen),
         Request::Wait { id } => match agent.processes.wait(&id) {
             Ok(status) => Response::Exited(status),
             Err(e) => error(e.to_string()),

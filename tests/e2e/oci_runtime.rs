@@ -17,6 +17,7 @@ pub fn tests() -> Vec<Trial> {
         trial("oci_runtime::create_start_state_kill_delete_leave_nothing_behind", create_start_kill_delete),
         trial("oci_runtime::run_gives_the_containers_exit_code_output_and_signal", run_exit_codes),
         trial("oci_runtime::conformance::errors_and_spec_match_crun", errors_match_crun),
+        trial("oci_runtime::exec_ps_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
     ]
 }
 
@@ -114,15 +115,7 @@ fn create_start_kill_delete() -> TestResult {
     let id = "e2e-lifecycle";
     // The container's stdout is create's, held by its monitor: a file here.
     let out_path = b.path().join("stdout");
-    let created = boot_retrying("palisade create", || -> Result<Palisade, String> {
-        let cmd = palisade(&["--root", &root, "create", "--bundle", &bundle_arg, "--pid-file", &pid_file.display().to_string(), id]);
-        let out = run_to_files(cmd, &out_path, &b.path().join("stderr"))?;
-        if out.code() != 0 {
-            let _ = pal(&root, &["delete", "--force", id]);
-        }
-        Ok(Palisade(out))
-    })?
-    .0;
+    let created = create_booted(&root, b.path(), &pid_file, id)?;
     ensure!(created.code() == 0, "{}", created.describe());
     let s = state(&root, id)?;
     let pid = std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?;
@@ -172,6 +165,21 @@ fn create_start_kill_delete() -> TestResult {
     let left = processes_naming(&root);
     ensure!(left.is_empty(), "processes left after delete: {left:?}");
     Ok(())
+}
+
+/// `palisade create` of the bundle at `bundle` as `id`, booted again if the emulator loses
+/// the VM; the container's stdout and stderr are the files `stdout` and `stderr` there.
+fn create_booted(root: &str, bundle: &Path, pid_file: &Path, id: &str) -> Result<Output, String> {
+    let bundle_arg = bundle.display().to_string();
+    let created = boot_retrying("palisade create", || -> Result<Palisade, String> {
+        let cmd = palisade(&["--root", root, "create", "--bundle", &bundle_arg, "--pid-file", &pid_file.display().to_string(), id]);
+        let out = run_to_files(cmd, &bundle.join("stdout"), &bundle.join("stderr"))?;
+        if out.code() != 0 {
+            let _ = pal(root, &["delete", "--force", id]);
+        }
+        Ok(Palisade(out))
+    })?;
+    Ok(created.0)
 }
 
 /// Runs a command whose stdout and stderr are files (`create` hands both to the monitor,
@@ -303,5 +311,121 @@ fn errors_match_crun() -> TestResult {
         scenarios.len() + 1,
         differences.join("\n")
     );
+    Ok(())
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+fn guest_pids(root: &str, id: &str) -> Result<Vec<u64>, String> {
+    let out = pal(root, &["ps", "--format", "json", id])?;
+    ensure_ok(&out)?;
+    let pids: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))?;
+    pids.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).ok_or_else(|| format!("ps --format json: {pids}"))
+}
+
+fn exec_ps_pause_resume() -> TestResult {
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let b = bundle(&["busybox", "sleep", "600"])?;
+    let id = "e2e-exec";
+    let created = create_booted(&root, b.path(), &b.path().join("init.pid"), id)?;
+    ensure!(created.code() == 0, "{}", created.describe());
+    let out = pal(&root, &["start", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+
+    // exec waits for its process: its output, its exit code, the container's hostname.
+    let out = pal(&root, &["exec", id, "sh", "-c", "echo out-$(busybox hostname); echo err >&2; exit 3"])?;
+    ensure!(out.code() == 3 && out.stdout_str() == "out-palisade\n" && out.stderr == "err\n", "exec: {}", out.describe());
+    // runc's flags over the container's process: --env, --cwd, --user.
+    let out = pal(
+        &root,
+        &[
+            "exec",
+            "--env",
+            "X=1",
+            "--cwd",
+            "/tmp",
+            "--user",
+            "1000:1000",
+            id,
+            "sh",
+            "-c",
+            "echo $X $(pwd) $(busybox id -u):$(busybox id -g)",
+        ],
+    )?;
+    ensure!(out.code() == 0 && out.stdout_str() == "1 /tmp 1000:1000\n", "exec with flags: {}", out.describe());
+    let out = pal(&root, &["exec", id, "no-such-program"])?;
+    ensure!(out.code() == 1 && out.stderr.contains("no-such-program: command not found"), "exec of a missing program: {}", out.describe());
+
+    // --process FILE --detach --pid-file, as containerd's shim calls it: the PID is a monitor
+    // that lives as long as the process.
+    let process = b.path().join("process.json");
+    let spec = serde_json::json!({"args": ["busybox", "sleep", "300"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
+    std::fs::write(&process, spec.to_string()).map_err(|e| e.to_string())?;
+    let exec_pid_file = b.path().join("exec.pid");
+    let cmd = palisade(&[
+        "--root",
+        &root,
+        "exec",
+        "--process",
+        &process.display().to_string(),
+        "--detach",
+        "--pid-file",
+        &exec_pid_file.display().to_string(),
+        id,
+    ]);
+    let out = run_to_files(cmd, &b.path().join("exec.stdout"), &b.path().join("exec.stderr"))?;
+    ensure!(out.code() == 0, "exec --detach: {}", out.describe());
+    let exec_pid = std::fs::read_to_string(&exec_pid_file).map_err(|e| e.to_string())?;
+    ensure!(!ended(&exec_pid), "the exec's monitor {exec_pid} is not running");
+
+    // ps: both sleeps, as the guest sees them.
+    let pids = guest_pids(&root, id)?;
+    ensure!(pids.len() == 2, "ps --format json lists the init and the exec'd sleep: {pids:?}");
+    let out = pal(&root, &["ps", id])?;
+    let table = out.stdout_str();
+    ensure!(
+        out.code() == 0 && table.starts_with("UID") && table.contains("busybox sleep 600") && table.contains("busybox sleep 300"),
+        "ps: {}",
+        out.describe()
+    );
+
+    // pause and resume: the state follows, exec waits for resume.
+    let out = pal(&root, &["pause", id])?;
+    ensure!(out.code() == 0, "pause: {}", out.describe());
+    ensure!(state(&root, id)?["status"] == "paused", "not paused after pause");
+    let out = pal(&root, &["pause", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("not running"), "pause of a paused container: {}", out.describe());
+    let out = pal(&root, &["exec", id, "true"])?;
+    ensure!(out.code() == 1 && out.stderr.contains("paused"), "exec in a paused container: {}", out.describe());
+    let out = pal(&root, &["resume", id])?;
+    ensure!(out.code() == 0, "resume: {}", out.describe());
+    ensure!(state(&root, id)?["status"] == "running", "not running after resume");
+    let out = pal(&root, &["resume", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("not paused"), "resume of a running container: {}", out.describe());
+
+    // A signal to the exec's monitor reaches its process; the monitor ends with it.
+    let pid: i32 = exec_pid.trim().parse().map_err(|e| format!("{exec_pid:?}: {e}"))?;
+    // SAFETY: kill(2) of the monitor the pid file names, checked alive above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ended(&exec_pid) {
+        ensure!(Instant::now() < deadline, "the exec's monitor is still running 30 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids = guest_pids(&root, id)?;
+    ensure!(pids.len() == 1, "the exec'd sleep is gone, the init is not: {pids:?}");
+
+    let out = pal(&root, &["delete", "--force", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    ensure!(std::fs::read_dir(root_dir.path()).map_err(|e| e.to_string())?.next().is_none(), "the root is not empty after delete");
+    let left = processes_naming(&root);
+    ensure!(left.is_empty(), "processes left after delete: {left:?}");
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use palisade_runtime::oci_runtime::cli::{dispatch, Cli, Command};
 use palisade_runtime::oci_runtime::log::Log;
+use palisade_runtime::oci_runtime::monitor::MonitorFiles;
 use palisade_runtime::oci_runtime::store::ContainerDir;
 
 fn main() -> ExitCode {
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
     };
     // A monitor's stdio is its container's: its own log goes to a file.
     let log_path = match &cli.command {
-        Command::Monitor { id } => Some(ContainerDir::new(&cli.root, id).monitor_log()),
+        Command::Monitor { id, exec } => Some(MonitorFiles::of(&ContainerDir::new(&cli.root, id), exec.as_deref()).log),
         _ => cli.log.clone(),
     };
     let log = Log::init(log_path.as_deref(), cli.log_format, cli.debug);

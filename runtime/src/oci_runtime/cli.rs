@@ -7,9 +7,11 @@ use std::sync::mpsc::Receiver;
 use clap::{Parser, Subcommand};
 
 use super::create::CreateOptions;
+use super::exec::ExecOptions;
 use super::log::LogFormat;
+use super::monitor::MonitorFiles;
 use super::store::ContainerDir;
-use super::{create, lifecycle, query, run, spec_cmd, RuntimeError};
+use super::{create, exec, lifecycle, query, run, spec_cmd, RuntimeError};
 
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, about = "An OCI runtime (runc's command line) that runs every container in a KVM micro-VM")]
@@ -59,6 +61,54 @@ pub struct CreateArgs {
     pub id: String,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The process to run: an OCI `process` object (JSON); the command and the flags below
+    /// are then not used.
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Unix socket to which the terminal's master is sent (with --tty).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Run on a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Write the PID callers wait on (the process's monitor) here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Working directory in the container.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// KEY=VALUE, added to (or replacing in) the container's environment.
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Supplementary group.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// A capability to add (CAP_NAME or NAME).
+    #[arg(short, long)]
+    pub cap: Vec<String>,
+    /// Set no_new_privileges.
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Exec even when the container is paused (the process waits until it is resumed).
+    #[arg(long)]
+    pub ignore_paused: bool,
+    /// Pass this many extra descriptors (3…): refused, a VM cannot take them.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a container (its process waits for `start`).
@@ -82,6 +132,21 @@ pub enum Command {
         force: bool,
         id: String,
     },
+    /// Run a further process in a container.
+    Exec(ExecArgs),
+    /// List a container's processes (their pids in its VM).
+    Ps {
+        #[arg(short, long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+        id: String,
+        /// ps(1) options: refused, the processes are in the VM.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Create and start a container, and wait for it unless --detach.
     Run {
         #[command(flatten)]
@@ -112,9 +177,37 @@ pub enum Command {
     /// Hold a container's VM. Not for people: `create` starts it.
     #[command(hide = true)]
     Supervise { id: String },
-    /// Relay a container's stdio and end with its status. Not for people: `create` starts it.
+    /// Relay a container's (or an exec'd process's) stdio and end with its status. Not for
+    /// people: `create` and `exec` start it.
     #[command(hide = true)]
-    Monitor { id: String },
+    Monitor {
+        id: String,
+        #[arg(long)]
+        exec: Option<String>,
+    },
+}
+
+impl ExecArgs {
+    fn options<'a>(&'a self, root: &'a std::path::Path) -> ExecOptions<'a> {
+        ExecOptions {
+            root,
+            id: &self.id,
+            process: self.process.as_deref(),
+            command: &self.command,
+            detach: self.detach,
+            pid_file: self.pid_file.as_deref(),
+            console_socket: self.console_socket.as_deref(),
+            tty: self.tty,
+            cwd: self.cwd.as_deref(),
+            env: &self.env,
+            user: self.user.as_deref(),
+            additional_gids: &self.additional_gids,
+            caps: &self.cap,
+            no_new_privs: self.no_new_privs,
+            ignore_paused: self.ignore_paused,
+            preserve_fds: self.preserve_fds,
+        }
+    }
 }
 
 impl CreateArgs {
@@ -142,6 +235,24 @@ pub fn dispatch(cli: &Cli, signals: &Receiver<i32>) -> Result<i32, RuntimeError>
         }
         Command::Kill { all, id, signal } => lifecycle::kill(root, id, signal, *all).map(|()| 0),
         Command::Delete { force, id } => lifecycle::delete(root, id, *force).map(|()| 0),
+        Command::Exec(a) => exec::exec(&a.options(root), signals),
+        Command::Ps { format, id, ps_args } => {
+            if !ps_args.is_empty() {
+                return Err(RuntimeError::Unsupported(format!(
+                    "ps {}: ps(1) options are not supported (the container's processes are in its VM)",
+                    ps_args.join(" ")
+                )));
+            }
+            let processes = query::ps(root, id)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string(&processes.iter().map(|p| p.pid).collect::<Vec<_>>()).unwrap_or_default());
+            } else {
+                print!("{}", query::ps_table(&processes));
+            }
+            Ok(0)
+        }
+        Command::Pause { id } => lifecycle::pause(root, id).map(|()| 0),
+        Command::Resume { id } => lifecycle::resume(root, id).map(|()| 0),
         Command::Run { create, detach, keep } => run::run(&create.options(root), *detach, *keep, signals),
         Command::List { format, quiet } => {
             let states = query::list(root)?;
@@ -164,6 +275,6 @@ pub fn dispatch(cli: &Cli, signals: &Receiver<i32>) -> Result<i32, RuntimeError>
             crate::sandbox::supervisor::supervise(root, &id, signals).map_err(|e| RuntimeError::Other(e.to_string()))?;
             Ok(0)
         }
-        Command::Monitor { id } => super::monitor::run(&ContainerDir::new(root, id), signals),
+        Command::Monitor { id, exec } => super::monitor::run(&MonitorFiles::of(&ContainerDir::new(root, id), exec.as_deref()), signals),
     }
 }

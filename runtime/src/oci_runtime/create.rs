@@ -2,11 +2,7 @@
 //! it, the container created in the guest (its init waits at the exec barrier) by the
 //! container's monitor, whose PID goes to `--pid-file`.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -14,7 +10,7 @@ use palisade_protocol::{ContainerSpec, RootfsSource, RootfsSpec};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::monitor::{MonitorReport, MonitorRequest, REPORT_FD};
+use super::monitor::{self, Launch, MonitorReport, MonitorRequest};
 use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, SANDBOX_DIR};
 use super::RuntimeError;
 use crate::oci::bundle;
@@ -206,13 +202,13 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
         let request = MonitorRequest {
             socket: SandboxDir::new(&sroot, &sandbox_id).vsock_socket(),
-            container: ContainerSpec { id: o.id.into(), spec_json, rootfs: "root".into(), stdin: true, tty_size: None },
+            launch: Launch::Container(ContainerSpec { id: o.id.into(), spec_json, rootfs: "root".into(), stdin: true, tty_size: None }),
         };
         write_json_atomic(&locked.monitor_request(), &request)
             .map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.monitor_request().display())))?;
-        let (monitor, report) = spawn_monitor(&exe, o.root, &locked)?;
+        let (monitor, report) = monitor::spawn(&exe, o.root, &locked, None)?;
         match report {
-            MonitorReport::Created { pid, warnings } => {
+            MonitorReport::Ready { pid, warnings } => {
                 for w in warnings {
                     tracing::warn!("container {}: {w}", o.id);
                 }
@@ -245,43 +241,6 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             Err(e)
         }
     }
-}
-
-/// Starts the monitor (`palisade --root ROOT monitor ID`) on this command's stdio, detached
-/// in a session of its own, and reads its report.
-fn spawn_monitor(exe: &Path, root: &Path, dir: &ContainerDir) -> Result<(ProcessRef, MonitorReport), RuntimeError> {
-    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Other(format!("pipe: {e}")))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root").arg(root).arg("monitor").arg(dir.id());
-    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
-    let w = report_w.as_raw_fd();
-    // SAFETY: dup2, setsid and sigprocmask are async-signal-safe and act on the child only.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(w, REPORT_FD) < 0 || libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            crate::vmrun::signals::unblock_all_in_child()
-        });
-    }
-    let child = cmd.spawn().map_err(|e| RuntimeError::Other(format!("starting the monitor {}: {e}", exe.display())))?;
-    drop(report_w);
-    drop(cmd);
-    let monitor = ProcessRef::of(child.id()).ok_or_else(|| RuntimeError::Other("the monitor exited at once".into()))?;
-    let mut line = String::new();
-    let read = BufReader::new(std::fs::File::from(report_r)).take(1 << 20).read_line(&mut line);
-    // The monitor is not waited for: it lives on, and our caller (a subreaper) reaps it.
-    std::mem::forget(child);
-    match read {
-        Ok(n) if n > 0 => {}
-        _ => {
-            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
-            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no log");
-            return Err(RuntimeError::Other(format!("the container's monitor ended without a report ({last})")));
-        }
-    }
-    let report = serde_json::from_str(line.trim()).map_err(|e| RuntimeError::Other(format!("the monitor's report: {e}")))?;
-    Ok((monitor, report))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `start`, `kill` and `delete`: what changes a container after `create`.
+//! `start`, `kill`, `pause`, `resume` and `delete`: what changes a container after `create`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,14 +16,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `delete --force` waits for a killed container's monitor to end.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-fn agent(root: &Path, record: &ContainerRecord) -> Result<ControlClient, RuntimeError> {
+pub(super) fn agent(root: &Path, record: &ContainerRecord) -> Result<ControlClient, RuntimeError> {
     let sandbox = record.sandbox_id().ok_or_else(|| RuntimeError::Other(format!("container {}: bad sandbox name", record.id)))?;
     let socket = SandboxDir::new(&sandbox_root(root), &sandbox).vsock_socket();
     ControlClient::connect_ready(&socket, HANDSHAKE_TIMEOUT, request_timeout())
         .map_err(|e| RuntimeError::Other(format!("container {}: its VM's agent: {e}", record.id)))
 }
 
-fn refused(id: &str, what: &str, response: Response) -> RuntimeError {
+pub(super) fn refused(id: &str, what: &str, response: Response) -> RuntimeError {
     match response {
         Response::Error { message } => {
             RuntimeError::Guest(message.strip_prefix(&format!("container {id}: ")).map(str::to_string).unwrap_or(message))
@@ -40,6 +40,7 @@ pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
         Status::Created => {}
         Status::Stopped => return Err(RuntimeError::State("cannot start a container that has stopped".into())),
         Status::Running => return Err(RuntimeError::State("cannot start an already running container".into())),
+        Status::Paused => return Err(RuntimeError::State("cannot start a paused container".into())),
         Status::Creating => return Err(RuntimeError::State(format!("cannot start a container in the creating state: {id}"))),
     }
     match agent(root, &record)?.call(&Request::StartContainer { id: id.into() }) {
@@ -57,10 +58,38 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), Runtim
     let signal = parse_signal(signal)?;
     let locked = ContainerDir::open(root, id)?;
     let record = locked.read_record()?;
-    if !matches!(record.status(), Status::Created | Status::Running) {
+    if !matches!(record.status(), Status::Created | Status::Running | Status::Paused) {
         return Err(RuntimeError::State("container not running".into()));
     }
     send(root, &record, signal, all)
+}
+
+/// `pause ID`: freezes every process of a running container.
+pub fn pause(root: &Path, id: &str) -> Result<(), RuntimeError> {
+    set_frozen(root, id, true)
+}
+
+/// `resume ID`: thaws a paused container.
+pub fn resume(root: &Path, id: &str) -> Result<(), RuntimeError> {
+    set_frozen(root, id, false)
+}
+
+fn set_frozen(root: &Path, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+    let locked = ContainerDir::open(root, id)?;
+    let mut record = locked.read_record()?;
+    match (record.status(), frozen) {
+        (Status::Running, true) | (Status::Paused, false) => {}
+        (_, true) => return Err(RuntimeError::State("container not running".into())),
+        (_, false) => return Err(RuntimeError::State("container not paused".into())),
+    }
+    match agent(root, &record)?.call(&Request::Freeze { id: id.into(), frozen }) {
+        Ok(Response::Ok) => {}
+        Ok(other) => return Err(refused(id, "freeze", other)),
+        Err(e) => return Err(RuntimeError::Other(format!("container {id}: freeze: {e}"))),
+    }
+    record.recorded = if frozen { Recorded::Paused } else { Recorded::Running };
+    locked.write_record(&record)?;
+    Ok(())
 }
 
 fn send(root: &Path, record: &ContainerRecord, signal: i32, all: bool) -> Result<(), RuntimeError> {
@@ -89,7 +118,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
     match record.status() {
         Status::Stopped => {}
         Status::Created | Status::Creating => kill_and_wait(root, &record),
-        Status::Running if force => kill_and_wait(root, &record),
+        Status::Running | Status::Paused if force => kill_and_wait(root, &record),
         status => {
             return Err(RuntimeError::State(format!("cannot delete container {id} that is not stopped: {}", status.name())));
         }
@@ -98,7 +127,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
 }
 
 fn only_container_files(dir: &Path) -> bool {
-    let known = ["lock", "monitor.json", "monitor.log", "exit.json"];
+    let known = ["lock", "monitor.json", "monitor.log", "exit.json", "exec"];
     std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().all(|e| known.contains(&e.file_name().to_string_lossy().as_ref())))
 }
 

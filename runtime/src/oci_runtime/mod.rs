@@ -4,13 +4,15 @@
 //! this library.
 //!
 //! [`create`] boots the container's sandbox ([`crate::sandbox`]) and has its [`monitor`]
-//! create the container in the guest; [`lifecycle`] starts, signals and deletes it;
-//! [`query`] reports OCI state; [`run`] is create + start + wait; [`spec_cmd`] writes a
+//! create the container in the guest; [`lifecycle`] starts, signals, pauses, resumes and
+//! deletes it; [`exec`] runs further processes in it, each with a monitor of its own;
+//! [`query`] reports OCI state and processes; [`run`] is create + start + wait; [`spec_cmd`] writes a
 //! starting config.json and the feature list. Containers are kept on disk by [`store`];
 //! [`log`] is runc's `--log`/`--log-format`.
 
 pub mod cli;
 pub mod create;
+pub mod exec;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;

@@ -1,23 +1,28 @@
-//! A container's monitor: the host process whose PID `create` writes to `--pid-file`, which
+//! A monitor: the host process whose PID `create` (or `exec`) writes to `--pid-file`, which
 //! containerd's shim and conmon wait on. It holds the caller's stdio (inherited pipes) and
-//! relays it over the agent's stream port, creates the container in the guest, reports the
-//! result to `create`, then lives exactly as long as the container's process and ends with
-//! its status: the same exit code, or killed by the same signal. Its own log goes to
-//! `monitor.log`; its stdio is the container's.
+//! relays it over the agent's stream port, creates the container (or starts the exec'd
+//! process) in the guest, reports the result to the command that started it, then lives
+//! exactly as long as the guest process and ends with its status: the same exit code, or
+//! killed by the same signal. Its own log goes to a file (`monitor.log`, or the exec's
+//! log); its stdio is the guest process's.
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_protocol::{ContainerSpec, ExitStatus, Request, Response, StreamKind};
+use palisade_protocol::{ContainerSpec, ExecSpec, ExitStatus, Request, Response, StreamKind};
 use serde::{Deserialize, Serialize};
 
 use super::store::{read_json, write_json_atomic, ContainerDir};
+use super::RuntimeError;
+use crate::sandbox::ProcessRef;
 use crate::vmrun::connect::{attach_stream, request_timeout, ControlClient};
 use crate::vmrun::session::{copy_output, relay_input};
 
@@ -28,28 +33,113 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// for its end (a daemonised child may hold the streams open for ever).
 const OUTPUT_IDLE_AFTER_EXIT: Duration = Duration::from_secs(3);
 
-/// What `create` asks its monitor to do (`monitor.json`).
+/// What a monitor starts in the guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launch {
+    /// The container itself (`create`).
+    Container(ContainerSpec),
+    /// A process exec'd into it (`exec`).
+    Exec(ExecSpec),
+}
+
+impl Launch {
+    /// The guest process's id (streams, `Wait` and `Signal` use it).
+    pub fn id(&self) -> &str {
+        match self {
+            Launch::Container(c) => &c.id,
+            Launch::Exec(e) => &e.id,
+        }
+    }
+}
+
+/// What `create` or `exec` asks its monitor to do (`monitor.json`, or the exec's file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MonitorRequest {
     /// The sandbox's vsock socket.
     pub socket: PathBuf,
-    pub container: ContainerSpec,
+    pub launch: Launch,
 }
 
-/// What the monitor tells `create`, one JSON line on [`REPORT_FD`].
+/// What the monitor tells `create` or `exec`, one JSON line on [`REPORT_FD`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MonitorReport {
-    Created { pid: u32, warnings: Vec<String> },
-    Failed { message: String },
+    /// The guest process exists: a container's init at its exec barrier, or an exec'd
+    /// program running. `pid` is the guest's.
+    Ready {
+        pid: u32,
+        warnings: Vec<String>,
+    },
+    Failed {
+        message: String,
+    },
 }
 
-/// Runs the monitor of container `dir`; never returns.
-pub fn run(dir: &ContainerDir, signals: &Receiver<i32>) -> ! {
-    // SAFETY: `create` started us with the report pipe's write end as fd 3, and nothing else
-    // in this process owns that descriptor.
+/// Where a monitor's request is, and where it writes how its process ended.
+pub struct MonitorFiles {
+    pub request: PathBuf,
+    /// `exit.json` of a container; `None` for an exec'd process, whose files the monitor
+    /// removes when it ends.
+    pub exit: Option<PathBuf>,
+    pub log: PathBuf,
+}
+
+impl MonitorFiles {
+    pub fn of(dir: &ContainerDir, exec: Option<&str>) -> MonitorFiles {
+        match exec {
+            None => MonitorFiles { request: dir.monitor_request(), exit: Some(dir.exit_file()), log: dir.monitor_log() },
+            Some(e) => MonitorFiles { request: dir.exec_request(e), exit: None, log: dir.exec_log(e) },
+        }
+    }
+}
+
+/// Starts a monitor (`palisade --root ROOT monitor ID [--exec EXEC]`) on this command's
+/// stdio, detached in a session of its own, and reads its report.
+pub fn spawn(exe: &Path, root: &Path, dir: &ContainerDir, exec: Option<&str>) -> Result<(ProcessRef, MonitorReport), RuntimeError> {
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Other(format!("pipe: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(root).arg("monitor").arg(dir.id());
+    if let Some(e) = exec {
+        cmd.arg("--exec").arg(e);
+    }
+    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let w = report_w.as_raw_fd();
+    // SAFETY: dup2, setsid and sigprocmask are async-signal-safe and act on the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w, REPORT_FD) < 0 || libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            crate::vmrun::signals::unblock_all_in_child()
+        });
+    }
+    let child = cmd.spawn().map_err(|e| RuntimeError::Other(format!("starting the monitor {}: {e}", exe.display())))?;
+    drop(report_w);
+    drop(cmd);
+    let monitor = ProcessRef::of(child.id()).ok_or_else(|| RuntimeError::Other("the monitor exited at once".into()))?;
+    let mut line = String::new();
+    let read = BufReader::new(std::fs::File::from(report_r)).take(1 << 20).read_line(&mut line);
+    // The monitor is not waited for: it lives on, and our caller (a subreaper) reaps it.
+    std::mem::forget(child);
+    match read {
+        Ok(n) if n > 0 => {}
+        _ => {
+            let log = std::fs::read_to_string(MonitorFiles::of(dir, exec).log).unwrap_or_default();
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no log");
+            return Err(RuntimeError::Other(format!("the monitor of {} ended without a report ({last})", dir.id())));
+        }
+    }
+    let report = serde_json::from_str(line.trim()).map_err(|e| RuntimeError::Other(format!("the monitor's report: {e}")))?;
+    Ok((monitor, report))
+}
+
+/// Runs a monitor; never returns.
+pub fn run(files: &MonitorFiles, signals: &Receiver<i32>) -> ! {
+    // SAFETY: `create` or `exec` started us with the report pipe's write end as fd 3, and
+    // nothing else in this process owns that descriptor.
     let mut report = unsafe { File::from(OwnedFd::from_raw_fd(REPORT_FD)) };
-    let status = match monitor(dir, &mut report, signals) {
+    let status = match monitor(files, &mut report, signals) {
         Ok(status) => status,
         Err(message) => {
             tracing::error!("{message}");
@@ -57,31 +147,47 @@ pub fn run(dir: &ContainerDir, signals: &Receiver<i32>) -> ! {
             std::process::exit(1);
         }
     };
-    if let Err(e) = write_json_atomic(&dir.exit_file(), &status) {
-        tracing::error!("writing {}: {e}", dir.exit_file().display());
+    match &files.exit {
+        Some(exit) => {
+            if let Err(e) = write_json_atomic(exit, &status) {
+                tracing::error!("writing {}: {e}", exit.display());
+            }
+        }
+        None => {
+            let _ = std::fs::remove_file(&files.request);
+            let _ = std::fs::remove_file(&files.log);
+        }
     }
-    tracing::info!(?status, "the container's process ended");
+    tracing::info!(?status, "the guest process ended");
     end_like(&status)
 }
 
-fn monitor(dir: &ContainerDir, report: &mut File, signals: &Receiver<i32>) -> Result<ExitStatus, String> {
-    let request: MonitorRequest =
-        read_json(&dir.monitor_request()).map_err(|e| format!("reading {}: {e:?}", dir.monitor_request().display()))?;
-    let id = request.container.id.clone();
+fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> Result<ExitStatus, String> {
+    let request: MonitorRequest = read_json(&files.request).map_err(|e| format!("reading {}: {e:?}", files.request.display()))?;
+    let id = request.launch.id().to_string();
     let socket = request.socket.as_path();
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT).map_err(|e| e.to_string());
     let stdin = attach(StreamKind::Stdin)?;
     let stdout = attach(StreamKind::Stdout)?;
     let stderr = attach(StreamKind::Stderr)?;
     let mut control = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, request_timeout()).map_err(|e| e.to_string())?;
-    let (pid, warnings) = match control.call(&Request::CreateContainer(request.container.clone())).map_err(|e| e.to_string())? {
-        Response::Created { pid, warnings } => (pid, warnings),
-        Response::Error { message } => {
-            return Err(message.strip_prefix(&format!("container {id}: ")).map(str::to_string).unwrap_or(message))
-        }
-        other => return Err(format!("the agent answered create-container with {other:?}")),
+    let call = match &request.launch {
+        Launch::Container(c) => Request::CreateContainer(c.clone()),
+        Launch::Exec(e) => Request::ExecProcess(e.clone()),
     };
-    let line = serde_json::to_string(&MonitorReport::Created { pid, warnings }).unwrap_or_default();
+    let (pid, warnings) = match control.call(&call).map_err(|e| e.to_string())? {
+        Response::Created { pid, warnings } => (pid, warnings),
+        Response::Started { pid } => (pid, Vec::new()),
+        Response::Error { message } => {
+            let message = match &request.launch {
+                Launch::Container(_) => message.strip_prefix(&format!("container {id}: ")).map(str::to_string).unwrap_or(message),
+                Launch::Exec(_) => message.strip_prefix(&format!("process {id}: ")).map(str::to_string).unwrap_or(message),
+            };
+            return Err(message);
+        }
+        other => return Err(format!("the agent answered {} with {other:?}", call.name())),
+    };
+    let line = serde_json::to_string(&MonitorReport::Ready { pid, warnings }).unwrap_or_default();
     writeln!(report, "{line}").map_err(|e| format!("reporting to create: {e}"))?;
 
     let (done_tx, done_rx) = channel::<()>();
@@ -109,8 +215,8 @@ fn monitor(dir: &ContainerDir, report: &mut File, signals: &Receiver<i32>) -> Re
         match exit_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Ok(Response::Exited(status))) => break status,
             Ok(other) => {
-                // The VM ended (or its agent failed): the container is gone with it.
-                tracing::warn!("waiting for the container: {other:?}; it ended with its VM");
+                // The VM ended (or its agent failed): the process is gone with it.
+                tracing::warn!("waiting for the guest process: {other:?}; it ended with its VM");
                 break ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false };
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -122,7 +228,7 @@ fn monitor(dir: &ContainerDir, report: &mut File, signals: &Receiver<i32>) -> Re
             if sig == libc::SIGWINCH {
                 continue;
             }
-            // Someone signalled the PID callers know: it is meant for the container.
+            // Someone signalled the PID callers know: it is meant for the guest process.
             let forward = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, request_timeout())
                 .and_then(|mut c| c.call_ok("a signal", &Request::Signal { id: id.clone(), signal: sig, all: false }));
             if let Err(e) = forward {
@@ -150,7 +256,29 @@ fn monitor(dir: &ContainerDir, report: &mut File, signals: &Receiver<i32>) -> Re
     Ok(status)
 }
 
-/// Ends this process the way the container's process ended: killed by the same signal
+/// Waits for `pid`, a monitor that is this process's child, passing on the signals this
+/// process receives (they are meant for the guest process); returns the status as a shell
+/// reports it (the code, or 128 + the signal).
+pub fn wait_forwarding(pid: u32, signals: &Receiver<i32>) -> Result<i32, String> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("waiting for the monitor {pid}: {e}")),
+        }
+        while let Ok(sig) = signals.try_recv() {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ends this process the way the guest process ended: killed by the same signal
 /// (without a core dump), or exiting with the same code.
 pub fn end_like(status: &ExitStatus) -> ! {
     if let Some(sig) = status.signal.filter(|s| (1..=64).contains(s)) {

@@ -1,9 +1,13 @@
-//! `state` and `list`: the OCI state of containers, as runc prints it.
+//! `state` and `list`: the OCI state of containers, as runc prints it; `ps`: the processes
+//! of a container, as its VM's agent sees them.
 
 use std::path::Path;
 
 use serde::Serialize;
 
+use palisade_protocol::{ProcessInfo, Request, Response};
+
+use super::lifecycle::{agent, refused};
 use super::store::{ContainerDir, ContainerRecord, Status, StoreError};
 use super::time::rfc3339;
 use super::RuntimeError;
@@ -82,4 +86,51 @@ pub fn table(states: &[OciState]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `ps ID`: the container's processes (none once it has stopped). Their pids are the
+/// guest's: the container's processes are not host processes.
+pub fn ps(root: &Path, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+    let locked = ContainerDir::open(root, id)?;
+    let record = locked.read_record()?;
+    if matches!(record.status(), Status::Stopped | Status::Creating) {
+        return Ok(Vec::new());
+    }
+    match agent(root, &record)?.call(&Request::ListProcesses { id: id.into() }) {
+        Ok(Response::Processes { processes }) => Ok(processes),
+        Ok(other) => Err(refused(id, "list-processes", other)),
+        Err(e) => Err(RuntimeError::Other(format!("container {id}: ps: {e}"))),
+    }
+}
+
+/// `ps --format table`: one line per process under `ps -f`'s column names, the guest's
+/// pids and uids, CPU time as [[DD-]hh:]mm:ss.
+pub fn ps_table(processes: &[ProcessInfo]) -> String {
+    let mut out = format!("{:<8} {:>7} {:>7} {:>10} {}\n", "UID", "PID", "PPID", "TIME", "CMD");
+    for p in processes {
+        let secs = p.cpu_ms / 1000;
+        let time = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+        // The guest's text, printed on the host: no control characters reach the terminal.
+        let cmd: String = p.cmd.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        out.push_str(&format!("{:<8} {:>7} {:>7} {:>10} {}\n", p.uid, p.pid, p.ppid, time, cmd));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_table_columns_and_control_characters() {
+        let rows = [
+            ProcessInfo { pid: 1, ppid: 0, uid: 0, cpu_ms: 3_723_000, cmd: "sleep 600".into() },
+            ProcessInfo { pid: 12, ppid: 1, uid: 1000, cpu_ms: 10, cmd: "evil\x1b[2Jname".into() },
+        ];
+        let t = ps_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["UID", "PID", "PPID", "TIME", "CMD"]);
+        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["0", "1", "0", "01:02:03", "sleep", "600"]);
+        assert!(lines[2].ends_with("evil?[2Jname") && !t.contains('\x1b'), "{t}");
+    }
 }

@@ -5,6 +5,7 @@ use std::sync::mpsc::Receiver;
 
 use super::create::{create, CreateOptions};
 use super::lifecycle::{delete, start};
+use super::monitor::wait_forwarding;
 use super::store::ContainerDir;
 use super::RuntimeError;
 
@@ -22,21 +23,7 @@ pub fn run(o: &CreateOptions<'_>, detach: bool, keep: bool, signals: &Receiver<i
     let code = match monitor {
         // The monitor is our child (create started it): its status is the container's.
         // Signals to `run` are for the container: its monitor passes them on.
-        Some(m) => loop {
-            let pid = nix::unistd::Pid::from_raw(m.pid as i32);
-            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(RuntimeError::Other(format!("waiting for the container's monitor: {e}"))),
-            }
-            while let Ok(sig) = signals.try_recv() {
-                if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
-                    let _ = nix::sys::signal::kill(pid, sig);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        },
+        Some(m) => wait_forwarding(m.pid, signals).map_err(RuntimeError::Other)?,
         None => 255,
     };
     if !keep {

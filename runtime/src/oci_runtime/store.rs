@@ -9,6 +9,8 @@
 //!   monitor.json     what its monitor runs ([`super::monitor::MonitorRequest`])
 //!   monitor.log      the monitor's own log (its stdio is the container's)
 //!   exit.json        the container process's end, written by its monitor
+//!   exec/<exec>.json what the monitor of an exec'd process runs, and its log (.log),
+//!                    removed when that process ends
 //! <root>/@vm/<sandbox>/   the sandboxes (VMs) of the containers ([`crate::sandbox`])
 //! ```
 
@@ -51,6 +53,8 @@ pub enum Recorded {
     Creating,
     Created,
     Running,
+    /// Frozen by `pause` (its cgroup in the guest).
+    Paused,
 }
 
 /// OCI status as `state` reports it.
@@ -60,6 +64,7 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -69,6 +74,7 @@ impl Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -108,6 +114,7 @@ impl ContainerRecord {
             Recorded::Creating => Status::Creating,
             Recorded::Created => Status::Created,
             Recorded::Running => Status::Running,
+            Recorded::Paused => Status::Paused,
         }
     }
 
@@ -143,6 +150,16 @@ impl ContainerDir {
     }
     pub fn exit_file(&self) -> PathBuf {
         self.dir.join("exit.json")
+    }
+    /// Where the monitors of exec'd processes keep their request and log while they run.
+    pub fn exec_dir(&self) -> PathBuf {
+        self.dir.join("exec")
+    }
+    pub fn exec_request(&self, exec: &str) -> PathBuf {
+        self.exec_dir().join(format!("{exec}.json"))
+    }
+    pub fn exec_log(&self, exec: &str) -> PathBuf {
+        self.exec_dir().join(format!("{exec}.log"))
     }
 
     fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

@@ -18,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
         trial("oci_runtime::run_gives_the_containers_exit_code_output_and_signal", run_exit_codes),
         trial("oci_runtime::conformance::errors_and_spec_match_crun", errors_match_crun),
         trial("oci_runtime::exec_ps_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
+        trial("oci_runtime::terminals_reach_the_console_socket_and_follow_its_size", terminals),
     ]
 }
 
@@ -427,5 +428,116 @@ fn exec_ps_pause_resume() -> TestResult {
     ensure!(std::fs::read_dir(root_dir.path()).map_err(|e| e.to_string())?.next().is_none(), "the root is not empty after delete");
     let left = processes_naming(&root);
     ensure!(left.is_empty(), "processes left after delete: {left:?}");
+    Ok(())
+}
+
+/// Everything read from a terminal's master, collected by a thread of its own.
+fn read_master(master: std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::io::Read;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::from(master);
+        let mut buf = [0u8; 4096];
+        // EIO once the other side is closed and everything was read.
+        while let Ok(n) = file.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
+}
+
+fn wait_for_text(seen: &std::sync::Mutex<Vec<u8>>, text: &str, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        if now.contains(text) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: {text:?} never came; the terminal showed {now:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminals() -> TestResult {
+    use palisade_runtime::oci_runtime::console::receive_master;
+    use std::os::fd::AsRawFd;
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    // The container waits until the caller's window size reaches it, then for a line.
+    let script = "for i in $(busybox seq 1 200); do s=$(busybox stty size); [ \"$s\" = \"40 100\" ] && break; busybox sleep 0.1; done; \
+                  echo size:$s; echo tty:$(busybox tty); read line; echo got:$line; exit 5";
+    let b = bundle(&["sh", "-c", script])?;
+    let config = b.path().join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    spec["process"]["terminal"] = Value::Bool(true);
+    std::fs::write(&config, spec.to_string()).map_err(|e| e.to_string())?;
+    let socket = b.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| e.to_string())?;
+    let id = "e2e-tty";
+    let bundle_arg = b.path().display().to_string();
+    let created = boot_retrying("palisade create with a terminal", || -> Result<Palisade, String> {
+        let cmd = palisade(&["--root", &root, "create", "--bundle", &bundle_arg, "--console-socket", &socket.display().to_string(), id]);
+        let out = run_to_files(cmd, &b.path().join("stdout"), &b.path().join("stderr"))?;
+        if out.code() != 0 {
+            let _ = pal(&root, &["delete", "--force", id]);
+        }
+        Ok(Palisade(out))
+    })?
+    .0;
+    ensure!(created.code() == 0, "{}", created.describe());
+    // The master of the create that succeeded is the last one sent (a lost boot sent one too).
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut master = None;
+    while let Ok((stream, _)) = listener.accept() {
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        master = Some(receive_master(&stream).map_err(|e| e.to_string())?);
+    }
+    let Some((name, master)) = master else { return Err("create sent no terminal to --console-socket".into()) };
+    ensure!(name.starts_with("/dev/pts/"), "the terminal's name: {name:?}");
+    let ws = libc::winsize { ws_row: 40, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ on the master we own, with a live winsize.
+    ensure!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } == 0, "TIOCSWINSZ on the master");
+    let mut input = std::fs::File::from(master.try_clone().map_err(|e| e.to_string())?);
+    let seen = read_master(master);
+    let out = pal(&root, &["start", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    // (Its name depends on the devpts instance the container sees: a /dev path, not "not a tty".)
+    wait_for_text(&seen, "size:40 100\r\ntty:/dev/", "the container's terminal")?;
+
+    // exec --tty: a terminal of its own, through another console socket.
+    let exec_socket = b.path().join("exec-console.sock");
+    let exec_listener = std::os::unix::net::UnixListener::bind(&exec_socket).map_err(|e| e.to_string())?;
+    let exec_sock = exec_socket.display().to_string();
+    let exec_root = root.clone();
+    let exec = std::thread::spawn(move || {
+        pal(&exec_root, &["exec", "--tty", "--console-socket", &exec_sock, id, "sh", "-c", "echo exec-tty:$(busybox tty); exit 4"])
+    });
+    let (stream, _) = exec_listener.accept().map_err(|e| e.to_string())?;
+    let (_, exec_master) = receive_master(&stream).map_err(|e| e.to_string())?;
+    let exec_seen = read_master(exec_master);
+    let out = exec.join().map_err(|_| "the exec thread panicked".to_string())??;
+    ensure!(out.code() == 4, "exec --tty: {}", out.describe());
+    wait_for_text(&exec_seen, "exec-tty:/dev/", "the exec's terminal")?;
+
+    // Typed input reaches the container through its terminal; its end is the monitor's.
+    use std::io::Write;
+    input.write_all(b"hello\n").map_err(|e| e.to_string())?;
+    wait_for_text(&seen, "got:hello\r\n", "input through the terminal")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(&root, id)?["status"] != "stopped" {
+        ensure!(Instant::now() < deadline, "the container did not stop after its script ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = std::fs::read_to_string(root_dir.path().join(id).join("exit.json")).map_err(|e| e.to_string())?;
+    ensure!(exit.contains("\"code\": 5"), "exit.json: {exit}");
+    let out = pal(&root, &["delete", id])?;
+    ensure!(out.code() == 0, "{}", out.describe());
     Ok(())
 }

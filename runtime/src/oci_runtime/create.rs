@@ -106,12 +106,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     }
     let bundle_dir = std::path::absolute(o.bundle).map_err(|e| RuntimeError::Invalid(format!("bundle {}: {e}", o.bundle.display())))?;
     let b = bundle::load(&bundle_dir).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-    if b.terminal {
-        return Err(match o.console_socket {
-            None => RuntimeError::Invalid("process.terminal is set: --console-socket is required".into()),
-            Some(_) => RuntimeError::Unsupported("process.terminal: terminals are not supported by palisade yet".into()),
-        });
-    }
+    let console_socket = super::console::console_socket(b.terminal, o.console_socket)?;
     let annotations: std::collections::BTreeMap<String, String> = serde_json::from_str::<Value>(&b.config)
         .ok()
         .and_then(|v| serde_json::from_value(v["annotations"].clone()).ok())
@@ -203,6 +198,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         let request = MonitorRequest {
             socket: SandboxDir::new(&sroot, &sandbox_id).vsock_socket(),
             launch: Launch::Container(ContainerSpec { id: o.id.into(), spec_json, rootfs: "root".into(), stdin: true, tty_size: None }),
+            console_socket: console_socket.clone(),
         };
         write_json_atomic(&locked.monitor_request(), &request)
             .map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.monitor_request().display())))?;

@@ -83,12 +83,8 @@ pub fn exec(o: &ExecOptions<'_>, signals: &Receiver<i32>) -> Result<i32, Runtime
         Some(file) => read_process_file(file)?,
         None => process_from_flags(o, &record.bundle)?,
     };
-    if process.get("terminal").and_then(Value::as_bool).unwrap_or(false) {
-        return Err(match o.console_socket {
-            None => RuntimeError::Invalid("process.terminal is set: --console-socket is required".into()),
-            Some(_) => RuntimeError::Unsupported("process.terminal: terminals are not supported by palisade yet".into()),
-        });
-    }
+    let terminal = process.get("terminal").and_then(Value::as_bool).unwrap_or(false);
+    let console_socket = super::console::console_socket(terminal, o.console_socket)?;
     let sandbox = record.sandbox_id().ok_or_else(|| RuntimeError::Other(format!("container {}: bad sandbox name", o.id)))?;
     let exec_id = new_exec_id()?;
     std::fs::create_dir_all(locked.exec_dir()).map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.exec_dir().display())))?;
@@ -101,6 +97,7 @@ pub fn exec(o: &ExecOptions<'_>, signals: &Receiver<i32>) -> Result<i32, Runtime
             stdin: true,
             tty_size: None,
         }),
+        console_socket,
     };
     let request_file = locked.exec_request(&exec_id);
     write_json_atomic(&request_file, &request).map_err(|e| RuntimeError::Other(format!("{}: {e}", request_file.display())))?;

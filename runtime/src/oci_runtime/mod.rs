@@ -7,10 +7,12 @@
 //! create the container in the guest; [`lifecycle`] starts, signals, pauses, resumes and
 //! deletes it; [`exec`] runs further processes in it, each with a monitor of its own;
 //! [`query`] reports OCI state and processes; [`run`] is create + start + wait; [`spec_cmd`] writes a
-//! starting config.json and the feature list. Containers are kept on disk by [`store`];
+//! starting config.json and the feature list; [`console`] gives processes a terminal.
+//! Containers are kept on disk by [`store`];
 //! [`log`] is runc's `--log`/`--log-format`.
 
 pub mod cli;
+pub mod console;
 pub mod create;
 pub mod exec;
 pub mod lifecycle;

@@ -20,11 +20,19 @@ use std::time::{Duration, Instant};
 use palisade_protocol::{ContainerSpec, ExecSpec, ExitStatus, Request, Response, StreamKind};
 use serde::{Deserialize, Serialize};
 
+use super::console::{send_master, HostPty};
 use super::store::{read_json, write_json_atomic, ContainerDir};
 use super::RuntimeError;
 use crate::sandbox::ProcessRef;
 use crate::vmrun::connect::{attach_stream, request_timeout, ControlClient};
 use crate::vmrun::session::{copy_output, relay_input};
+use crate::vmrun::terminal::window_size;
+
+/// The guest process's streams, as attached.
+enum Streams {
+    Tty(std::os::unix::net::UnixStream),
+    Pipes { stdin: std::os::unix::net::UnixStream, stdout: std::os::unix::net::UnixStream, stderr: std::os::unix::net::UnixStream },
+}
 
 /// The descriptor of the pipe on which the monitor reports to `create`.
 pub const REPORT_FD: i32 = 3;
@@ -59,6 +67,10 @@ pub struct MonitorRequest {
     /// The sandbox's vsock socket.
     pub socket: PathBuf,
     pub launch: Launch,
+    /// The process runs on a terminal whose master goes to this socket
+    /// ([`super::console`]); otherwise its stdio is the monitor's.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
 }
 
 /// What the monitor tells `create` or `exec`, one JSON line on [`REPORT_FD`].
@@ -166,12 +178,33 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
     let request: MonitorRequest = read_json(&files.request).map_err(|e| format!("reading {}: {e:?}", files.request.display()))?;
     let id = request.launch.id().to_string();
     let socket = request.socket.as_path();
+    let mut launch = request.launch.clone();
+    // A terminal: made here, its master sent to the caller before anything starts.
+    let pty = match &request.console_socket {
+        Some(console) => {
+            let pty = HostPty::open().map_err(|e| format!("the terminal: {e}"))?;
+            if let Err(e) = pty.control() {
+                tracing::warn!("window-size changes will not reach the container: {e}");
+            }
+            send_master(console, &pty.name, &pty.master).map_err(|e| e.to_string())?;
+            let size = window_size(pty.slave.as_raw_fd());
+            match &mut launch {
+                Launch::Container(c) => c.tty_size = size,
+                Launch::Exec(e) => e.tty_size = size,
+            }
+            Some(pty.slave)
+        }
+        None => None,
+    };
     let attach = |kind| attach_stream(socket, &id, kind, HANDSHAKE_TIMEOUT).map_err(|e| e.to_string());
-    let stdin = attach(StreamKind::Stdin)?;
-    let stdout = attach(StreamKind::Stdout)?;
-    let stderr = attach(StreamKind::Stderr)?;
+    let streams = match pty {
+        Some(_) => Streams::Tty(attach(StreamKind::Tty)?),
+        None => {
+            Streams::Pipes { stdin: attach(StreamKind::Stdin)?, stdout: attach(StreamKind::Stdout)?, stderr: attach(StreamKind::Stderr)? }
+        }
+    };
     let mut control = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, request_timeout()).map_err(|e| e.to_string())?;
-    let call = match &request.launch {
+    let call = match &launch {
         Launch::Container(c) => Request::CreateContainer(c.clone()),
         Launch::Exec(e) => Request::ExecProcess(e.clone()),
     };
@@ -192,16 +225,32 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
 
     let (done_tx, done_rx) = channel::<()>();
     let progress = Arc::new(AtomicU64::new(0));
-    // SAFETY: fds 0-2 are ours for the monitor's life; the relays are their only users.
-    let (out, err, inp) = unsafe { (File::from_raw_fd(1), File::from_raw_fd(2), File::from_raw_fd(0)) };
-    for (stream, sink) in [(stdout, out), (stderr, err)] {
-        let done = done_tx.clone();
-        copy_output(stream, Box::new(sink), progress.clone(), move || {
-            let _ = done.send(());
-        });
-    }
+    let done = |tx: &std::sync::mpsc::Sender<()>| {
+        let tx = tx.clone();
+        move || {
+            let _ = tx.send(());
+        }
+    };
+    let outputs = match (streams, &pty) {
+        (Streams::Tty(tty), Some(slave)) => {
+            let slave_in = slave.try_clone().map_err(|e| format!("the terminal: {e}"))?;
+            let slave_out = slave.try_clone().map_err(|e| format!("the terminal: {e}"))?;
+            let tty_in = tty.try_clone().map_err(|e| format!("the terminal's stream: {e}"))?;
+            copy_output(tty, Box::new(File::from(slave_out)), progress.clone(), done(&done_tx));
+            relay_input(Box::new(File::from(slave_in)), tty_in);
+            1
+        }
+        (Streams::Pipes { stdin, stdout, stderr }, _) => {
+            // SAFETY: fds 0-2 are ours for the monitor's life; the relays are their only users.
+            let (out, err, inp) = unsafe { (File::from_raw_fd(1), File::from_raw_fd(2), File::from_raw_fd(0)) };
+            copy_output(stdout, Box::new(out), progress.clone(), done(&done_tx));
+            copy_output(stderr, Box::new(err), progress.clone(), done(&done_tx));
+            relay_input(Box::new(inp), stdin);
+            2
+        }
+        (Streams::Tty(_), None) => return Err("internal error: a terminal stream without a terminal".into()),
+    };
     drop(done_tx);
-    relay_input(Box::new(inp), stdin);
 
     let (exit_tx, exit_rx) = channel();
     let wait_id = id.clone();
@@ -226,6 +275,15 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
         }
         while let Ok(sig) = signals.try_recv() {
             if sig == libc::SIGWINCH {
+                // The caller resized the terminal's master: the guest's terminal follows.
+                if let Some(size) = pty.as_ref().and_then(|slave| window_size(slave.as_raw_fd())) {
+                    let resize = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, request_timeout()).and_then(|mut c| {
+                        c.call_ok("a window size", &Request::ResizeTty { id: id.clone(), rows: size.rows, cols: size.cols })
+                    });
+                    if let Err(e) = resize {
+                        tracing::warn!("passing on a window size: {e}");
+                    }
+                }
                 continue;
             }
             // Someone signalled the PID callers know: it is meant for the guest process.
@@ -238,7 +296,7 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
     };
     // The output that was written before the exit, then an end once it goes quiet.
     let mut last = (progress.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
-    let mut open = 2;
+    let mut open = outputs;
     while open > 0 {
         match done_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(()) => open -= 1,

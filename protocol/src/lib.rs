@@ -74,6 +74,12 @@ pub enum Request {
     /// Freeze (`frozen`) or thaw every process of a container (its cgroup's
     /// `cgroup.freeze`); answered with `Ok` once the cgroup says it is done.
     Freeze { id: String, frozen: bool },
+    /// Change a container's resources (runc's `update`): `resources_json` is an OCI
+    /// `linux.resources` object; what it names is written to the container's cgroup, the rest
+    /// stays. Answered with `Ok`.
+    UpdateResources { id: String, resources_json: String },
+    /// A container's resource usage (its cgroup's counters); answered with `Stats`.
+    Stats { id: String },
     /// Sync filesystems and power the VM off.
     Shutdown,
 }
@@ -96,6 +102,8 @@ impl Request {
             Request::ExecProcess(_) => "exec-process",
             Request::ListProcesses { .. } => "list-processes",
             Request::Freeze { .. } => "freeze",
+            Request::UpdateResources { .. } => "update-resources",
+            Request::Stats { .. } => "stats",
         }
     }
 }
@@ -122,6 +130,8 @@ pub enum Response {
     Processes {
         processes: Vec<ProcessInfo>,
     },
+    /// A container's resource usage ([`Request::Stats`]).
+    Stats(CgroupStats),
     Error {
         message: String,
     },
@@ -144,6 +154,33 @@ pub struct ProcessInfo {
     pub cpu_ms: u64,
     /// The command line, arguments separated by spaces (the name in brackets when empty).
     pub cmd: String,
+}
+
+/// A container's resource usage, from its cgroup (v2) in the guest. A limit of `None` is
+/// "max" (no limit); a counter the kernel does not offer is 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// CPU time, microseconds (`cpu.stat`): all, in user mode, in the kernel.
+    pub cpu_usage_us: u64,
+    pub cpu_user_us: u64,
+    pub cpu_system_us: u64,
+    /// Periods throttled by `cpu.max`, and the time throttled (microseconds).
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_us: u64,
+    /// Memory in use, bytes (`memory.current`), its limit (`memory.max`) and its peak
+    /// (`memory.peak`).
+    pub memory_usage: u64,
+    pub memory_limit: Option<u64>,
+    pub memory_peak: u64,
+    /// Swap in use (`memory.swap.current`) and its limit.
+    pub swap_usage: u64,
+    pub swap_limit: Option<u64>,
+    /// Times a process of the container was killed by the OOM killer.
+    pub oom_kills: u64,
+    /// Times the memory limit was hit (`memory.events` max).
+    pub memory_limit_hits: u64,
+    pub pids_current: u64,
+    pub pids_limit: Option<u64>,
 }
 
 /// A process to start in a container ([`Request::ExecProcess`]).
@@ -429,6 +466,9 @@ mod tests {
         }));
         roundtrip(Request::ListProcesses { id: "c1".into() });
         roundtrip(Request::Freeze { id: "c1".into(), frozen: true });
+        roundtrip(Request::UpdateResources { id: "c1".into(), resources_json: "{\"pids\":{\"limit\":5}}".into() });
+        roundtrip(Request::Stats { id: "c1".into() });
+        roundtrip(Response::Stats(CgroupStats { memory_usage: 4096, memory_limit: Some(1 << 20), ..CgroupStats::default() }));
         roundtrip(Response::Processes { processes: vec![ProcessInfo { pid: 7, ppid: 1, uid: 0, cpu_ms: 12, cmd: "sleep 60".into() }] });
         roundtrip(Request::MountShare { tag: "palisade".into() });
         roundtrip(Request::MountRootfs(RootfsSpec {

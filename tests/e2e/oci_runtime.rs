@@ -17,7 +17,7 @@ pub fn tests() -> Vec<Trial> {
         trial("oci_runtime::create_start_state_kill_delete_leave_nothing_behind", create_start_kill_delete),
         trial("oci_runtime::run_gives_the_containers_exit_code_output_and_signal", run_exit_codes),
         trial("oci_runtime::conformance::errors_and_spec_match_crun", errors_match_crun),
-        trial("oci_runtime::exec_ps_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
+        trial("oci_runtime::exec_ps_update_events_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
         trial("oci_runtime::terminals_reach_the_console_socket_and_follow_its_size", terminals),
     ]
 }
@@ -329,6 +329,7 @@ fn guest_pids(root: &str, id: &str) -> Result<Vec<u64>, String> {
     pids.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).ok_or_else(|| format!("ps --format json: {pids}"))
 }
 
+/// exec, ps, update, events --stats, pause and resume on one container.
 fn exec_ps_pause_resume() -> TestResult {
     let _g = shared();
     let root_dir = tempdir()?;
@@ -396,6 +397,24 @@ fn exec_ps_pause_resume() -> TestResult {
         "ps: {}",
         out.describe()
     );
+
+    // update, then events --stats: the limits reached the container's cgroup in the guest.
+    let out = pal(&root, &["update", "--memory", "96m", "--pids-limit=50", id])?;
+    ensure!(out.code() == 0, "update: {}", out.describe());
+    let out = pal(&root, &["events", "--stats", id])?;
+    let event: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))?;
+    ensure!(
+        event["type"] == "stats"
+            && event["id"] == id
+            && event["data"]["memory"]["usage"]["limit"] == 96u64 << 20
+            && event["data"]["pids"]["limit"] == 50
+            && event["data"]["pids"]["current"] == 2
+            && event["data"]["memory"]["usage"]["usage"].as_u64().is_some_and(|u| u > 0)
+            && event["data"]["cpu"]["usage"]["total"].as_u64().is_some_and(|t| t > 0),
+        "events --stats after update: {event}"
+    );
+    let out = pal(&root, &["update", "--memory", "lots", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("--memory"), "update with a bad size: {}", out.describe());
 
     // pause and resume: the state follows, exec waits for resume.
     let out = pal(&root, &["pause", id])?;

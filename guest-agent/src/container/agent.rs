@@ -219,6 +219,38 @@ pub fn freeze(id: &str, frozen: bool) -> Response {
     }
 }
 
+/// Handles `UpdateResources`.
+pub fn update_resources(id: &str, resources_json: &str) -> Response {
+    let path = match container_cgroup(id) {
+        Ok(p) => p,
+        Err(message) => return error(message),
+    };
+    if resources_json.len() > spec::MAX_SPEC_SIZE {
+        return error(format!("container {id}: resources: {} bytes, more than accepted", resources_json.len()));
+    }
+    let resources: oci_spec::runtime::LinuxResources = match serde_json::from_str(resources_json) {
+        Ok(r) => r,
+        Err(e) => return error(format!("container {id}: resources: {e}")),
+    };
+    match cgroup::update(&path, &resources) {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("container {id}: update: {w}");
+            }
+            Response::Ok
+        }
+        Err(e) => error(format!("container {id}: {e}")),
+    }
+}
+
+/// Handles `Stats`.
+pub fn stats(id: &str) -> Response {
+    match container_cgroup(id) {
+        Ok(path) => Response::Stats(cgroup::stats(&path)),
+        Err(message) => error(message),
+    }
+}
+
 /// Handles `StartContainer`.
 pub fn start(_agent: &Agent, id: &str) -> Response {
     let mut all = containers().lock().unwrap_or_else(|e| e.into_inner());

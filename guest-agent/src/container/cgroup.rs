@@ -249,6 +249,52 @@ pub fn freeze(path: &Path, frozen: bool, timeout: std::time::Duration) -> Result
     }
 }
 
+/// A cgroup's resource usage from the text of its interface files (`name` → content;
+/// a missing file counts as absent, as on a kernel without that controller).
+pub fn parse_stats(read: impl Fn(&str) -> Option<String>) -> palisade_protocol::CgroupStats {
+    let keyed = |file: &str, key: &str| -> u64 {
+        read(file)
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())))
+            .unwrap_or(0)
+    };
+    let value = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
+    let limit = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+    palisade_protocol::CgroupStats {
+        cpu_usage_us: keyed("cpu.stat", "usage_usec"),
+        cpu_user_us: keyed("cpu.stat", "user_usec"),
+        cpu_system_us: keyed("cpu.stat", "system_usec"),
+        cpu_throttled_periods: keyed("cpu.stat", "nr_throttled"),
+        cpu_throttled_us: keyed("cpu.stat", "throttled_usec"),
+        memory_usage: value("memory.current"),
+        memory_limit: limit("memory.max"),
+        memory_peak: value("memory.peak"),
+        swap_usage: value("memory.swap.current"),
+        swap_limit: limit("memory.swap.max"),
+        oom_kills: keyed("memory.events", "oom_kill"),
+        memory_limit_hits: keyed("memory.events", "max"),
+        pids_current: value("pids.current"),
+        pids_limit: limit("pids.max"),
+    }
+}
+
+/// The resource usage of the cgroup at `path`.
+pub fn stats(path: &Path) -> palisade_protocol::CgroupStats {
+    parse_stats(|file| std::fs::read_to_string(path.join(file)).ok())
+}
+
+/// Applies `resources` to the existing cgroup at `path` (runc's `update`): what they name
+/// is written, the rest stays. Returns warnings for what is not applied.
+pub fn update(path: &Path, resources: &LinuxResources) -> Result<Vec<String>, CgroupError> {
+    let (writes, mut warnings) = settings(resources)?;
+    if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        warnings.push("linux.resources.devices: the device allowlist is not changed by an update".into());
+    }
+    for (file, value) in &writes {
+        write(path, file, value)?;
+    }
+    Ok(warnings)
+}
+
 /// A container's cgroup.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
@@ -334,6 +380,38 @@ mod tests {
         assert_eq!(parse_frozen("populated 1\nfrozen 1\n"), Some(true));
         assert_eq!(parse_frozen("populated 1\nfrozen 0\n"), Some(false));
         assert_eq!(parse_frozen("populated 1\n"), None);
+    }
+
+    #[test]
+    fn stats_from_interface_files() {
+        let files: std::collections::HashMap<&str, &str> = [
+            ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 9\nnr_throttled 2\nthrottled_usec 77\n"),
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.peak", "8192\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"),
+            ("pids.current", "2\n"),
+            ("pids.max", "20\n"),
+        ]
+        .into();
+        let s = parse_stats(|f| files.get(f).map(|t| t.to_string()));
+        assert_eq!((s.cpu_usage_us, s.cpu_user_us, s.cpu_system_us, s.cpu_throttled_periods, s.cpu_throttled_us), (1500, 1000, 500, 2, 77));
+        assert_eq!((s.memory_usage, s.memory_limit, s.memory_peak), (4096, None, 8192));
+        assert_eq!((s.oom_kills, s.memory_limit_hits), (1, 3), "oom_kill is not oom_group_kill, max is not the limit");
+        assert_eq!((s.pids_current, s.pids_limit, s.swap_usage, s.swap_limit), (2, Some(20), 0, None));
+    }
+
+    #[test]
+    fn update_writes_only_what_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.max"), "max").unwrap();
+        std::fs::write(dir.path().join("cpu.max"), "max 100000").unwrap();
+        let w = update(dir.path(), &resources(r#"{"pids":{"limit":7},"devices":[{"allow":true,"access":"rwm"}]}"#)).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("pids.max")).unwrap(), "7");
+        assert_eq!(std::fs::read_to_string(dir.path().join("memory.max")).unwrap(), "max", "not named, not written");
+        assert!(w.iter().any(|w| w.contains("devices")), "{w:?}");
+        let e = update(dir.path(), &resources(r#"{"memory":{"limit":1}}"#)).unwrap_err();
+        assert!(e.to_string().contains("memory.limit"), "{e}");
     }
 
     fn resources(json: &str) -> LinuxResources {

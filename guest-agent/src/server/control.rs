@@ -99,6 +99,8 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
         Request::ExecProcess(spec) => crate::container::agent::exec(agent, spec),
         Request::ListProcesses { id } => crate::container::agent::list_processes(&id),
         Request::Freeze { id, frozen } => crate::container::agent::freeze(&id, frozen),
+        Request::UpdateResources { id, resources_json } => crate::container::agent::update_resources(&id, &resources_json),
+        Request::Stats { id } => crate::container::agent::stats(&id),
         Request::Wait { id } => match agent.processes.wait(&id) {
             Ok(status) => Response::Exited(status),
             Err(e) => error(e.to_string()),

@@ -11,7 +11,8 @@ use super::exec::ExecOptions;
 use super::log::LogFormat;
 use super::monitor::MonitorFiles;
 use super::store::ContainerDir;
-use super::{create, exec, lifecycle, query, run, spec_cmd, RuntimeError};
+use super::update::UpdateFlags;
+use super::{create, events, exec, lifecycle, query, run, spec_cmd, update, RuntimeError};
 
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, about = "An OCI runtime (runc's command line) that runs every container in a KVM micro-VM")]
@@ -143,6 +144,22 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },
+    /// Change a container's resources.
+    Update {
+        #[command(flatten)]
+        flags: UpdateFlags,
+        id: String,
+    },
+    /// Print a container's resource usage (and OOM kills) as JSON events.
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Time between stats events.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
     /// Freeze every process of a container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -250,6 +267,11 @@ pub fn dispatch(cli: &Cli, signals: &Receiver<i32>) -> Result<i32, RuntimeError>
                 print!("{}", query::ps_table(&processes));
             }
             Ok(0)
+        }
+        Command::Update { flags, id } => update::update(root, id, flags).map(|()| 0),
+        Command::Events { stats, interval, id } => {
+            let interval = events::parse_duration(interval).map_err(RuntimeError::Invalid)?;
+            events::events(root, id, *stats, interval, signals).map(|()| 0)
         }
         Command::Pause { id } => lifecycle::pause(root, id).map(|()| 0),
         Command::Resume { id } => lifecycle::resume(root, id).map(|()| 0),

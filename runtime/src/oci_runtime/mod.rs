@@ -6,6 +6,7 @@
 //! [`create`] boots the container's sandbox ([`crate::sandbox`]) and has its [`monitor`]
 //! create the container in the guest; [`lifecycle`] starts, signals, pauses, resumes and
 //! deletes it; [`exec`] runs further processes in it, each with a monitor of its own;
+//! [`update`] changes its resources and [`events`] reports their use;
 //! [`query`] reports OCI state and processes; [`run`] is create + start + wait; [`spec_cmd`] writes a
 //! starting config.json and the feature list; [`console`] gives processes a terminal.
 //! Containers are kept on disk by [`store`];
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod console;
 pub mod create;
+pub mod events;
 pub mod exec;
 pub mod lifecycle;
 pub mod log;
@@ -24,6 +26,7 @@ pub mod signal;
 pub mod spec_cmd;
 pub mod store;
 pub mod time;
+pub mod update;
 
 pub use store::StoreError;
 

@@ -543,7 +543,7 @@ fn terminals() -> TestResult {
     let exec_seen = read_master(exec_master);
     let out = exec.join().map_err(|_| "the exec thread panicked".to_string())??;
     ensure!(out.code() == 4, "exec --tty: {}", out.describe());
-    wait_for_text(&exec_seen, "exec-tty:/dev/", "the exec's terminal")?;
+    wait_for_text(&exec_seen, "exec-tty:/dev/pts/", "the exec's terminal (of the container's devpts)")?;
 
     // Typed input reaches the container through its terminal; its end is the monitor's.
     use std::io::Write;

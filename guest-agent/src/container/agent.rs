@@ -65,7 +65,7 @@ fn create_inner(agent: &Agent, req: &ContainerSpec) -> Response {
         None => return error(format!("container {id}: rootfs {}: not mounted", req.rootfs)),
     };
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-    let (streams, stdio, pty_master) = match attached_stdio(agent, id, terminal, req.stdin, req.tty_size) {
+    let (streams, stdio, pty_master) = match attached_stdio(agent, id, terminal, req.stdin, req.tty_size, None) {
         Ok(s) => s,
         Err(message) => return error(format!("container {id}: {message}")),
     };
@@ -104,13 +104,15 @@ fn create_inner(agent: &Agent, req: &ContainerSpec) -> Response {
 }
 
 /// Takes the streams attached for process `id` and makes the stdio its process gets
-/// (a pty with `terminal`, pipes otherwise); streams of kinds it does not use are closed.
+/// (a pty with `terminal`, of the devpts under `pty_root` if it has one; pipes otherwise);
+/// streams of kinds it does not use are closed.
 fn attached_stdio(
     agent: &Agent,
     id: &str,
     terminal: bool,
     stdin: bool,
     tty_size: Option<TtySize>,
+    pty_root: Option<&Path>,
 ) -> Result<(Streams, ChildStdio, Option<Arc<OwnedFd>>), String> {
     let kinds: Vec<StreamKind> = match (terminal, stdin) {
         (true, _) => vec![StreamKind::Tty],
@@ -131,7 +133,16 @@ fn attached_stdio(
         }
     };
     let streams = streams.ok_or("internal error collecting streams")?;
-    let stdio = if terminal { ChildStdio::pty(tty_size) } else { ChildStdio::pipes(stdin) }.map_err(|e| e.to_string())?;
+    let stdio = match (terminal, pty_root) {
+        (false, _) => ChildStdio::pipes(stdin),
+        (true, None) => ChildStdio::pty(tty_size),
+        (true, Some(root)) => match ChildStdio::pty_in_root(root, tty_size) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => ChildStdio::pty(tty_size),
+            Err(e) => Err(e),
+        },
+    }
+    .map_err(|e| e.to_string())?;
     let pty_master = stdio.pty_master().map_err(|e| format!("pty: {e}"))?;
     Ok((streams, stdio, pty_master))
 }
@@ -165,7 +176,9 @@ fn exec_inner(agent: &Agent, req: &ExecSpec) -> Response {
         Err(e) => return error(format!("process {id}: {e}")),
     };
     let terminal = process.terminal().unwrap_or(false);
-    let (streams, stdio, pty_master) = match attached_stdio(agent, id, terminal, req.stdin, req.tty_size) {
+    // A terminal of the container's own devpts, so the process sees it as /dev/pts/N.
+    let root = PathBuf::from(format!("/proc/{}/root", target.init_pid));
+    let (streams, stdio, pty_master) = match attached_stdio(agent, id, terminal, req.stdin, req.tty_size, Some(&root)) {
         Ok(s) => s,
         Err(message) => return error(format!("process {id}: {message}")),
     };

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use palisade_protocol::TtySize;
@@ -79,6 +80,80 @@ impl ChildStdio {
         }
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(StdioError::Pty);
         Ok(ChildStdio { child: [dup(&slave)?, dup(&slave)?, slave], agent: AgentEnds::Pty { master } })
+    }
+
+    /// A pseudo-terminal of the devpts instance mounted at `dev/pts` under `root` (a
+    /// container's root, `/proc/PID/root`), so the process sees its terminal by name
+    /// (`/dev/pts/N`) in the container, as with runc. The path is resolved inside `root`
+    /// (its symlinks cannot lead out of it), and must be a devpts `ptmx`: anything else
+    /// the container put there is not opened. `None` when the container has no devpts.
+    pub fn pty_in_root(root: &std::path::Path, size: Option<TtySize>) -> Result<Option<Self>, StdioError> {
+        const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+        const RESOLVE_IN_ROOT: u64 = 0x10;
+        const DEVPTS_SUPER_MAGIC: libc::c_long = 0x1cd1;
+        #[repr(C)]
+        struct OpenHow {
+            flags: u64,
+            mode: u64,
+            resolve: u64,
+        }
+        let pty_err = |e: io::Error| StdioError::Pty(e);
+        let dir = File::open(root).map_err(pty_err)?;
+        let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+        // SAFETY: openat2 with a live directory descriptor, a NUL-terminated path and a live
+        // open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c"dev/pts/ptmx".as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            return Ok(None);
+        }
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        let path_fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: fstat/fstatfs write into live, zeroed locals.
+        let (st, fs) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            let mut fs: libc::statfs = std::mem::zeroed();
+            if libc::fstat(path_fd.as_raw_fd(), &mut st) < 0 || libc::fstatfs(path_fd.as_raw_fd(), &mut fs) < 0 {
+                return Err(pty_err(io::Error::last_os_error()));
+            }
+            (st, fs)
+        };
+        let is_ptmx = st.st_mode & libc::S_IFMT == libc::S_IFCHR && libc::major(st.st_rdev) == 5 && libc::minor(st.st_rdev) == 2;
+        if !is_ptmx || fs.f_type as libc::c_long != DEVPTS_SUPER_MAGIC {
+            return Ok(None);
+        }
+        let master = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
+            .map_err(pty_err)?;
+        let master = OwnedFd::from(master);
+        // SAFETY: unlockpt and TIOCGPTPEER on the master we own; TIOCSWINSZ reads a live winsize.
+        let slave = unsafe {
+            if libc::unlockpt(master.as_raw_fd()) < 0 {
+                return Err(pty_err(io::Error::last_os_error()));
+            }
+            let fd = libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(pty_err(io::Error::last_os_error()));
+            }
+            let slave = OwnedFd::from_raw_fd(fd);
+            if let Some(s) = size {
+                let ws = libc::winsize { ws_row: s.rows, ws_col: s.cols, ws_xpixel: 0, ws_ypixel: 0 };
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+            }
+            slave
+        };
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(StdioError::Pty);
+        Ok(Some(ChildStdio { child: [dup(&slave)?, dup(&slave)?, slave], agent: AgentEnds::Pty { master } }))
     }
 
     /// The descriptors the child gets as 0, 1, 2.

@@ -4,6 +4,7 @@
 //! build machines), this binary re-executes itself inside the KVM test host first.
 
 mod container;
+mod containerd;
 mod kvm;
 mod oci_runtime;
 mod virtio_fs;
@@ -34,6 +35,7 @@ fn main() {
     tests.extend(container::tests());
     tests.extend(virtio_fs::tests());
     tests.extend(oci_runtime::tests());
+    tests.extend(containerd::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();
 }
 

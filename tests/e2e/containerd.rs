@@ -92,13 +92,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An OCI image archive (what `docker save` or `skopeo copy oci-archive:` makes) of a
-/// busybox root, named [`IMAGE`].
-fn image_archive(work: &Path) -> Result<PathBuf, String> {
+/// A tar of a busybox root (`/bin/busybox`, `/bin/sh`): an image's single layer.
+pub fn busybox_layer(work: &Path) -> Result<PathBuf, String> {
     let root = busybox_rootfs()?;
-    let layout = work.join("layout");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
     let layer_tar = work.join("layer.tar");
     let tar = Command::new("tar")
         .arg("--numeric-owner")
@@ -110,6 +106,16 @@ fn image_archive(work: &Path) -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("tar: {e}"))?;
     ensure_status(tar.success(), "tar of the image's layer")?;
+    Ok(layer_tar)
+}
+
+/// An OCI image archive (what `docker save` or `skopeo copy oci-archive:` makes) of a
+/// busybox root, named [`IMAGE`].
+fn image_archive(work: &Path) -> Result<PathBuf, String> {
+    let layer_tar = busybox_layer(work)?;
+    let layout = work.join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
     let layer = std::fs::read(&layer_tar).map_err(|e| e.to_string())?;
     let blob = |bytes: &[u8]| -> Result<(String, usize), String> {
         let digest = sha256_hex(bytes);
@@ -154,7 +160,7 @@ fn ensure_status(ok: bool, what: &str) -> Result<(), String> {
 }
 
 /// Processes whose command line names `needle`.
-fn processes_naming(needle: &str) -> Vec<String> {
+pub fn processes_naming(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         if entry.file_name().to_str().is_some_and(|p| p.parse::<u32>().is_ok()) {

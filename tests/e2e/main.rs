@@ -7,6 +7,7 @@ mod container;
 mod containerd;
 mod kvm;
 mod oci_runtime;
+mod podman;
 mod virtio_fs;
 mod vmrun;
 
@@ -36,6 +37,7 @@ fn main() {
     tests.extend(virtio_fs::tests());
     tests.extend(oci_runtime::tests());
     tests.extend(containerd::tests());
+    tests.extend(podman::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();
 }
 

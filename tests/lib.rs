@@ -212,6 +212,16 @@ impl Output {
     }
 }
 
+/// `cmd` run on a terminal of its own (util-linux `script`, as a person's shell would give
+/// it one): what it prints comes back as stdout, its exit status as script's.
+pub fn on_a_terminal(cmd: &Command) -> Command {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(quote).collect();
+    let mut script = Command::new("script");
+    script.arg("-qec").arg(line.join(" ")).arg("/dev/null");
+    script
+}
+
 /// Runs `cmd` feeding `stdin` (or /dev/null), killing it (and its process group) after
 /// `timeout`. Never waits forever: output still held open by a stray descendant is
 /// reported as an error a few seconds after the command ended.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
-use palisade_e2e::{paths, run, vm_timeout, Output};
+use palisade_e2e::{on_a_terminal, paths, run, vm_timeout, Output};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -17,7 +17,7 @@ use crate::vmrun::{busybox_rootfs, shared};
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial("containerd::ctr_runs_execs_pauses_and_kills_palisade_containers_from_a_local_image", ctr_drives_palisade)]
+    vec![trial("containerd::ctr_run_tty_signal_exec_ps_pause_kill_with_palisade_from_a_local_image", ctr_drives_palisade)]
 }
 
 const IMAGE: &str = "docker.io/palisade/busybox:e2e";
@@ -200,15 +200,53 @@ fn ctr_drives_palisade() -> TestResult {
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     ensure!(guest_kernel != host_kernel.trim(), "the container ran on the host's kernel {host_kernel:?}, not in a VM");
 
-    // A detached task: exec into it, list its processes, pause, resume, kill, delete.
+    // ctr run -t: the container on a terminal (ctr's own is a pty here).
+    let mut args = vec!["run", "-t", "--rm"];
+    args.extend_from_slice(&runtime);
+    args.extend_from_slice(&[IMAGE, "e2e-ctr-tty", "sh", "-c", "echo tty:$(busybox tty); exit 6"]);
+    let out = run(on_a_terminal(&containerd.ctr(&args)), None, vm_timeout()).map_err(|e| e.to_string())?;
+    ensure!(out.code() == 6 && out.stdout_str().contains("tty:/dev/"), "ctr run -t: {}", out.describe());
+
+    // A signal that ends the container is its exit status (128 + 9), as ctr run reports it.
+    let id = "e2e-ctr-signal";
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(&runtime);
+    args.extend_from_slice(&[IMAGE, id, "busybox", "sleep", "600"]);
+    let attached = containerd.ctr(&args);
+    let runner = std::thread::spawn(move || run(attached, None, vm_timeout()).map_err(|e| e.to_string()));
+    let deadline = Instant::now() + vm_timeout();
+    while !containerd.run_ctr(&["task", "ls"])?.stdout_str().lines().any(|l| l.starts_with(id) && l.contains("RUNNING")) {
+        ensure!(
+            !runner.is_finished() && Instant::now() < deadline,
+            "ctr run of {id} never ran: {:?}",
+            runner.join().map(|o| o.map(|o| o.describe()))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = containerd.run_ctr(&["task", "kill", "--signal", "SIGKILL", id])?;
+    ensure!(out.code() == 0, "ctr task kill: {}", out.describe());
+    let out = runner.join().map_err(|_| "the ctr run thread panicked".to_string())??;
+    ensure!(out.code() == 137, "ctr run of a container killed by SIGKILL: {}", out.describe());
+
+    // A detached task: exec into it (the same VM: the same guest boot id; the same mount
+    // namespace: the file its init wrote), list its processes, pause, resume, kill, delete.
     let id = "e2e-ctr-task";
     let mut args = vec!["run", "-d"];
     args.extend_from_slice(&runtime);
-    args.extend_from_slice(&[IMAGE, id, "busybox", "sleep", "600"]);
+    let init = "busybox cat /proc/sys/kernel/random/boot_id > /tmp/init-boot-id; exec busybox sleep 600";
+    args.extend_from_slice(&[IMAGE, id, "sh", "-c", init]);
     let out = containerd.run_ctr(&args)?;
     ensure!(out.code() == 0, "ctr run -d: {}\ncontainerd's log:\n{}", out.describe(), containerd.log());
-    let out = containerd.run_ctr(&["task", "exec", "--exec-id", "probe", id, "sh", "-c", "echo in-exec; busybox hostname; exit 4"])?;
-    ensure!(out.code() == 4 && out.stdout_str().starts_with("in-exec\n"), "ctr task exec: {}", out.describe());
+    let probe = "echo in-exec; until [ -s /tmp/init-boot-id ]; do busybox sleep 0.1; done; \
+                 busybox cat /tmp/init-boot-id /proc/sys/kernel/random/boot_id; exit 4";
+    let out = containerd.run_ctr(&["task", "exec", "--exec-id", "probe", id, "sh", "-c", probe])?;
+    let stdout = out.stdout_str();
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        out.code() == 4 && lines.len() == 3 && lines[0] == "in-exec" && lines[1] == lines[2] && lines[1].len() == 36,
+        "ctr task exec (in-exec, then the init's boot id and the exec's, equal): {}",
+        out.describe()
+    );
     let out = containerd.run_ctr(&["task", "ps", id])?;
     ensure!(out.code() == 0 && out.stdout_str().lines().count() >= 2, "ctr task ps: {}", out.describe());
     let out = containerd.run_ctr(&["task", "pause", id])?;
@@ -232,7 +270,8 @@ fn ctr_drives_palisade() -> TestResult {
     ensure!(out.code() == 0, "ctr task delete: {}", out.describe());
     let out = containerd.run_ctr(&["container", "delete", id])?;
     ensure!(out.code() == 0, "ctr container delete: {}", out.describe());
-    let left = processes_naming(&palisade);
+    // The shim's runc root: every monitor, supervisor, VMM and virtiofsd of these tasks names it.
+    let left = processes_naming(&format!("/run/containerd/runc/{NAMESPACE}"));
     ensure!(left.is_empty(), "palisade processes left after the tasks were deleted: {left:?}");
     Ok(())
 }

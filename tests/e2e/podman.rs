@@ -8,20 +8,24 @@ use std::process::Command;
 use std::time::Duration;
 
 use libtest_mimic::Trial;
-use palisade_e2e::{paths, run, vm_timeout, Output};
+use palisade_e2e::{on_a_terminal, paths, run, vm_timeout, Output};
 
 use crate::containerd::{busybox_layer, processes_naming};
 use crate::vmrun::shared;
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial("podman::run_exec_tty_pause_stop_rm_with_palisade_as_the_runtime", podman_drives_palisade)]
+    vec![trial("podman::run_logs_exec_it_run_it_pause_stop_rm_with_palisade_as_the_runtime", podman_drives_palisade)]
 }
 
 const IMAGE: &str = "localhost/palisade-busybox:e2e";
 
 /// podman with everything of its own under `dir`, and palisade as its runtime.
 fn podman(dir: &Path, args: &[&str]) -> Result<Output, String> {
+    run(podman_command(dir, args), None, vm_timeout()).map_err(|e| format!("podman (scripts/setup installs Debian's package): {e}"))
+}
+
+fn podman_command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("podman");
     cmd.arg("--root")
         .arg(dir.join("storage"))
@@ -33,7 +37,7 @@ fn podman(dir: &Path, args: &[&str]) -> Result<Output, String> {
         .arg("--runtime")
         .arg(paths().profile_dir.join("palisade"))
         .args(args);
-    run(cmd, None, vm_timeout()).map_err(|e| format!("podman (scripts/setup installs Debian's package): {e}"))
+    cmd
 }
 
 fn podman_drives_palisade() -> TestResult {
@@ -65,8 +69,25 @@ fn podman_drives_palisade() -> TestResult {
     ensure!(lines[2] != host_kernel.trim(), "the container ran on the host's kernel {host_kernel:?}, not in a VM");
 
     let name = "e2e-podman";
-    let out = podman(dir, &["run", "-d", "--name", name, "--network", "none", IMAGE, "busybox", "sleep", "600"])?;
+    let out = podman(dir, &["run", "-d", "--name", name, "--network", "none", IMAGE, "sh", "-c", "echo logged; exec busybox sleep 600"])?;
     ensure!(out.code() == 0, "podman run -d: {}", out.describe());
+    let deadline = std::time::Instant::now() + vm_timeout();
+    loop {
+        let out = podman(dir, &["logs", name])?;
+        if out.code() == 0 && out.stdout_str() == "logged\n" {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "podman logs: {}", out.describe());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // -it on a terminal of podman's own: exec and run.
+    let out =
+        run(on_a_terminal(&podman_command(dir, &["exec", "-it", name, "sh", "-c", "echo tty:$(busybox tty); exit 5"])), None, vm_timeout())
+            .map_err(|e| e.to_string())?;
+    ensure!(out.code() == 5 && out.stdout_str().contains("tty:/dev/pts/"), "podman exec -it: {}", out.describe());
+    let it = ["run", "-it", "--rm", "--network", "none", IMAGE, "sh", "-c", "echo tty:$(busybox tty); exit 6"];
+    let out = run(on_a_terminal(&podman_command(dir, &it)), None, vm_timeout()).map_err(|e| e.to_string())?;
+    ensure!(out.code() == 6 && out.stdout_str().contains("tty:/dev/"), "podman run -it: {}", out.describe());
     let out = podman(dir, &["exec", name, "sh", "-c", "echo in-exec; exit 4"])?;
     ensure!(out.code() == 4 && out.stdout_str() == "in-exec\n", "podman exec: {}", out.describe());
     // A terminal: conmon's console socket gets the master; the process sees a /dev/pts name.

@@ -202,7 +202,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         };
         write_json_atomic(&locked.monitor_request(), &request)
             .map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.monitor_request().display())))?;
-        let (monitor, report) = monitor::spawn(&exe, o.root, &locked, None)?;
+        let (monitor, report) = monitor::spawn(&exe, o.root, &locked, None, console_socket.is_some())?;
         match report {
             MonitorReport::Ready { pid, warnings } => {
                 for w in warnings {

@@ -102,7 +102,8 @@ pub fn exec(o: &ExecOptions<'_>, signals: &Receiver<i32>) -> Result<i32, Runtime
     let request_file = locked.exec_request(&exec_id);
     write_json_atomic(&request_file, &request).map_err(|e| RuntimeError::Other(format!("{}: {e}", request_file.display())))?;
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
-    let (monitor, report) = match monitor::spawn(&exe, o.root, &locked, Some(&exec_id)) {
+    let terminal = request.console_socket.is_some();
+    let (monitor, report) = match monitor::spawn(&exe, o.root, &locked, Some(&exec_id), terminal) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&request_file);

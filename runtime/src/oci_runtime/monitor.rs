@@ -106,16 +106,30 @@ impl MonitorFiles {
     }
 }
 
-/// Starts a monitor (`palisade --root ROOT monitor ID [--exec EXEC]`) on this command's
-/// stdio, detached in a session of its own, and reads its report.
-pub fn spawn(exe: &Path, root: &Path, dir: &ContainerDir, exec: Option<&str>) -> Result<(ProcessRef, MonitorReport), RuntimeError> {
+/// Starts a monitor (`palisade --root ROOT monitor ID [--exec EXEC]`), detached in a
+/// session of its own, and reads its report. Its stdio is this command's, which the guest
+/// process's stdio is; with a `terminal` the process has the terminal instead, and the
+/// monitor gets /dev/null, as runc's process does not hold the caller's stdio then
+/// (containerd's shim reads `create`'s output to its end: a monitor holding it would hang
+/// the shim).
+pub fn spawn(
+    exe: &Path,
+    root: &Path,
+    dir: &ContainerDir,
+    exec: Option<&str>,
+    terminal: bool,
+) -> Result<(ProcessRef, MonitorReport), RuntimeError> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Other(format!("pipe: {e}")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("--root").arg(root).arg("monitor").arg(dir.id());
     if let Some(e) = exec {
         cmd.arg("--exec").arg(e);
     }
-    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    if terminal {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    } else {
+        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    }
     let w = report_w.as_raw_fd();
     // SAFETY: dup2, setsid and sigprocmask are async-signal-safe and act on the child only.
     unsafe {

@@ -24,6 +24,9 @@ pub fn example_spec(rootless: bool) -> Result<Value, RuntimeError> {
     };
     let mut spec = default_spec(&options).map_err(|e| RuntimeError::Other(e.to_string()))?;
     spec["root"] = json!({"path": "rootfs", "readonly": true});
+    // The version this runtime reports (state, features), which other runtimes read too
+    // (crun 1.8 refuses 1.2.0).
+    spec["ociVersion"] = json!(super::query::OCI_VERSION);
     Ok(spec)
 }
 

@@ -6,10 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
-use palisade_e2e::{boot_retrying, paths, run, vm_timeout, Output, VmOutcome};
+use palisade_e2e::{boot_retrying, inside_testhost, leftovers_snapshot, paths, run, vm_timeout, Output, VmOutcome};
 use serde_json::Value;
 
-use crate::vmrun::{busybox_rootfs, shared};
+use crate::vmrun::{busybox_rootfs, shared, MACHINE};
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
@@ -18,6 +18,8 @@ pub fn tests() -> Vec<Trial> {
         trial("oci_runtime::run_gives_the_containers_exit_code_output_and_signal", run_exit_codes),
         trial("oci_runtime::conformance::errors_and_spec_match_crun", errors_match_crun),
         trial("oci_runtime::conformance::lifecycle_matches_crun", lifecycle_matches_crun),
+        trial("oci_runtime::fifty_create_start_delete_cycles_five_at_a_time_leave_nothing", fifty_cycles),
+        trial("oci_runtime::sigkill_of_the_vmm_or_a_monitor_gives_stopped_and_delete_cleans_up", sigkill_mid_run),
         trial("oci_runtime::exec_ps_update_events_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
         trial("oci_runtime::terminals_reach_the_console_socket_and_follow_its_size", terminals),
     ]
@@ -755,4 +757,144 @@ fn lifecycle_matches_crun() -> TestResult {
 fn exit_status(code: i32) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     std::process::ExitStatus::from_raw((code & 0xff) << 8)
+}
+
+/// Mount points whose path names `needle` (a share or a bind palisade left mounted).
+fn mounts_naming(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(needle)).map(String::from).collect()
+}
+
+/// Everything on the host that could be left of containers under `root`.
+fn oci_leftovers(root: &Path) -> Vec<String> {
+    let mut left = leftovers_snapshot();
+    let needle = root.display().to_string();
+    left.extend(processes_naming(&needle));
+    left.extend(mounts_naming(&needle));
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        left.push(entry.path().display().to_string());
+    }
+    left
+}
+
+/// 50 create/start/delete cycles, five containers at a time.
+fn fifty_cycles() -> TestResult {
+    let _exclusive = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let before = oci_leftovers(root_dir.path());
+    let b = std::sync::Arc::new(bundle(&["sh", "-c", "echo cycle"])?);
+    // Five boots at once share the test host's two vCPUs: a slow boot is not a lost one.
+    let boot_secs = if inside_testhost() { "240" } else { "120" };
+    for round in 0..10 {
+        let workers: Vec<_> = (0..5)
+            .map(|i| {
+                let (root, b) = (root.clone(), b.clone());
+                std::thread::spawn(move || -> Result<(), String> {
+                    let id = format!("cycle-{round}-{i}");
+                    let pid_file = b.path().join(format!("{id}.pid"));
+                    let bundle_arg = b.path().display().to_string();
+                    let created = boot_retrying("palisade create", || -> Result<Palisade, String> {
+                        let mut cmd = palisade(&[
+                            "--root",
+                            &root,
+                            "create",
+                            "--bundle",
+                            &bundle_arg,
+                            "--pid-file",
+                            &pid_file.display().to_string(),
+                            &id,
+                        ]);
+                        cmd.env("PALISADE_BOOT_TIMEOUT_SECS", boot_secs);
+                        let out = run_to_files(cmd, &b.path().join(format!("{id}.stdout")), &b.path().join(format!("{id}.stderr")))?;
+                        if out.code() != 0 {
+                            let _ = pal(&root, &["delete", "--force", &id]);
+                        }
+                        Ok(Palisade(out))
+                    })?
+                    .0;
+                    if created.code() != 0 {
+                        return Err(format!("{id}: create: {}", created.describe()));
+                    }
+                    let out = pal(&root, &["start", &id])?;
+                    if out.code() != 0 {
+                        return Err(format!("{id}: start: {}", out.describe()));
+                    }
+                    let deadline = Instant::now() + vm_timeout();
+                    while state(&root, &id)?["status"] != "stopped" {
+                        if Instant::now() > deadline {
+                            return Err(format!("{id}: still running {:?} after start", vm_timeout()));
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let out = pal(&root, &["delete", &id])?;
+                    if out.code() != 0 {
+                        return Err(format!("{id}: delete: {}", out.describe()));
+                    }
+                    let printed = std::fs::read_to_string(b.path().join(format!("{id}.stdout"))).unwrap_or_default();
+                    if printed != "cycle\n" {
+                        return Err(format!("{id}: the container printed {printed:?}"));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| "a cycle's thread panicked".to_string())??;
+        }
+    }
+    let after = oci_leftovers(root_dir.path());
+    let new: Vec<_> = after.iter().filter(|a| !before.contains(a)).collect();
+    ensure!(new.is_empty(), "left behind after 50 create/start/delete cycles: {new:?}");
+    Ok(())
+}
+
+/// SIGKILL of a container's VMM, or of its monitor, mid-run: `state` says stopped, `delete`
+/// removes everything.
+fn sigkill_mid_run() -> TestResult {
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let b = bundle(&["busybox", "sleep", "600"])?;
+    let mut monitors = Vec::new();
+    for id in ["killed-vmm", "killed-monitor"] {
+        let created = create_booted(&root, b.path(), &b.path().join(format!("{id}.pid")), id)?;
+        ensure!(created.code() == 0, "{id}: {}", created.describe());
+        let out = pal(&root, &["start", id])?;
+        ensure!(out.code() == 0, "{id}: start: {}", out.describe());
+        monitors.push(state(&root, id)?["pid"].as_i64().unwrap_or(0) as i32);
+    }
+    // The VMM of the first: its processes name its sandbox's config, which only it has.
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(root_dir.path().join("killed-vmm/container.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let name = record["sandbox"].as_str().unwrap_or_default().to_string();
+    let targets: Vec<i32> = processes_naming(&format!("@vm/{name}/vm.json"))
+        .iter()
+        .filter_map(|p| p.split(':').next().and_then(|pid| pid.parse().ok()))
+        .collect();
+    ensure!(!targets.is_empty(), "no VMM process of sandbox {name}");
+    for pid in targets {
+        // SAFETY: kill(2) of a VMM process this test's container owns.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // SAFETY: kill(2) of the second container's monitor, read from its state above.
+    unsafe { libc::kill(monitors[1], libc::SIGKILL) };
+    for id in ["killed-vmm", "killed-monitor"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = state(&root, id)?;
+            if s["status"] == "stopped" {
+                ensure!(s["pid"] == 0, "{id}: a stopped container has pid 0: {s}");
+                break;
+            }
+            ensure!(Instant::now() < deadline, "{id}: still {} 60 s after the SIGKILL", s["status"]);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = pal(&root, &["delete", id])?;
+        ensure!(out.code() == 0, "{id}: delete after SIGKILL: {}", out.describe());
+    }
+    let left = oci_leftovers(root_dir.path());
+    let mine: Vec<_> = left.iter().filter(|l| l.contains(&root)).collect();
+    ensure!(mine.is_empty(), "left behind after delete: {mine:?}");
+    Ok(())
 }

@@ -80,6 +80,22 @@ fn state(root: &str, id: &str) -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))
 }
 
+/// Waits until `state` says container `id` stopped (with pid 0, as runc's), `what` having
+/// ended it.
+fn wait_stopped(root: &str, id: &str, timeout: Duration, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = state(root, id)?;
+        if s["status"] == "stopped" {
+            return if s["pid"] == 0 { Ok(()) } else { Err(format!("{id}: a stopped container has pid 0: {s}")) };
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{id}: still {} {timeout:?} after {what}", s["status"]));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn ensure_ok(out: &Output) -> Result<(), String> {
     if out.code() == 0 {
         Ok(())
@@ -151,16 +167,7 @@ fn create_start_kill_delete() -> TestResult {
 
     let out = pal(&root, &["kill", id, "KILL"])?;
     ensure!(out.code() == 0, "{}", out.describe());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = state(&root, id)?;
-        if s["status"] == "stopped" {
-            ensure!(s["pid"] == 0, "a stopped container has pid 0: {s}");
-            break;
-        }
-        ensure!(Instant::now() < deadline, "still {} 30 s after kill KILL", s["status"]);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_stopped(&root, id, Duration::from_secs(30), "kill KILL")?;
     let out = pal(&root, &["kill", id])?;
     ensure!(out.code() == 1 && out.stderr.contains("not running"), "kill of a stopped container: {}", out.describe());
     let out = pal(&root, &["delete", id])?;
@@ -880,16 +887,7 @@ fn sigkill_mid_run() -> TestResult {
     // SAFETY: kill(2) of the second container's monitor, read from its state above.
     unsafe { libc::kill(monitors[1], libc::SIGKILL) };
     for id in ["killed-vmm", "killed-monitor"] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = state(&root, id)?;
-            if s["status"] == "stopped" {
-                ensure!(s["pid"] == 0, "{id}: a stopped container has pid 0: {s}");
-                break;
-            }
-            ensure!(Instant::now() < deadline, "{id}: still {} 60 s after the SIGKILL", s["status"]);
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_stopped(&root, id, Duration::from_secs(60), "the SIGKILL")?;
         let out = pal(&root, &["delete", id])?;
         ensure!(out.code() == 0, "{id}: delete after SIGKILL: {}", out.describe());
     }

@@ -349,6 +349,9 @@ pub fn lost_boot_fault(in_testhost: bool, boot: u32, code: i32, text: &str) -> O
     } else if text.contains("the VM ended before the command finished:") && text.contains("triple fault") {
         // Seen after the agent had answered, while the command was being set up.
         Some("triple fault while running")
+    } else if text.contains("the VM ended before the container was created:") && text.contains("triple fault") {
+        // palisade create: the guest died while its container was being made.
+        Some("triple fault while creating the container")
     } else if text.contains("the guest agent did not answer within") {
         Some("no agent answer during boot")
     } else if text.contains("the guest stopped answering") {
@@ -623,6 +626,11 @@ mod lost_boot_tests {
         let running =
             "vmrun: the VM ended before the command finished: vCPU 1: triple fault (the guest hit an exception it could not handle)";
         assert_eq!(lost_boot_fault(true, 1, 125, running), Some("triple fault while running"));
+        let creating = "palisade: sandbox 1a2b: the VM ended before the container was created: vCPU 0: triple fault (the guest hit \
+                        an exception it could not handle) (agent: agent protocol: connection closed by peer)";
+        assert_eq!(lost_boot_fault(true, 1, 125, creating), Some("triple fault while creating the container"));
+        let panicked = "palisade: sandbox 1a2b: the VM ended before the container was created: guest kernel panic: Oops";
+        assert_eq!(lost_boot_fault(true, 1, 125, panicked), None, "only the emulator's triple faults are booted again");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecor
 use super::RuntimeError;
 use crate::oci::bundle;
 use crate::sandbox::control::{self, Attachment};
-use crate::sandbox::{ProcessRef, SandboxDir, SandboxId, SandboxSpec, SharedPath};
+use crate::sandbox::{ProcessRef, SandboxDir, SandboxId, SandboxSpec, SharedPath, Status as SandboxStatus};
 use crate::share::{self, SharePlan};
 use crate::vmrun::args::{vm_memory_mib, ShareTuningArgs};
 use crate::vmrun::assets::{self, AssetError};
@@ -211,7 +211,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                 record.guest_pid = Some(pid);
                 Ok(monitor)
             }
-            MonitorReport::Failed { message } => Err(RuntimeError::Guest(message)),
+            MonitorReport::Failed { message } => Err(explain_vm_end(&sroot, &sandbox_id, RuntimeError::Guest(message))),
         }
     })();
     match result {
@@ -235,6 +235,29 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             let _ = std::fs::remove_dir(&sroot);
             let _ = locked.remove();
             Err(e)
+        }
+    }
+}
+
+/// A failure to reach the guest while the container was being created: when the VM has
+/// ended meanwhile (its guest died: a triple fault, a panic), that is what failed, and the
+/// error says so with the VM's end. Refusals by the agent (a bad spec, a missing program)
+/// are passed on as they are.
+fn explain_vm_end(root: &Path, id: &SandboxId, e: RuntimeError) -> RuntimeError {
+    let lost_contact = matches!(&e, RuntimeError::Guest(m) if m.contains("agent protocol:"));
+    if !lost_contact {
+        return e;
+    }
+    // The supervisor records the VM's end as soon as the VMM is reaped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match control::state(root, id) {
+            Ok(s) if s.status == SandboxStatus::Stopped => {
+                let reason = s.end_reason.or_else(|| s.exit.map(|x| x.message)).unwrap_or_else(|| "its supervisor is gone".into());
+                return RuntimeError::Other(format!("sandbox {id}: the VM ended before the container was created: {reason} ({e})"));
+            }
+            Ok(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => return e,
         }
     }
 }

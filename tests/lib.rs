@@ -80,10 +80,10 @@ pub fn reexec_in_testhost_if_needed() {
     );
     // A bound well inside CI's 90 minutes, so a test host that runs but whose tests make no
     // progress fails the run instead of eating it (PALISADE_TESTHOST_TIMEOUT overrides). A
-    // full run takes ~3 minutes there. A test host that stops making progress altogether
-    // (QEMU's emulation has wedged it) is noticed by its missing heartbeat within about a
-    // minute (scripts/testhost, PALISADE_TESTHOST_WEDGE_SECS).
-    let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "900".into());
+    // full run takes ~14 minutes there (846 s on 2026-12-06). A test host that stops making
+    // progress altogether (QEMU's emulation has wedged it) is noticed by its missing
+    // heartbeat within about a minute (scripts/testhost, PALISADE_TESTHOST_WEDGE_SECS).
+    let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "1800".into());
     // A test host that itself failed (exit 123 wedged, 124 timed out, 125 crashed: QEMU's
     // emulation of nested AMD-V does that now and then on these machines) is not a test
     // failing — the tests report failures with 101. Such a run is retried in a new test

@@ -36,6 +36,8 @@ pub enum RootfsError {
     Mkdir { path: PathBuf, source: std::io::Error },
     #[error("mounting {source_name} on {target} ({fstype}): {errno}")]
     Mount { source_name: String, target: PathBuf, fstype: String, errno: nix::errno::Errno },
+    #[error("unmounting {target}: {errno}")]
+    Unmount { target: PathBuf, errno: nix::errno::Errno },
 }
 
 /// One step of a mount plan.
@@ -274,9 +276,70 @@ pub fn apply(plan: &MountPlan) -> Result<(), RootfsError> {
     Ok(())
 }
 
+/// The mount points at or under `dir`, deepest (last mounted) first, from a mountinfo
+/// text (its fifth field; octal escapes such as `\040` decoded).
+pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_octal(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.reverse();
+    points
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts root filesystem `id` under `base`: every mount under its directory, detached,
+/// then the directory (best effort: an empty tree).
+pub fn unmount(base: &Path, id: &str) -> Result<(), RootfsError> {
+    if !valid_id(id) {
+        return Err(RootfsError::InvalidId(id.to_string()));
+    }
+    let dir = base.join(id);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for target in mounts_under(&mountinfo, &dir) {
+        match nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(errno) => return Err(RootfsError::Unmount { target, errno }),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mounts_of_a_rootfs_are_found_deepest_first() {
+        let info = "22 1 0:20 / / rw - ext4 /dev/vda rw\n\
+                    30 22 0:30 / /run/palisade/rootfs/c1/shared rw - virtiofs palisade rw\n\
+                    31 30 0:31 / /run/palisade/rootfs/c1/shared/proc rw - proc proc rw\n\
+                    32 22 0:32 / /run/palisade/rootfs/c10/shared rw - virtiofs palisade rw\n\
+                    33 22 0:33 / /run/palisade/rootfs/c1/a\\040b rw - tmpfs t rw\n";
+        let found = mounts_under(info, Path::new("/run/palisade/rootfs/c1"));
+        assert_eq!(
+            found,
+            ["/run/palisade/rootfs/c1/a b", "/run/palisade/rootfs/c1/shared/proc", "/run/palisade/rootfs/c1/shared"].map(PathBuf::from)
+        );
+    }
 
     fn spec(id: &str, device: &str, fstype: &str, writable: bool) -> RootfsSpec {
         RootfsSpec {

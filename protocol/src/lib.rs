@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame payload either side sends or accepts.
 pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// Agent port for requests and responses.
@@ -42,6 +42,10 @@ pub enum Request {
     MountShare { tag: String },
     /// Mount a root filesystem that processes can be chrooted into and containers use.
     MountRootfs(RootfsSpec),
+    /// Unmount root filesystem `id` (every mount under it, detached: containers that still
+    /// use it keep their copy until they end); answered with `Ok`. A container of a pod
+    /// that is deleted gives its root back this way.
+    UnmountRootfs { id: String },
     /// Start a process. Its streams must already be attached on the stream port.
     StartProcess(ProcessSpec),
     /// Send a signal to a started process; with `all`, to every process in the cgroup of
@@ -93,6 +97,7 @@ impl Request {
             Request::Shutdown => "shutdown",
             Request::MountShare { .. } => "mount-share",
             Request::MountRootfs(_) => "mount-rootfs",
+            Request::UnmountRootfs { .. } => "unmount-rootfs",
             Request::StartProcess(_) => "start-process",
             Request::Signal { .. } => "signal",
             Request::ResizeTty { .. } => "resize-tty",
@@ -468,6 +473,7 @@ mod tests {
         roundtrip(Request::Freeze { id: "c1".into(), frozen: true });
         roundtrip(Request::UpdateResources { id: "c1".into(), resources_json: "{\"pids\":{\"limit\":5}}".into() });
         roundtrip(Request::Stats { id: "c1".into() });
+        roundtrip(Request::UnmountRootfs { id: "c1".into() });
         roundtrip(Response::Stats(CgroupStats { memory_usage: 4096, memory_limit: Some(1 << 20), ..CgroupStats::default() }));
         roundtrip(Response::Processes { processes: vec![ProcessInfo { pid: 7, ppid: 1, uid: 0, cpu_ms: 12, cmd: "sleep 60".into() }] });
         roundtrip(Request::MountShare { tag: "palisade".into() });

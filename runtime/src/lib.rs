@@ -7,6 +7,7 @@
 //! disk, for commands that outlive one another; [`oci_runtime`] is `palisade`, the OCI runtime
 //! with runc's command line, on top of it.
 
+pub mod live_share;
 pub mod oci;
 pub mod oci_runtime;
 pub mod sandbox;

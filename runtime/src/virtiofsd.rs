@@ -198,6 +198,8 @@ impl Virtiofsd {
         cmd.process_group(0);
         let binds = prepared_binds(config)?;
         let has_binds = !binds.is_empty();
+        let shared_dir = CString::new(config.shared_dir.as_os_str().as_bytes())
+            .map_err(|e| VirtiofsdError::Binds { dir: config.shared_dir.clone(), source: std::io::Error::other(e) })?;
         // SAFETY: between fork and exec the hook only makes raw syscalls (prctl, unshare,
         // mount) on memory prepared before the fork; it allocates nothing.
         unsafe {
@@ -205,7 +207,7 @@ impl Virtiofsd {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                bind_in_own_namespace(&binds)
+                bind_in_own_namespace(&shared_dir, &binds)
             });
         }
         if !config.binary.is_file() {
@@ -307,8 +309,10 @@ fn prepared_binds(config: &VirtiofsdConfig) -> Result<Vec<PreparedBind>, Virtiof
 }
 
 /// In the child before exec: a mount namespace of its own, nothing propagating back to the
-/// caller's, then every bind (recursive, then remounted with its flags).
-fn bind_in_own_namespace(binds: &[PreparedBind]) -> std::io::Result<()> {
+/// caller's, then every bind (recursive, then remounted with its flags). The shared
+/// directory is a mount of its own there, and a shared one: virtiofsd's sandbox (a slave
+/// copy of this namespace) then sees what [`crate::live_share`] binds into it later.
+fn bind_in_own_namespace(shared_dir: &CString, binds: &[PreparedBind]) -> std::io::Result<()> {
     if binds.is_empty() {
         return Ok(());
     }
@@ -319,6 +323,8 @@ fn bind_in_own_namespace(binds: &[PreparedBind]) -> std::io::Result<()> {
         check(libc::unshare(libc::CLONE_NEWNS))?;
         let root = c"/";
         check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        check(libc::mount(shared_dir.as_ptr(), shared_dir.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+        check(libc::mount(std::ptr::null(), shared_dir.as_ptr(), std::ptr::null(), libc::MS_SHARED, std::ptr::null()))?;
         for b in binds {
             let bind = libc::MS_BIND | libc::MS_REC;
             check(libc::mount(b.source.as_ptr(), b.target.as_ptr(), std::ptr::null(), bind, std::ptr::null()))?;
@@ -462,6 +468,62 @@ mod tests {
                 Some((fields.next()?.to_string(), fields.next()?.to_string()))
             })
             .collect()
+    }
+
+    /// What a live bind ([`crate::live_share`]) attaches after virtiofsd started reaches the
+    /// files it serves from its sandbox (read through /proc/PID/root of the process that
+    /// serves), not the host's placeholder; detached, it is gone there too.
+    #[test]
+    fn a_live_bind_reaches_a_sandboxed_virtiofsd_and_leaves_with_detach() {
+        if !root() {
+            eprintln!("binds need root; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (data, late) = (dir.path().join("data"), dir.path().join("late"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&late).unwrap();
+        std::fs::write(late.join("file"), "arrived").unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(shared.join("vol")).unwrap();
+        std::fs::create_dir_all(shared.join("pods/c1")).unwrap();
+        let mut config = VirtiofsdConfig::new(binary(), &shared, dir.path().join("fs.sock"));
+        config.binds = vec![Bind { source: data.clone(), target: shared.join("vol"), read_only: true }];
+        let mut fsd = Virtiofsd::spawn(&config).unwrap();
+        // The process that serves: virtiofsd's child, in its sandbox (root = the share).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let server = loop {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", fsd.pid())).unwrap_or_default();
+            let pivoted = children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|pid| std::fs::read_dir(format!("/proc/{pid}/root/pods")).is_ok());
+            if let Some(pid) = pivoted {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "virtiofsd's sandboxed child never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let live = crate::live_share::LiveShare { pid: fsd.pid(), dir: shared.clone() };
+        live.attach(&late, "pods/c1", true).unwrap();
+        let seen = format!("/proc/{server}/root/pods/c1/file");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&seen).ok().as_deref() != Some("arrived") {
+            assert!(Instant::now() < deadline, "the live bind did not reach virtiofsd's sandbox");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(std::fs::read_dir(shared.join("pods/c1")).unwrap().next().is_none(), "the bind is visible on the host");
+        let write = std::fs::write(format!("/proc/{server}/root/pods/c1/new"), "x");
+        assert!(write.is_err(), "a read-only live bind took a write");
+        live.detach("pods/c1").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&seen).exists() {
+            assert!(Instant::now() < deadline, "the detached bind is still in virtiofsd's sandbox");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        live.detach("pods/c1").unwrap();
+        fsd.stop();
+        assert_eq!(std::fs::read_to_string(late.join("file")).unwrap(), "arrived");
     }
 
     #[test]

@@ -273,5 +273,8 @@ fn ctr_drives_palisade() -> TestResult {
     // The shim's runc root: every monitor, supervisor, VMM and virtiofsd of these tasks names it.
     let left = processes_naming(&format!("/run/containerd/runc/{NAMESPACE}"));
     ensure!(left.is_empty(), "palisade processes left after the tasks were deleted: {left:?}");
+    // ctr places each task's cgroup at /NAMESPACE/ID; palisade made them and removed them.
+    let cgroups = crate::podman::cgroups_named(&Path::new("/sys/fs/cgroup").join(NAMESPACE), "e2e-ctr", 1);
+    ensure!(cgroups.is_empty(), "host cgroups of deleted tasks left: {cgroups:?}");
     Ok(())
 }

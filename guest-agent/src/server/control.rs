@@ -83,6 +83,7 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
         Request::Ping | Request::Shutdown => Response::Ok,
         Request::MountShare { tag } => mount_share(agent, &tag),
         Request::MountRootfs(spec) => mount_rootfs(agent, &spec),
+        Request::UnmountRootfs { id } => unmount_rootfs(agent, &id),
         Request::StartProcess(spec) => {
             let id = spec.id.clone();
             let response = start_process(agent, spec);
@@ -154,6 +155,21 @@ fn mount_rootfs(agent: &Agent, spec: &RootfsSpec) -> Response {
     } else {
         mounted.insert(spec.id.clone(), None);
     }
+    Response::Ok
+}
+
+fn unmount_rootfs(agent: &Agent, id: &str) -> Response {
+    let mut mounted = agent.rootfs.lock().unwrap_or_else(|e| e.into_inner());
+    if !mounted.contains_key(id) {
+        return error(rootfs::RootfsError::Unknown(id.to_string()).to_string());
+    }
+    if agent.config.mount_rootfs {
+        if let Err(e) = rootfs::unmount(&agent.config.rootfs_base, id) {
+            tracing::error!("rootfs {id}: {e}");
+            return error(format!("rootfs {id}: {e}"));
+        }
+    }
+    mounted.remove(id);
     Response::Ok
 }
 

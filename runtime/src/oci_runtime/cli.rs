@@ -28,8 +28,9 @@ pub struct Cli {
     /// Log at debug level.
     #[arg(long)]
     pub debug: bool,
-    /// Accepted for runc's callers; the guest has no systemd, so cgroups are always the
-    /// agent's own (cgroupfs) inside the VM.
+    /// linux.cgroupsPath is systemd's `slice:prefix:name`: the container's monitor goes
+    /// where systemd would put that scope on the host (made directly, not through
+    /// systemd); inside the VM, where there is no systemd, cgroups are the agent's own.
     #[arg(long)]
     pub systemd_cgroup: bool,
     /// Accepted for runc's callers (true, false, auto); palisade needs root on the host.
@@ -228,7 +229,7 @@ impl ExecArgs {
 }
 
 impl CreateArgs {
-    fn options<'a>(&'a self, root: &'a std::path::Path) -> CreateOptions<'a> {
+    fn options<'a>(&'a self, root: &'a std::path::Path, systemd_cgroup: bool) -> CreateOptions<'a> {
         CreateOptions {
             root,
             id: &self.id,
@@ -236,6 +237,7 @@ impl CreateArgs {
             pid_file: self.pid_file.as_deref(),
             console_socket: self.console_socket.as_deref(),
             preserve_fds: self.preserve_fds,
+            systemd_cgroup,
         }
     }
 }
@@ -244,7 +246,7 @@ impl CreateArgs {
 pub fn dispatch(cli: &Cli, signals: &Receiver<i32>) -> Result<i32, RuntimeError> {
     let root = cli.root.as_path();
     match &cli.command {
-        Command::Create(a) => create::create(&a.options(root), signals).map(|()| 0),
+        Command::Create(a) => create::create(&a.options(root, cli.systemd_cgroup), signals).map(|()| 0),
         Command::Start { id } => lifecycle::start(root, id).map(|()| 0),
         Command::State { id } => {
             println!("{}", serde_json::to_string_pretty(&query::state(root, id)?).unwrap_or_default());
@@ -275,7 +277,7 @@ pub fn dispatch(cli: &Cli, signals: &Receiver<i32>) -> Result<i32, RuntimeError>
         }
         Command::Pause { id } => lifecycle::pause(root, id).map(|()| 0),
         Command::Resume { id } => lifecycle::resume(root, id).map(|()| 0),
-        Command::Run { create, detach, keep } => run::run(&create.options(root), *detach, *keep, signals),
+        Command::Run { create, detach, keep } => run::run(&create.options(root, cli.systemd_cgroup), *detach, *keep, signals),
         Command::List { format, quiet } => {
             let states = query::list(root)?;
             if *quiet {

@@ -10,6 +10,7 @@ use palisade_protocol::{ContainerSpec, RootfsSource, RootfsSpec};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::host_cgroup::{self, Hierarchy, HostCgroup};
 use super::monitor::{self, Launch, MonitorReport, MonitorRequest};
 use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, SANDBOX_DIR};
 use super::RuntimeError;
@@ -32,6 +33,8 @@ pub struct CreateOptions<'a> {
     pub pid_file: Option<&'a Path>,
     pub console_socket: Option<&'a Path>,
     pub preserve_fds: u32,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`.
+    pub systemd_cgroup: bool,
 }
 
 /// The sandboxes' root under the runtime's root.
@@ -49,9 +52,17 @@ fn own_sandbox_id(id: &str) -> SandboxId {
 
 /// The container's spec as the guest gets it: host bind-mount sources become paths in the
 /// VM's share (added to `plan`), and a network namespace given by path (a host namespace,
-/// meaningless in the guest) becomes a new one: the container has loopback only.
-pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path) -> Result<String, RuntimeError> {
+/// meaningless in the guest) becomes a new one: the container has loopback only. With
+/// `systemd` cgroups, `linux.cgroupsPath` becomes the path systemd's would be (the guest has
+/// no systemd).
+pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, systemd: bool) -> Result<String, RuntimeError> {
     let mut v: Value = serde_json::from_str(config).map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
+    if let Some(path) = v.pointer_mut("/linux/cgroupsPath").filter(|_| systemd) {
+        let given = path.as_str().map(str::to_string);
+        let relative = host_cgroup::relative_path(given.as_deref(), "", true, Path::new(""))
+            .map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
+        *path = Value::String(format!("/{}", relative.display()));
+    }
     if v.get("hooks").is_some_and(|h| h.as_object().is_some_and(|o| o.values().any(|l| l.as_array().is_some_and(|a| !a.is_empty())))) {
         return Err(RuntimeError::Unsupported("config.json: hooks are not supported by palisade yet".into()));
     }
@@ -107,10 +118,20 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let bundle_dir = std::path::absolute(o.bundle).map_err(|e| RuntimeError::Invalid(format!("bundle {}: {e}", o.bundle.display())))?;
     let b = bundle::load(&bundle_dir).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
     let console_socket = super::console::console_socket(b.terminal, o.console_socket)?;
-    let annotations: std::collections::BTreeMap<String, String> = serde_json::from_str::<Value>(&b.config)
-        .ok()
-        .and_then(|v| serde_json::from_value(v["annotations"].clone()).ok())
-        .unwrap_or_default();
+    let config: Value = serde_json::from_str(&b.config).unwrap_or_default();
+    let annotations: std::collections::BTreeMap<String, String> = serde_json::from_value(config["annotations"].clone()).unwrap_or_default();
+    let cgroups_path = config.pointer("/linux/cgroupsPath").and_then(Value::as_str);
+    let host_cgroup = match Hierarchy::detect() {
+        Some(h) => {
+            let relative = host_cgroup::relative_path(cgroups_path, o.id, o.systemd_cgroup, &host_cgroup::own_cgroup(h))
+                .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+            Some(HostCgroup::new(h, &relative))
+        }
+        None => {
+            tracing::warn!("no memory cgroup on this host: OOM kills in container {} reach callers only through events", o.id);
+            None
+        }
+    };
     let container_type =
         annotations.get("io.kubernetes.cri.container-type").or_else(|| annotations.get("io.kubernetes.cri-o.ContainerType"));
     if container_type.is_some_and(|t| t == "container") {
@@ -118,7 +139,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     }
     let mut plan = SharePlan::default();
     plan.add(&b.rootfs, share::ROOT_PATH.into(), b.readonly).map_err(|e| RuntimeError::Invalid(format!("root.path: {e}")))?;
-    let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir)?;
+    let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir, o.systemd_cgroup)?;
 
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
     let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), &exe);
@@ -157,6 +178,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         guest_pid: None,
         sandbox: sandbox_id.as_str().into(),
         owns_sandbox: true,
+        host_cgroup: None,
     };
     locked.write_record(&record)?;
     let sroot = sandbox_root(o.root);
@@ -195,7 +217,17 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             process_mounts: false,
         };
         control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
+        // The monitor's cgroup on the host, where callers watch for OOM kills.
+        record.host_cgroup = host_cgroup.clone().filter(|cg| match cg.create() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("container {}: {e}; OOM kills reach callers only through events", o.id);
+                false
+            }
+        });
+        locked.write_record(&record)?;
         let request = MonitorRequest {
+            host_cgroup: record.host_cgroup.clone(),
             socket: SandboxDir::new(&sroot, &sandbox_id).vsock_socket(),
             launch: Launch::Container(ContainerSpec { id: o.id.into(), spec_json, rootfs: "root".into(), stdin: true, tty_size: None }),
             console_socket: console_socket.clone(),
@@ -233,6 +265,11 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                 }
             }
             let _ = std::fs::remove_dir(&sroot);
+            if let Some(cg) = &record.host_cgroup {
+                if let Err(e) = cg.remove() {
+                    tracing::warn!("container {}: {e}", o.id);
+                }
+            }
             let _ = locked.remove();
             Err(e)
         }
@@ -281,7 +318,7 @@ mod tests {
         });
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let mut plan = SharePlan::default();
-        let out: Value = serde_json::from_str(&guest_spec(&config.to_string(), &mut plan, dir.path()).unwrap()).unwrap();
+        let out: Value = serde_json::from_str(&guest_spec(&config.to_string(), &mut plan, dir.path(), false).unwrap()).unwrap();
         assert_eq!(out["mounts"][0]["source"], "proc");
         assert_eq!(out["mounts"][1]["source"], "/run/palisade/shares/palisade/volumes/0");
         assert_eq!(out["mounts"][2]["source"], "/run/palisade/shares/palisade/volumes/1");
@@ -291,10 +328,14 @@ mod tests {
         assert!(out["linux"]["namespaces"][0].get("path").is_none());
 
         let ipc = serde_json::json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}});
-        let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path()).unwrap_err().to_string();
+        let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path(), false).unwrap_err().to_string();
         assert!(e.contains("ipc namespace"), "{e}");
         let hooks = serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}});
-        assert!(guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path()).unwrap_err().to_string().contains("hooks"));
+        assert!(guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path(), false).unwrap_err().to_string().contains("hooks"));
+        let systemd = serde_json::json!({"linux": {"cgroupsPath": "machine.slice:libpod:abc"}});
+        let out: Value =
+            serde_json::from_str(&guest_spec(&systemd.to_string(), &mut SharePlan::default(), dir.path(), true).unwrap()).unwrap();
+        assert_eq!(out["linux"]["cgroupsPath"], "/machine.slice/libpod-abc.scope");
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub fn exec(o: &ExecOptions<'_>, signals: &Receiver<i32>) -> Result<i32, Runtime
     let exec_id = new_exec_id()?;
     std::fs::create_dir_all(locked.exec_dir()).map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.exec_dir().display())))?;
     let request = MonitorRequest {
+        host_cgroup: None,
         socket: SandboxDir::new(&super::create::sandbox_root(o.root), &sandbox).vsock_socket(),
         launch: Launch::Exec(ExecSpec {
             container: o.id.into(),

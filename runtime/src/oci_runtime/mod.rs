@@ -10,13 +10,15 @@
 //! [`query`] reports OCI state and processes; [`run`] is create + start + wait; [`spec_cmd`] writes a
 //! starting config.json and the feature list; [`console`] gives processes a terminal.
 //! Containers are kept on disk by [`store`];
-//! [`log`] is runc's `--log`/`--log-format`.
+//! [`log`] is runc's `--log`/`--log-format`; [`host_cgroup`] is the container's cgroup on the
+//! host, where its monitor passes on the guest's OOM kills to containerd and conmon.
 
 pub mod cli;
 pub mod console;
 pub mod create;
 pub mod events;
 pub mod exec;
+pub mod host_cgroup;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;

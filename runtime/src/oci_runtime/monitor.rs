@@ -21,6 +21,7 @@ use palisade_protocol::{ContainerSpec, ExecSpec, ExitStatus, Request, Response, 
 use serde::{Deserialize, Serialize};
 
 use super::console::{send_master, HostPty};
+use super::host_cgroup::HostCgroup;
 use super::store::{read_json, write_json_atomic, ContainerDir};
 use super::RuntimeError;
 use crate::sandbox::ProcessRef;
@@ -71,6 +72,10 @@ pub struct MonitorRequest {
     /// ([`super::console`]); otherwise its stdio is the monitor's.
     #[serde(default)]
     pub console_socket: Option<PathBuf>,
+    /// The container's cgroup on the host: the monitor joins it and makes it count the
+    /// guest's OOM kills ([`super::host_cgroup`]).
+    #[serde(default)]
+    pub host_cgroup: Option<HostCgroup>,
 }
 
 /// What the monitor tells `create` or `exec`, one JSON line on [`REPORT_FD`].
@@ -190,6 +195,15 @@ pub fn run(files: &MonitorFiles, signals: &Receiver<i32>) -> ! {
 
 fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> Result<ExitStatus, String> {
     let request: MonitorRequest = read_json(&files.request).map_err(|e| format!("reading {}: {e:?}", files.request.display()))?;
+    // In the container's host cgroup before its PID reaches the caller, who looks there.
+    let oom = request.host_cgroup.clone().filter(|cg| match cg.join(std::process::id()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("{e}: the guest's OOM kills will not be counted on the host");
+            false
+        }
+    });
+    let mut oom = oom.map(OomRelay::new);
     let id = request.launch.id().to_string();
     let socket = request.socket.as_path();
     let mut launch = request.launch.clone();
@@ -274,9 +288,15 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
             let _ = exit_tx.send(control.call(&Request::Wait { id: wait_id }));
         })
         .map_err(|e| format!("starting the wait thread: {e}"))?;
+    let mut stats_due = Instant::now() + OOM_POLL;
     let status = loop {
         match exit_rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(Response::Exited(status))) => break status,
+            Ok(Ok(Response::Exited(status))) => {
+                if let Some(relay) = &mut oom {
+                    relay.exited(&status);
+                }
+                break status;
+            }
             Ok(other) => {
                 // The VM ended (or its agent failed): the process is gone with it.
                 tracing::warn!("waiting for the guest process: {other:?}; it ended with its VM");
@@ -286,6 +306,10 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
                 break ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false };
             }
             Err(RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(relay) = oom.as_mut().filter(|_| Instant::now() >= stats_due) {
+            relay.poll(socket, &id);
+            stats_due = Instant::now() + OOM_POLL;
         }
         while let Ok(sig) = signals.try_recv() {
             if sig == libc::SIGWINCH {
@@ -326,6 +350,72 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
         }
     }
     Ok(status)
+}
+
+/// How often a container's monitor asks the guest how many OOM kills its cgroup counted.
+const OOM_POLL: Duration = Duration::from_secs(1);
+
+/// Passes the guest's OOM kills in a container on to its host cgroup, one for one: those
+/// of any of its processes while it runs (from its guest cgroup's counter), and that of
+/// its init when that is how it ended.
+struct OomRelay {
+    cgroup: HostCgroup,
+    /// Guest OOM kills counted so far, and how many of those the host has counted.
+    seen: u64,
+    relayed: u64,
+    client: Option<ControlClient>,
+}
+
+impl OomRelay {
+    fn new(cgroup: HostCgroup) -> OomRelay {
+        OomRelay { cgroup, seen: 0, relayed: 0, client: None }
+    }
+
+    fn poll(&mut self, socket: &Path, id: &str) {
+        if self.client.is_none() {
+            self.client = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, request_timeout()).ok();
+        }
+        let Some(client) = &mut self.client else { return };
+        match client.call(&Request::Stats { id: id.into() }) {
+            Ok(Response::Stats(stats)) => {
+                self.seen = self.seen.max(stats.oom_kills);
+                self.relay();
+            }
+            Ok(_) => {}
+            // The connection is gone (the VM is ending): the next poll reconnects, if any.
+            Err(_) => self.client = None,
+        }
+    }
+
+    fn exited(&mut self, status: &ExitStatus) {
+        if status.oom_killed {
+            self.seen = self.seen.max(self.relayed + 1);
+        }
+        self.relay();
+        if self.relayed > 0 {
+            // Callers watch the cgroup's events asynchronously: give them a moment to
+            // read them while this process, whose exit they also watch, still lives.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn relay(&mut self) {
+        // Bounded: a guest that claims many kills at once gets a few.
+        let mut budget = 4;
+        while self.relayed < self.seen && budget > 0 {
+            budget -= 1;
+            match self.cgroup.provoke_oom_kill() {
+                Ok(()) => {
+                    self.relayed += 1;
+                    tracing::info!("the guest's OOM kill {} counted in {}", self.relayed, self.cgroup.dir.display());
+                }
+                Err(e) => {
+                    tracing::warn!("counting the guest's OOM kill on the host: {e}");
+                    self.relayed = self.seen;
+                }
+            }
+        }
+    }
 }
 
 /// Waits for `pid`, a monitor that is this process's child, passing on the signals this

@@ -101,6 +101,9 @@ pub struct ContainerRecord {
     pub sandbox: String,
     /// The sandbox was made for this container and goes with it.
     pub owns_sandbox: bool,
+    /// The container's cgroup on the host (its monitor's), removed with it.
+    #[serde(default)]
+    pub host_cgroup: Option<super::host_cgroup::HostCgroup>,
 }
 
 impl ContainerRecord {
@@ -315,6 +318,7 @@ mod tests {
             guest_pid: None,
             sandbox: "s".into(),
             owns_sandbox: true,
+            host_cgroup: None,
         }
     }
 

@@ -73,7 +73,7 @@ fn attach(virtiofsd_pid: u32, host: &Path, target: &Path, read_only: bool) -> Re
         move |source| LiveShareError::Sys { path, what, source }
     };
     let host_c = c_path(host)?;
-    let target_c = c_path(target)?;
+    let target_c = c_path(&relative(target))?;
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
     // SAFETY: open_tree takes a NUL-terminated path that outlives the call; it returns a
     // new descriptor, owned here.
@@ -121,7 +121,7 @@ fn attach(virtiofsd_pid: u32, host: &Path, target: &Path, read_only: bool) -> Re
 
 /// Unmounts (detaches) what is bound at `target` in the mount namespace of `virtiofsd_pid`.
 fn detach(virtiofsd_pid: u32, target: &Path) -> Result<(), LiveShareError> {
-    let target_c = c_path(target)?;
+    let target_c = c_path(&relative(target))?;
     in_namespace(virtiofsd_pid, target, "umount", move || {
         // SAFETY: umount2 of a NUL-terminated path; EINVAL (not a mount point) is success.
         let rc = unsafe { libc::umount2(target_c.as_ptr(), libc::MNT_DETACH) };
@@ -133,12 +133,21 @@ fn detach(virtiofsd_pid: u32, target: &Path) -> Result<(), LiveShareError> {
     })
 }
 
+/// `path` (absolute, as the process whose namespace it is sees it) relative to its root.
+fn relative(path: &Path) -> PathBuf {
+    path.strip_prefix("/").map(Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Runs `op` (raw syscalls only; it returns a syscall's result) in a child that entered the
-/// mount namespace of `pid`; its errno comes back as the child's exit code.
+/// mount namespace of `pid`, its working directory `pid`'s root (so `op`'s paths are
+/// relative: [`relative`]); its errno comes back as the child's exit code.
 fn in_namespace(pid: u32, target: &Path, what: &'static str, op: impl FnOnce() -> i32) -> Result<(), LiveShareError> {
     let fail = |what, source| LiveShareError::InNamespace { target: target.into(), pid, what, source };
     let ns_path = format!("/proc/{pid}/ns/mnt");
     let ns = std::fs::File::open(&ns_path).map_err(|e| fail("opening its namespace", e))?;
+    // Its root, for paths: setns puts the caller at the namespace's top mount, which is not
+    // virtiofsd's root when that came from a chroot before its pivot_root.
+    let root = std::fs::File::open(format!("/proc/{pid}/root")).map_err(|e| fail("opening its root", e))?;
     // SAFETY: the child only makes raw syscalls (setns, then `op`'s) and _exit; the parent
     // waits for it.
     let child = unsafe { libc::fork() };
@@ -148,7 +157,7 @@ fn in_namespace(pid: u32, target: &Path, what: &'static str, op: impl FnOnce() -
     if child == 0 {
         // SAFETY: this is the child; setns on an open descriptor, then `op`, then _exit.
         unsafe {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0 || libc::fchdir(root.as_raw_fd()) != 0 {
                 libc::_exit(200);
             }
             let rc = op();

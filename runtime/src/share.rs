@@ -147,6 +147,30 @@ impl ShareDir {
     pub fn target(&self, entry: &ShareEntry) -> PathBuf {
         self.dir.join(&entry.path)
     }
+
+    /// Leaves the placeholders in place (someone else removes them, with
+    /// [`remove_placeholders`]).
+    pub fn keep(mut self) {
+        self.created.clear();
+    }
+}
+
+/// Removes a tree of placeholders: empty files and the directories holding them, never
+/// anything with content (left in place, with a warning).
+pub fn remove_placeholders(dir: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            remove_placeholders(&entry.path());
+        }
+        if let Err(e) = std::fs::remove_dir(dir) {
+            tracing::warn!("shared directory: leaving {} in place: {e}", dir.display());
+        }
+    } else if meta.is_file() && meta.len() == 0 {
+        let _ = std::fs::remove_file(dir);
+    } else {
+        tracing::warn!("shared directory: leaving {} in place: it is not an empty placeholder", dir.display());
+    }
 }
 
 impl Drop for ShareDir {

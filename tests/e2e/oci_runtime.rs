@@ -22,6 +22,7 @@ pub fn tests() -> Vec<Trial> {
         trial("oci_runtime::sigkill_of_the_vmm_or_a_monitor_gives_stopped_and_delete_cleans_up", sigkill_mid_run),
         trial("oci_runtime::exec_ps_update_events_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
         trial("oci_runtime::terminals_reach_the_console_socket_and_follow_its_size", terminals),
+        trial("oci_runtime::a_pods_two_containers_share_one_vm_and_localhost", pod_shares_one_vm),
     ]
 }
 
@@ -902,5 +903,91 @@ fn sigkill_mid_run() -> TestResult {
     let left = oci_leftovers(root_dir.path());
     let mine: Vec<_> = left.iter().filter(|l| l.contains(&root)).collect();
     ensure!(mine.is_empty(), "left behind after delete: {mine:?}");
+    Ok(())
+}
+
+/// A pod, annotated as containerd's CRI plugin annotates one: a sandbox container serving a
+/// file over HTTP, and a container of it (its network, IPC and UTS namespaces given by path,
+/// as CRI gives the pause container's) with a read-only volume. Both run in one VM (the
+/// same guest boot id), the second reaches the first on localhost and reads its volume; its
+/// delete gives back what it held in the VM (nothing of it is left in the share), and the
+/// sandbox's delete ends the VM and leaves nothing.
+fn pod_shares_one_vm() -> TestResult {
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let sandbox_id = "e2e-pod-sandbox";
+    // The sandbox brings its loopback up (what CNI's loopback plugin does for a pod with
+    // runc; networking is issue 14), then serves.
+    let serve = "busybox ip link set lo up && busybox mkdir -p /www && busybox cat /proc/sys/kernel/random/boot_id > /www/boot && exec busybox httpd -f -p 8080 -h /www";
+    let sb = bundle(&["sh", "-c", serve])?;
+    let annotate = |dir: &Path, kind: &str, namespaces: Option<Value>, mounts: Vec<Value>| -> Result<(), String> {
+        let path = dir.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        spec["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": kind, "io.kubernetes.cri.sandbox-id": sandbox_id});
+        if let Some(ns) = namespaces {
+            // As CRI's: the sandbox's UTS namespace, so no hostname of its own.
+            spec["linux"]["namespaces"] = ns;
+            spec.as_object_mut().map(|o| o.remove("hostname"));
+        }
+        if let Some(list) = spec["mounts"].as_array_mut() {
+            list.extend(mounts);
+        }
+        std::fs::write(&path, spec.to_string()).map_err(|e| e.to_string())
+    };
+    annotate(sb.path(), "sandbox", None, Vec::new())?;
+    let config = sb.path().join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(caps) = spec["process"]["capabilities"][set].as_array_mut() {
+            caps.push(Value::String("CAP_NET_ADMIN".into()));
+        }
+    }
+    std::fs::write(&config, spec.to_string()).map_err(|e| e.to_string())?;
+    let created = create_booted(&root, sb.path(), &sb.path().join("init.pid"), sandbox_id)?;
+    ensure!(created.code() == 0, "create of the pod's sandbox: {}", created.describe());
+    let out = pal(&root, &["start", sandbox_id])?;
+    ensure!(out.code() == 0, "start of the pod's sandbox: {}", out.describe());
+
+    let volume = tempdir()?;
+    std::fs::write(volume.path().join("file"), "from the host\n").map_err(|e| e.to_string())?;
+    let fetch = "for i in $(busybox seq 100); do busybox wget -q -O - http://127.0.0.1:8080/boot && break; busybox sleep 0.2; done; \
+                 busybox cat /proc/sys/kernel/random/boot_id /data/file; busybox hostname";
+    let member = bundle(&["sh", "-c", fetch])?;
+    let pause = "/proc/1/ns";
+    let namespaces = serde_json::json!([
+        {"type": "pid"}, {"type": "mount"}, {"type": "cgroup"},
+        {"type": "network", "path": format!("{pause}/net")},
+        {"type": "ipc", "path": format!("{pause}/ipc")},
+        {"type": "uts", "path": format!("{pause}/uts")},
+    ]);
+    let data = serde_json::json!({"destination": "/data", "type": "bind", "source": volume.path(), "options": ["rbind", "ro"]});
+    annotate(member.path(), "container", Some(namespaces), vec![data])?;
+    let member_id = "e2e-pod-member";
+    let out = pal(&root, &["run", "--bundle", &member.path().display().to_string(), member_id])?;
+    let stdout = out.stdout_str();
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        out.code() == 0 && lines.len() == 4 && lines[0] == lines[1] && lines[0].len() == 36 && lines[2] == "from the host",
+        "the pod's container (the sandbox's boot id over localhost, its own, its volume, its hostname): {}",
+        out.describe()
+    );
+    // The UTS namespace is the sandbox's: the same hostname.
+    let out = pal(&root, &["exec", sandbox_id, "busybox", "hostname"])?;
+    ensure!(out.code() == 0 && out.stdout_str().trim() == lines[3], "the sandbox's hostname: {}", out.describe());
+    // What the member held in the VM's share is gone with it.
+    let pods: Vec<String> = std::fs::read_dir(root_dir.path().join("@vm"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|vm| std::fs::read_dir(vm.path().join("share/pods")).into_iter().flatten().flatten())
+        .map(|e| e.path().display().to_string())
+        .collect();
+    ensure!(pods.is_empty(), "left in the pod's share after the member's delete: {pods:?}");
+    let out = pal(&root, &["delete", "--force", sandbox_id])?;
+    ensure!(out.code() == 0, "delete --force of the pod's sandbox: {}", out.describe());
+    let left = oci_leftovers(root_dir.path());
+    let mine: Vec<_> = left.iter().filter(|l| l.contains(&root)).collect();
+    ensure!(mine.is_empty(), "left after the pod was deleted: {mine:?}");
     Ok(())
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::host_cgroup::{self, Hierarchy, HostCgroup};
 use super::monitor::{self, Launch, MonitorReport, MonitorRequest};
+use super::pod::{self, Placement};
 use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, SANDBOX_DIR};
 use super::RuntimeError;
 use crate::oci::bundle;
@@ -50,14 +51,28 @@ fn own_sandbox_id(id: &str) -> SandboxId {
     SandboxId::parse(&hex).expect("hex is a valid sandbox id")
 }
 
+/// How [`guest_spec`] rewrites a spec.
+#[derive(Debug, Clone, Default)]
+pub struct GuestSpecOptions<'a> {
+    /// `--systemd-cgroup`.
+    pub systemd: bool,
+    /// The directory of the VM's share the container's binds go under (`""`: the share's
+    /// root, for a VM of its own; `pods/KEY` for a pod member).
+    pub share_dir: &'a str,
+    /// A pod member: the namespaces its spec joins by path are this guest process's (the
+    /// pod's sandbox init's).
+    pub join_pid: Option<u32>,
+}
+
 /// The container's spec as the guest gets it: host bind-mount sources become paths in the
-/// VM's share (added to `plan`), and a network namespace given by path (a host namespace,
-/// meaningless in the guest) becomes a new one: the container has loopback only. With
-/// `systemd` cgroups, `linux.cgroupsPath` becomes the path systemd's would be (the guest has
-/// no systemd).
-pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, systemd: bool) -> Result<String, RuntimeError> {
+/// VM's share (added to `plan`, relative to `options.share_dir`), and a network namespace
+/// given by path (a host namespace, meaningless in the guest) becomes a new one: the
+/// container has loopback only; a pod member's namespaces by path become its sandbox's.
+/// With `systemd` cgroups, `linux.cgroupsPath` becomes the path systemd's would be (the
+/// guest has no systemd).
+pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options: &GuestSpecOptions<'_>) -> Result<String, RuntimeError> {
     let mut v: Value = serde_json::from_str(config).map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
-    if let Some(path) = v.pointer_mut("/linux/cgroupsPath").filter(|_| systemd) {
+    if let Some(path) = v.pointer_mut("/linux/cgroupsPath").filter(|_| options.systemd) {
         let given = path.as_str().map(str::to_string);
         let relative = host_cgroup::relative_path(given.as_deref(), "", true, Path::new(""))
             .map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
@@ -70,7 +85,14 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, systemd
         for n in ns.iter_mut() {
             let kind = n.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
             if n.get("path").is_some_and(|p| p.as_str().is_some_and(|p| !p.is_empty())) {
-                if kind == "network" {
+                if let Some(pid) = options.join_pid {
+                    let path = super::pod::guest_namespace(&kind, pid).ok_or_else(|| {
+                        RuntimeError::Unsupported(format!(
+                            "config.json: linux.namespaces: a pod's container cannot join a {kind} namespace"
+                        ))
+                    })?;
+                    n["path"] = Value::String(path);
+                } else if kind == "network" {
                     n.as_object_mut().map(|o| o.remove("path"));
                 } else {
                     return Err(RuntimeError::Unsupported(format!(
@@ -83,18 +105,20 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, systemd
     let mut index = 0;
     if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
         for m in mounts.iter_mut() {
-            let options: Vec<String> =
+            let mount_options: Vec<String> =
                 m.get("options").and_then(Value::as_array).into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
-            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
+            let is_bind =
+                m.get("type").and_then(Value::as_str) == Some("bind") || mount_options.iter().any(|o| o == "bind" || o == "rbind");
             if !is_bind {
                 continue;
             }
             let Some(source) = m.get("source").and_then(Value::as_str) else { continue };
             let host = bundle_dir.join(source);
-            let read_only = options.iter().any(|o| o == "ro");
+            let read_only = mount_options.iter().any(|o| o == "ro");
             let path = share::volume_path(index);
+            let in_share = if options.share_dir.is_empty() { path.clone() } else { format!("{}/{path}", options.share_dir) };
             plan.add(&host, path, read_only).map_err(|e| RuntimeError::Invalid(format!("config.json: mount {}: {e}", host.display())))?;
-            m["source"] = Value::String(share::volume_guest_path(index));
+            m["source"] = Value::String(palisade_protocol::share_path(share::TAG, &in_share));
             index += 1;
         }
     }
@@ -132,14 +156,21 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             None
         }
     };
-    let container_type =
-        annotations.get("io.kubernetes.cri.container-type").or_else(|| annotations.get("io.kubernetes.cri-o.ContainerType"));
-    if container_type.is_some_and(|t| t == "container") {
-        return Err(RuntimeError::Unsupported("containers joining a pod's VM are not supported by palisade yet".into()));
-    }
+    // A container of a pod joins its sandbox's VM.
+    let pod_vm = match pod::placement(&annotations)? {
+        Placement::Own => None,
+        Placement::Join { sandbox } => Some((pod::sandbox_vm(o.root, &sandbox)?, sandbox)),
+    };
+    let key = own_sandbox_id(o.id);
+    let pod_dir = format!("pods/{key}");
     let mut plan = SharePlan::default();
     plan.add(&b.rootfs, share::ROOT_PATH.into(), b.readonly).map_err(|e| RuntimeError::Invalid(format!("root.path: {e}")))?;
-    let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir, o.systemd_cgroup)?;
+    let options = GuestSpecOptions {
+        systemd: o.systemd_cgroup,
+        share_dir: if pod_vm.is_some() { &pod_dir } else { "" },
+        join_pid: pod_vm.as_ref().map(|(vm, _)| vm.init_pid),
+    };
+    let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir, &options)?;
 
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
     let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), &exe);
@@ -166,7 +197,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let tuning = ShareTuningArgs::default().tuning(true).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
 
     let locked = ContainerDir::create(o.root, o.id)?;
-    let sandbox_id = own_sandbox_id(o.id);
+    let sandbox_id = pod_vm.as_ref().map(|(vm, _)| vm.sandbox.clone()).unwrap_or_else(|| key.clone());
     let mut record = ContainerRecord {
         id: o.id.into(),
         bundle: bundle_dir.clone(),
@@ -177,46 +208,59 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         monitor: None,
         guest_pid: None,
         sandbox: sandbox_id.as_str().into(),
-        owns_sandbox: true,
+        owns_sandbox: pod_vm.is_none(),
         host_cgroup: None,
+        pod: None,
     };
     locked.write_record(&record)?;
     let sroot = sandbox_root(o.root);
     let result = (|| -> Result<ProcessRef, RuntimeError> {
-        let vm = palisade_vmm::VmConfig {
-            initrd: Some(initrd.clone()),
-            cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
-            vcpus: 1,
-            memory_mib,
-            rng: true,
-            ..palisade_vmm::VmConfig::new(&kernel)
+        let rootfs_id = match &pod_vm {
+            Some((vm, sandbox)) => {
+                let rootfs_id = format!("pod-{key}");
+                let member = pod::join(vm, sandbox, &pod_dir, &plan, pod::member_rootfs(&rootfs_id, &pod_dir, !b.readonly))?;
+                record.pod = Some(member);
+                locked.write_record(&record)?;
+                rootfs_id
+            }
+            None => {
+                let vm = palisade_vmm::VmConfig {
+                    initrd: Some(initrd.clone()),
+                    cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
+                    vcpus: 1,
+                    memory_mib,
+                    rng: true,
+                    ..palisade_vmm::VmConfig::new(&kernel)
+                };
+                let spec = SandboxSpec {
+                    vmm_binary: vmm_binary.clone(),
+                    virtiofsd_binary: Some(virtiofsd_binary.clone()),
+                    vm,
+                    shared: plan
+                        .entries
+                        .iter()
+                        .map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only })
+                        .collect(),
+                    virtiofsd: tuning,
+                    ephemeral: false,
+                    remove_empty_root: false,
+                    console: false,
+                };
+                control::start(&sroot, &sandbox_id, &spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
+                let boot_secs = std::env::var("PALISADE_BOOT_TIMEOUT_SECS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(crate::vmrun::run::DEFAULT_BOOT_TIMEOUT_SECS);
+                let rootfs = RootfsSpec {
+                    id: "root".into(),
+                    source: RootfsSource::Share { tag: share::TAG.into(), path: share::ROOT_PATH.into() },
+                    writable: !b.readonly,
+                    process_mounts: false,
+                };
+                control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
+                "root".to_string()
+            }
         };
-        let spec = SandboxSpec {
-            vmm_binary: vmm_binary.clone(),
-            virtiofsd_binary: Some(virtiofsd_binary.clone()),
-            vm,
-            shared: plan
-                .entries
-                .iter()
-                .map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only })
-                .collect(),
-            virtiofsd: tuning,
-            ephemeral: false,
-            remove_empty_root: false,
-            console: false,
-        };
-        control::start(&sroot, &sandbox_id, &spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
-        let boot_secs = std::env::var("PALISADE_BOOT_TIMEOUT_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(crate::vmrun::run::DEFAULT_BOOT_TIMEOUT_SECS);
-        let rootfs = RootfsSpec {
-            id: "root".into(),
-            source: RootfsSource::Share { tag: share::TAG.into(), path: share::ROOT_PATH.into() },
-            writable: !b.readonly,
-            process_mounts: false,
-        };
-        control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
         // The monitor's cgroup on the host, where callers watch for OOM kills.
         record.host_cgroup = host_cgroup.clone().filter(|cg| match cg.create() {
             Ok(_) => true,
@@ -229,7 +273,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         let request = MonitorRequest {
             host_cgroup: record.host_cgroup.clone(),
             socket: SandboxDir::new(&sroot, &sandbox_id).vsock_socket(),
-            launch: Launch::Container(ContainerSpec { id: o.id.into(), spec_json, rootfs: "root".into(), stdin: true, tty_size: None }),
+            launch: Launch::Container(ContainerSpec { id: o.id.into(), spec_json, rootfs: rootfs_id, stdin: true, tty_size: None }),
             console_socket: console_socket.clone(),
         };
         write_json_atomic(&locked.monitor_request(), &request)
@@ -259,7 +303,9 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         }
         Err(e) => {
             // Nothing of a container that was not created stays behind.
-            if SandboxDir::new(&sroot, &sandbox_id).path().exists() {
+            if let (Some((vm, _)), Some(member)) = (&pod_vm, &record.pod) {
+                pod::leave(vm, member);
+            } else if record.owns_sandbox && SandboxDir::new(&sroot, &sandbox_id).path().exists() {
                 if let Err(d) = control::delete(&sroot, &sandbox_id, true, Duration::from_secs(30)) {
                     tracing::warn!("removing the sandbox of container {}: {d}", o.id);
                 }
@@ -318,7 +364,8 @@ mod tests {
         });
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let mut plan = SharePlan::default();
-        let out: Value = serde_json::from_str(&guest_spec(&config.to_string(), &mut plan, dir.path(), false).unwrap()).unwrap();
+        let out: Value =
+            serde_json::from_str(&guest_spec(&config.to_string(), &mut plan, dir.path(), &GuestSpecOptions::default()).unwrap()).unwrap();
         assert_eq!(out["mounts"][0]["source"], "proc");
         assert_eq!(out["mounts"][1]["source"], "/run/palisade/shares/palisade/volumes/0");
         assert_eq!(out["mounts"][2]["source"], "/run/palisade/shares/palisade/volumes/1");
@@ -328,13 +375,24 @@ mod tests {
         assert!(out["linux"]["namespaces"][0].get("path").is_none());
 
         let ipc = serde_json::json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}});
-        let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path(), false).unwrap_err().to_string();
+        let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path(), &GuestSpecOptions::default()).unwrap_err().to_string();
         assert!(e.contains("ipc namespace"), "{e}");
         let hooks = serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}});
-        assert!(guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path(), false).unwrap_err().to_string().contains("hooks"));
+        assert!(guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path(), &GuestSpecOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("hooks"));
         let systemd = serde_json::json!({"linux": {"cgroupsPath": "machine.slice:libpod:abc"}});
-        let out: Value =
-            serde_json::from_str(&guest_spec(&systemd.to_string(), &mut SharePlan::default(), dir.path(), true).unwrap()).unwrap();
+        let out: Value = serde_json::from_str(
+            &guest_spec(
+                &systemd.to_string(),
+                &mut SharePlan::default(),
+                dir.path(),
+                &GuestSpecOptions { systemd: true, ..Default::default() },
+            )
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(out["linux"]["cgroupsPath"], "/machine.slice/libpod-abc.scope");
     }
 

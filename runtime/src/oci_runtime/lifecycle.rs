@@ -144,7 +144,8 @@ fn kill_and_wait(root: &Path, record: &ContainerRecord) {
     }
 }
 
-/// Removes the container's sandbox (when it is its own), host cgroup and directory.
+/// Removes the container's sandbox (when it is its own; a pod member gives back what it
+/// holds in its pod's VM), host cgroup and directory.
 fn remove(root: &Path, locked: LockedContainer, record: &ContainerRecord) -> Result<(), RuntimeError> {
     if let (true, Some(sandbox)) = (record.owns_sandbox, record.sandbox_id()) {
         let sroot = sandbox_root(root);
@@ -154,6 +155,9 @@ fn remove(root: &Path, locked: LockedContainer, record: &ContainerRecord) -> Res
         }
         // Only when empty: other containers' sandboxes stay.
         let _ = std::fs::remove_dir(&sroot);
+    }
+    if let Some(member) = &record.pod {
+        super::pod::leave_after(root, record, member);
     }
     if let Some(cgroup) = &record.host_cgroup {
         cgroup.remove().map_err(|e| RuntimeError::Other(format!("container {}: {e}", record.id)))?;

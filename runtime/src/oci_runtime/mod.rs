@@ -3,8 +3,8 @@
 //! micro-VM of its own. The binary (`src/bin/palisade.rs`) is a thin CLI ([`cli`]) over
 //! this library.
 //!
-//! [`create`] boots the container's sandbox ([`crate::sandbox`]) and has its [`monitor`]
-//! create the container in the guest; [`lifecycle`] starts, signals, pauses, resumes and
+//! [`create`] boots the container's sandbox ([`crate::sandbox`]) (or, for a container of a
+//! [`pod`], joins its sandbox's VM) and has its [`monitor`] create the container in the guest; [`lifecycle`] starts, signals, pauses, resumes and
 //! deletes it; [`exec`] runs further processes in it, each with a monitor of its own;
 //! [`update`] changes its resources and [`events`] reports their use;
 //! [`query`] reports OCI state and processes; [`run`] is create + start + wait; [`spec_cmd`] writes a
@@ -22,6 +22,7 @@ pub mod host_cgroup;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;
+pub mod pod;
 pub mod query;
 pub mod run;
 pub mod signal;

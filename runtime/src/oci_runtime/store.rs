@@ -104,6 +104,9 @@ pub struct ContainerRecord {
     /// The container's cgroup on the host (its monitor's), removed with it.
     #[serde(default)]
     pub host_cgroup: Option<super::host_cgroup::HostCgroup>,
+    /// A container that joined a pod's VM: what it holds there.
+    #[serde(default)]
+    pub pod: Option<super::pod::PodMember>,
 }
 
 impl ContainerRecord {
@@ -319,6 +322,7 @@ mod tests {
             sandbox: "s".into(),
             owns_sandbox: true,
             host_cgroup: None,
+            pod: None,
         }
     }
 

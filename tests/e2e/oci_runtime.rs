@@ -23,6 +23,7 @@ pub fn tests() -> Vec<Trial> {
         trial("oci_runtime::exec_ps_update_events_pause_resume_in_the_containers_vm", exec_ps_pause_resume),
         trial("oci_runtime::terminals_reach_the_console_socket_and_follow_its_size", terminals),
         trial("oci_runtime::a_pods_two_containers_share_one_vm_and_localhost", pod_shares_one_vm),
+        trial("oci_runtime::hooks_run_on_the_host_with_the_state_at_their_points", hooks_run_at_their_points),
     ]
 }
 
@@ -989,5 +990,87 @@ fn pod_shares_one_vm() -> TestResult {
     let left = oci_leftovers(root_dir.path());
     let mine: Vec<_> = left.iter().filter(|l| l.contains(&root)).collect();
     ensure!(mine.is_empty(), "left after the pod was deleted: {mine:?}");
+    Ok(())
+}
+
+/// OCI hooks: each of the six writes the state it got on stdin to a host file; `run` makes
+/// them run in order with the status of their point (the same monitor pid until poststop's
+/// 0). A failing createRuntime hook fails `create` with its exit status and output, the
+/// container is gone (its poststop hooks ran) and nothing is left.
+fn hooks_run_at_their_points() -> TestResult {
+    let _g = shared();
+    let root_dir = tempdir()?;
+    let root = root_dir.path().display().to_string();
+    let seen = tempdir()?;
+    let points = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"];
+    let hook = |name: &str, script: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", script, name], "env": [format!("OUT={}", seen.path().display()), "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()], "timeout": 30});
+    let record = |name: &str| hook(name, "n=$(busybox ls $OUT | busybox wc -l); busybox cat > $OUT/$n-$0.json");
+    let with_hooks = |dir: &Path, hooks: Value| -> Result<(), String> {
+        let path = dir.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        spec["hooks"] = hooks;
+        std::fs::write(&path, spec.to_string()).map_err(|e| e.to_string())
+    };
+    let b = bundle(&["sh", "-c", "echo ran"])?;
+    let all: serde_json::Map<String, Value> = points.iter().map(|p| (p.to_string(), serde_json::json!([record(p)]))).collect();
+    with_hooks(b.path(), Value::Object(all))?;
+    let id = "e2e-hooks";
+    let bundle_arg = b.path().display().to_string();
+    let out = boot_retrying("palisade run with hooks", || -> Result<Palisade, String> {
+        let _ = std::fs::remove_dir_all(seen.path()).and_then(|()| std::fs::create_dir(seen.path()));
+        Ok(Palisade(pal(&root, &["run", "--bundle", &bundle_arg, id])?))
+    })?
+    .0;
+    ensure!(out.code() == 0 && out.stdout_str() == "ran\n", "run with hooks: {}", out.describe());
+    let mut files: Vec<String> = std::fs::read_dir(seen.path())
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort_by_key(|f| f.split('-').next().and_then(|n| n.parse::<u32>().ok()));
+    let order: Vec<&str> = files.iter().map(|f| f.split_once('-').map_or("", |(_, rest)| rest.trim_end_matches(".json"))).collect();
+    ensure!(order == points, "hooks ran in the order {order:?}, not {points:?}");
+    let states: Vec<Value> = files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(seen.path().join(f)).unwrap_or_default()).unwrap_or(Value::Null))
+        .collect();
+    let statuses: Vec<&str> = states.iter().map(|s| s["status"].as_str().unwrap_or("?")).collect();
+    ensure!(
+        statuses == ["creating", "creating", "creating", "created", "running", "stopped"],
+        "the hooks' states: {statuses:?}: {states:?}"
+    );
+    let pid = &states[0]["pid"];
+    ensure!(
+        states.iter().all(|s| s["id"] == id && s["bundle"] == bundle_arg.as_str())
+            && pid.as_u64().is_some_and(|p| p > 0)
+            && states[..5].iter().all(|s| &s["pid"] == pid)
+            && states[5]["pid"] == 0,
+        "the hooks' states (id, bundle, the monitor's pid, 0 when stopped): {states:?}"
+    );
+
+    // A failing createRuntime hook: create fails saying so; the container is removed.
+    std::fs::remove_dir_all(seen.path()).and_then(|()| std::fs::create_dir(seen.path())).map_err(|e| e.to_string())?;
+    let b = bundle(&["busybox", "sleep", "600"])?;
+    let failing = serde_json::json!({
+        "createRuntime": [hook("createRuntime", "echo the hook says no >&2; exit 7")],
+        "poststop": [record("poststop")],
+    });
+    with_hooks(b.path(), failing)?;
+    let id = "e2e-hook-fails";
+    let out = create_booted(&root, b.path(), &b.path().join("init.pid"), id)?;
+    ensure!(
+        out.code() == 1
+            && out.stderr.contains("createRuntime hook 0 (/bin/sh)")
+            && out.stderr.contains("exit status: 7")
+            && out.stderr.contains("the hook says no"),
+        "create with a failing createRuntime hook: {}",
+        out.describe()
+    );
+    let out = pal(&root, &["state", id])?;
+    ensure!(out.code() == 1 && out.stderr.contains("does not exist"), "state after the failed create: {}", out.describe());
+    ensure!(seen.path().join("0-poststop.json").exists(), "the removed container's poststop hook did not run");
+    let left = oci_leftovers(root_dir.path());
+    let mine: Vec<_> = left.iter().filter(|l| l.contains(&root)).collect();
+    ensure!(mine.is_empty(), "left after the failed create: {mine:?}");
     Ok(())
 }

@@ -4,16 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use palisade_protocol::{ContainerSpec, RootfsSource, RootfsSpec};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::hooks::{Hooks, Point};
 use super::host_cgroup::{self, Hierarchy, HostCgroup};
 use super::monitor::{self, Launch, MonitorReport, MonitorRequest};
 use super::pod::{self, Placement};
-use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, SANDBOX_DIR};
+use super::query::hook_state;
+use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, Status, SANDBOX_DIR};
 use super::RuntimeError;
 use crate::oci::bundle;
 use crate::sandbox::control::{self, Attachment};
@@ -78,9 +80,8 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options
             .map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
         *path = Value::String(format!("/{}", relative.display()));
     }
-    if v.get("hooks").is_some_and(|h| h.as_object().is_some_and(|o| o.values().any(|l| l.as_array().is_some_and(|a| !a.is_empty())))) {
-        return Err(RuntimeError::Unsupported("config.json: hooks are not supported by palisade yet".into()));
-    }
+    // Hooks run on the host ([`super::hooks`]), not in the guest.
+    v.as_object_mut().map(|o| o.remove("hooks"));
     if let Some(ns) = v.pointer_mut("/linux/namespaces").and_then(Value::as_array_mut) {
         for n in ns.iter_mut() {
             let kind = n.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -133,8 +134,41 @@ fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).map(PathBuf::from)
 }
 
+/// When each step of `create` ended, from its start: logged at info level (`--debug`, or
+/// RUST_LOG=info) as "create timings" with the steps in milliseconds, for the benchmark's
+/// breakdown (`bench/scripts/oci-create-steps`). A pod member has no VM steps (0).
+#[derive(Debug, Default)]
+struct Timings {
+    /// The bundle read and checked, the assets found.
+    checked: Duration,
+    /// The VM's supervisor, VMM and virtiofsd running.
+    vm_started: Duration,
+    /// The guest booted: its agent answered, the share and the root mounted.
+    booted: Duration,
+    /// The container created in the guest (its init at the exec barrier).
+    created: Duration,
+}
+
+impl Timings {
+    fn log(&self, id: &str) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let after = |d: Duration, before: Duration| if d.is_zero() { 0.0 } else { ms(d.saturating_sub(before)) };
+        tracing::info!(
+            container = id,
+            check_ms = ms(self.checked),
+            vm_start_ms = after(self.vm_started, self.checked),
+            boot_ms = after(self.booted, self.vm_started),
+            container_ms = ms(self.created.saturating_sub(self.booted.max(self.checked))),
+            total_ms = ms(self.created),
+            "create timings"
+        );
+    }
+}
+
 /// Runs `create`.
 pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), RuntimeError> {
+    let began = Instant::now();
+    let mut timings = Timings::default();
     SandboxId::parse(o.id).map_err(|e| RuntimeError::Invalid(e.to_string().replace("sandbox ID", "container ID")))?;
     if o.preserve_fds > 0 {
         return Err(RuntimeError::Unsupported("--preserve-fds: passing descriptors into a VM is not supported".into()));
@@ -156,6 +190,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             None
         }
     };
+    let hooks = Hooks::from_config(&config).map_err(RuntimeError::Invalid)?;
     // A container of a pod joins its sandbox's VM.
     let pod_vm = match pod::placement(&annotations)? {
         Placement::Own => None,
@@ -211,6 +246,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         owns_sandbox: pod_vm.is_none(),
         host_cgroup: None,
         pod: None,
+        hooks,
     };
     locked.write_record(&record)?;
     let sroot = sandbox_root(o.root);
@@ -246,7 +282,9 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                     remove_empty_root: false,
                     console: false,
                 };
+                timings.checked = began.elapsed();
                 control::start(&sroot, &sandbox_id, &spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
+                timings.vm_started = began.elapsed();
                 let boot_secs = std::env::var("PALISADE_BOOT_TIMEOUT_SECS")
                     .ok()
                     .and_then(|v| v.parse().ok())
@@ -258,6 +296,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                     process_mounts: false,
                 };
                 control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
+                timings.booted = began.elapsed();
                 "root".to_string()
             }
         };
@@ -279,6 +318,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         write_json_atomic(&locked.monitor_request(), &request)
             .map_err(|e| RuntimeError::Other(format!("{}: {e}", locked.monitor_request().display())))?;
         let (monitor, report) = monitor::spawn(&exe, o.root, &locked, None, console_socket.is_some())?;
+        timings.created = began.elapsed();
         match report {
             MonitorReport::Ready { pid, warnings } => {
                 for w in warnings {
@@ -292,9 +332,19 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     })();
     match result {
         Ok(monitor) => {
+            timings.log(o.id);
             record.monitor = Some(monitor);
             record.recorded = Recorded::Created;
             locked.write_record(&record)?;
+            let points = [Point::Prestart, Point::CreateRuntime, Point::CreateContainer];
+            if let Err(e) = record.hooks.run(&points, &hook_state(&record, Status::Creating)) {
+                // The container is removed, as delete does it (its poststop hooks included).
+                drop(locked);
+                if let Err(d) = super::lifecycle::delete(o.root, o.id, true) {
+                    tracing::warn!("container {}: removing it after its hook failed: {d}", o.id);
+                }
+                return Err(RuntimeError::Other(e));
+            }
             if let Some(pid_file) = o.pid_file {
                 write_atomic(pid_file, monitor.pid.to_string().as_bytes())
                     .map_err(|e| RuntimeError::Other(format!("--pid-file {}: {e}", pid_file.display())))?;
@@ -378,10 +428,11 @@ mod tests {
         let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path(), &GuestSpecOptions::default()).unwrap_err().to_string();
         assert!(e.contains("ipc namespace"), "{e}");
         let hooks = serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}});
-        assert!(guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path(), &GuestSpecOptions::default())
-            .unwrap_err()
-            .to_string()
-            .contains("hooks"));
+        let out: Value = serde_json::from_str(
+            &guest_spec(&hooks.to_string(), &mut SharePlan::default(), dir.path(), &GuestSpecOptions::default()).unwrap(),
+        )
+        .unwrap();
+        assert!(out.get("hooks").is_none(), "the guest got the hooks: {out}");
         let systemd = serde_json::json!({"linux": {"cgroupsPath": "machine.slice:libpod:abc"}});
         let out: Value = serde_json::from_str(
             &guest_spec(

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use palisade_protocol::{Request, Response};
 
 use super::create::sandbox_root;
+use super::hooks::Point;
+use super::query::hook_state;
 use super::signal::parse_signal;
 use super::store::{ContainerDir, ContainerRecord, LockedContainer, Recorded, Status, StoreError};
 use super::RuntimeError;
@@ -43,6 +45,11 @@ pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
         Status::Paused => return Err(RuntimeError::State("cannot start a paused container".into())),
         Status::Creating => return Err(RuntimeError::State(format!("cannot start a container in the creating state: {id}"))),
     }
+    if let Err(e) = record.hooks.run(&[Point::StartContainer], &hook_state(&record, Status::Created)) {
+        // The container does not run: it is stopped (killed), and `delete` removes it.
+        let _ = send(root, &record, libc::SIGKILL, true);
+        return Err(RuntimeError::Other(e));
+    }
     match agent(root, &record)?.call(&Request::StartContainer { id: id.into() }) {
         Ok(Response::Started { .. }) => {}
         Ok(other) => return Err(refused(id, "start-container", other)),
@@ -50,6 +57,7 @@ pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
     }
     record.recorded = Recorded::Running;
     locked.write_record(&record)?;
+    record.hooks.run_warning(Point::Poststart, &hook_state(&record, Status::Running), id);
     Ok(())
 }
 
@@ -162,5 +170,8 @@ fn remove(root: &Path, locked: LockedContainer, record: &ContainerRecord) -> Res
     if let Some(cgroup) = &record.host_cgroup {
         cgroup.remove().map_err(|e| RuntimeError::Other(format!("container {}: {e}", record.id)))?;
     }
-    Ok(locked.remove()?)
+    let stopped = hook_state(record, Status::Stopped);
+    locked.remove()?;
+    record.hooks.run_warning(Point::Poststop, &stopped, &record.id);
+    Ok(())
 }

@@ -18,6 +18,7 @@ pub mod console;
 pub mod create;
 pub mod events;
 pub mod exec;
+pub mod hooks;
 pub mod host_cgroup;
 pub mod lifecycle;
 pub mod log;

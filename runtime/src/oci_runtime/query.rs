@@ -46,6 +46,19 @@ pub fn oci_state(record: &ContainerRecord) -> OciState {
     }
 }
 
+/// The state a hook at a point of the lifecycle gets on stdin: the container's, with
+/// `status` what it is at that point.
+pub fn hook_state(record: &ContainerRecord, status: Status) -> String {
+    let mut state = oci_state(record);
+    state.status = status;
+    if status == Status::Stopped {
+        state.pid = 0;
+    } else if let Some(m) = record.monitor {
+        state.pid = m.pid;
+    }
+    serde_json::to_string(&state).unwrap_or_default()
+}
+
 /// `state ID`.
 pub fn state(root: &Path, id: &str) -> Result<OciState, RuntimeError> {
     let locked = ContainerDir::open(root, id)?;

@@ -45,7 +45,7 @@ pub fn features() -> Value {
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": super::query::OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "relatime",
                          "norelatime", "strictatime", "noatime", "private", "rprivate", "shared", "rshared", "slave",
                          "rslave", "unbindable", "runbindable"],

@@ -107,6 +107,9 @@ pub struct ContainerRecord {
     /// A container that joined a pod's VM: what it holds there.
     #[serde(default)]
     pub pod: Option<super::pod::PodMember>,
+    /// Its OCI hooks (run on the host: [`super::hooks`]).
+    #[serde(default, skip_serializing_if = "super::hooks::Hooks::is_empty")]
+    pub hooks: super::hooks::Hooks,
 }
 
 impl ContainerRecord {
@@ -323,6 +326,7 @@ mod tests {
             owns_sandbox: true,
             host_cgroup: None,
             pod: None,
+            hooks: Default::default(),
         }
     }
 

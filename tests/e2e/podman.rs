@@ -114,6 +114,21 @@ fn podman_drives_palisade() -> TestResult {
         seen.push((runtime, out.stdout_str().trim().to_string()));
         let out = run(podman_with(dir, &path, &["rm", &name]), None, vm_timeout()).map_err(|e| e.to_string())?;
         ensure!(out.code() == 0, "podman rm {name}: {}", out.describe());
+        // The OOM killer ends a process that is not the container's init: the container
+        // lives on and exits 0 at once, and conmon was told of the kill all the same.
+        let cwd = dir.join(format!("oom-child-{runtime}"));
+        std::fs::create_dir_all(&cwd).map_err(|e| e.to_string())?;
+        let child = format!("( {hog} ); echo survived");
+        let args = ["run", "--rm", "--memory", "48m", "--network", "none", IMAGE, "sh", "-c", &child];
+        let mut cmd = podman_with(dir, &path, &args);
+        cmd.current_dir(&cwd);
+        let out = run(cmd, None, vm_timeout()).map_err(|e| e.to_string())?;
+        ensure!(
+            out.code() == 0 && out.stdout_str() == "survived\n",
+            "{runtime}: a container whose child was OOM-killed: {}",
+            out.describe()
+        );
+        ensure!(cwd.join("oom").exists(), "conmon was not told of the OOM kill of a child with {runtime} (no {}/oom)", cwd.display());
     }
     ensure!(seen[0].1 == seen[1].1 && seen[1].1.ends_with(" 137"), "podman inspect of the OOM-killed containers differ: {seen:?}");
 

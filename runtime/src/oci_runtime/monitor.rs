@@ -293,7 +293,7 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
         match exit_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Ok(Response::Exited(status))) => {
                 if let Some(relay) = &mut oom {
-                    relay.exited(&status);
+                    relay.exited(&status, socket, &id);
                 }
                 break status;
             }
@@ -308,7 +308,7 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
             Err(RecvTimeoutError::Timeout) => {}
         }
         if let Some(relay) = oom.as_mut().filter(|_| Instant::now() >= stats_due) {
-            relay.poll(socket, &id);
+            let _ = relay.poll(socket, &id);
             stats_due = Instant::now() + OOM_POLL;
         }
         while let Ok(sig) = signals.try_recv() {
@@ -371,24 +371,33 @@ impl OomRelay {
         OomRelay { cgroup, seen: 0, relayed: 0, client: None }
     }
 
-    fn poll(&mut self, socket: &Path, id: &str) {
+    /// Asks the guest for its count and relays what is new; whether the guest answered.
+    fn poll(&mut self, socket: &Path, id: &str) -> bool {
         if self.client.is_none() {
             self.client = ControlClient::connect_ready(socket, HANDSHAKE_TIMEOUT, request_timeout()).ok();
         }
-        let Some(client) = &mut self.client else { return };
+        let Some(client) = &mut self.client else { return false };
         match client.call(&Request::Stats { id: id.into() }) {
             Ok(Response::Stats(stats)) => {
                 self.seen = self.seen.max(stats.oom_kills);
                 self.relay();
+                true
             }
-            Ok(_) => {}
+            Ok(_) => false,
             // The connection is gone (the VM is ending): the next poll reconnects, if any.
-            Err(_) => self.client = None,
+            Err(_) => {
+                self.client = None;
+                false
+            }
         }
     }
 
-    fn exited(&mut self, status: &ExitStatus) {
-        if status.oom_killed {
+    /// The guest process ended: the OOM kills its cgroup counted until then (it outlives
+    /// the process in the guest), and its own when that is how it ended.
+    fn exited(&mut self, status: &ExitStatus, socket: &Path, id: &str) {
+        // The guest's count includes the init's own kill; without an answer, that one is
+        // still known from the status.
+        if !self.poll(socket, id) && status.oom_killed {
             self.seen = self.seen.max(self.relayed + 1);
         }
         self.relay();

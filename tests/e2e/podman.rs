@@ -92,22 +92,27 @@ fn podman_drives_palisade() -> TestResult {
     ensure!(lines[2] != host_kernel.trim(), "the container ran on the host's kernel {host_kernel:?}, not in a VM");
 
     // --memory: the guest's OOM killer ends the container. What podman sees is what it sees
-    // with crun: exit 137, and conmon told of the OOM kill by the host cgroup's memory
-    // events (it marks it with a file `oom` in its working directory, which is podman's:
-    // podman 4.3 looks for that file in the bundle instead, so both report OOMKilled false
-    // here; docs/oci-runtime.md).
+    // with crun: exit 137, conmon told of the OOM kill by the host cgroup's memory events,
+    // and OOMKilled in inspect. (conmon 2.1.6 marks the kill with a file `oom` in its working
+    // directory, which is podman's; podman 4.3 looks for it in the container's bundle, its
+    // StaticDir, and takes it away when it has seen it. So the container is created first and
+    // started from there: from anywhere else, podman reports OOMKilled false with crun too.
+    // docs/oci-runtime.md.)
     let hog = "x=0123456789abcdef; while :; do x=$x$x; done";
     let mut seen = Vec::new();
     for (runtime, path) in [("crun", Path::new("/usr/bin/crun").to_path_buf()), ("palisade", paths().profile_dir.join("palisade"))] {
-        let cwd = dir.join(format!("oom-{runtime}"));
-        std::fs::create_dir_all(&cwd).map_err(|e| e.to_string())?;
         let name = format!("e2e-oom-{runtime}");
-        let args = ["run", "--name", &name, "--memory", "48m", "--network", "none", IMAGE, "sh", "-c", hog];
-        let mut cmd = podman_with(dir, &path, &args);
-        cmd.current_dir(&cwd);
+        let args = ["create", "--name", &name, "--memory", "48m", "--network", "none", IMAGE, "sh", "-c", hog];
+        let out = run(podman_with(dir, &path, &args), None, vm_timeout()).map_err(|e| e.to_string())?;
+        ensure!(out.code() == 0, "podman --runtime {runtime} create --memory 48m: {}", out.describe());
+        let out = run(podman_with(dir, &path, &["inspect", "--format", "{{.StaticDir}}", &name]), None, vm_timeout())
+            .map_err(|e| e.to_string())?;
+        let bundle = std::path::PathBuf::from(out.stdout_str().trim());
+        ensure!(out.code() == 0 && bundle.is_dir(), "podman inspect --format {{{{.StaticDir}}}}: {}", out.describe());
+        let mut cmd = podman_with(dir, &path, &["start", "--attach", &name]);
+        cmd.current_dir(&bundle);
         let out = run(cmd, None, vm_timeout()).map_err(|e| e.to_string())?;
-        ensure!(out.code() == 137, "podman --runtime {runtime} run --memory 48m of a memory hog: {}", out.describe());
-        ensure!(cwd.join("oom").exists(), "conmon was not told of the OOM kill with {runtime} (no {}/oom)", cwd.display());
+        ensure!(out.code() == 137, "podman --runtime {runtime} start of a memory hog limited to 48m: {}", out.describe());
         let out =
             run(podman_with(dir, &path, &["inspect", "--format", "{{.State.OOMKilled}} {{.State.ExitCode}}", &name]), None, vm_timeout())
                 .map_err(|e| e.to_string())?;
@@ -130,7 +135,10 @@ fn podman_drives_palisade() -> TestResult {
         );
         ensure!(cwd.join("oom").exists(), "conmon was not told of the OOM kill of a child with {runtime} (no {}/oom)", cwd.display());
     }
-    ensure!(seen[0].1 == seen[1].1 && seen[1].1.ends_with(" 137"), "podman inspect of the OOM-killed containers differ: {seen:?}");
+    ensure!(
+        seen[0].1 == seen[1].1 && seen[1].1 == "true 137",
+        "podman inspect of the OOM-killed containers (OOMKilled, exit code): {seen:?}"
+    );
 
     let name = "e2e-podman";
     let out = podman(dir, &["run", "-d", "--name", name, "--network", "none", IMAGE, "sh", "-c", "echo logged; exec busybox sleep 600"])?;

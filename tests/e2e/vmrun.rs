@@ -5,7 +5,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use libtest_mimic::Trial;
-use palisade_e2e::{inside_testhost, leftovers_snapshot, lost_boot_fault, paths, run, run_vmrun, run_vmrun_on_pty, vmrun, Output};
+use palisade_e2e::{inside_testhost, leftovers_snapshot, paths, run, run_vmrun, run_vmrun_on_pty, vmrun, Output};
 use sha2::{Digest, Sha256};
 
 use crate::{ensure, trial, TestResult};
@@ -236,20 +236,12 @@ fn a_lost_first_boot_is_booted_once_more() -> TestResult {
         c.env("PALISADE_VMM_LOSE_FIRST_BOOT", &marker);
         c
     };
-    let mut out = run_vmrun_on_pty(cmd, None, b"").map_err(|e| format!("{e:#}"))?;
+    let out = run_vmrun_on_pty(cmd, None, b"").map_err(|e| format!("{e:#}"))?;
     ensure!(marker.exists(), "the VMM did not inject the lost boot (is palisade-vmm a debug build?): {out:?}");
     if inside_testhost() {
-        ensure!(out.boots == 2, "the lost boot was not booted once more: {out:?}");
-        // The injected loss took this run's one retry; the emulator may still lose the
-        // second boot, as it may lose any boot: that real loss gets the retry every test has.
-        if let Some(fault) = lost_boot_fault(true, 1, out.code, &out.text) {
-            eprintln!(
-                "[e2e] vmrun on a pty: the VM was lost under emulation ({fault}: {}); booting it once more",
-                out.text.trim().lines().last().unwrap_or_default()
-            );
-            out = run_vmrun_on_pty(cmd, None, b"").map_err(|e| format!("{e:#}"))?;
-            ensure!(out.boots == 1, "a third loss in a row: {out:?}");
-        }
+        // The injected loss took one boot; the emulator may still lose the next, as it may
+        // lose any boot, and that gets booted again too.
+        ensure!(out.boots >= 2, "the lost boot was not booted once more: {out:?}");
         ensure!(out.code == 0 && out.text.contains("booted-on-a-tty"), "the second boot did not run the command: {out:?}");
     } else {
         // Real VT-x/AMD-V: nothing is retried, the triple fault is what the test sees.

@@ -208,28 +208,11 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir, &options)?;
 
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
-    let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), &exe);
-    let kernel = env_path("PALISADE_KERNEL").unwrap_or_else(|| assets_dir.join("vmlinux"));
-    if crate::vmrun::run::check_kvm().map_err(|e| RuntimeError::Other(e.to_string()))? == palisade_vmm::host::KvmHostKind::Pvm
-        && std::env::var_os("PALISADE_KERNEL").is_none()
-    {
-        return Err(RuntimeError::Other(palisade_vmm::host::PVM_EXPLANATION.to_string()));
-    }
-    let asset = |e: AssetError| RuntimeError::Other(e.to_string());
-    assets::check_kernel(&kernel).map_err(asset)?;
-    let initrd = assets_dir.join("initramfs.cpio");
-    assets::require_file("initramfs", &initrd).map_err(asset)?;
-    let vmm_binary = assets::vmm_binary(env_path("PALISADE_VMM"), &exe);
-    if !vmm_binary.is_file() {
-        return Err(asset(AssetError::NoVmm(vmm_binary)));
-    }
-    let virtiofsd_binary = assets::virtiofsd_binary(env_path("PALISADE_VIRTIOFSD"), &assets_dir);
-    if !virtiofsd_binary.is_file() {
-        return Err(asset(AssetError::NoVirtiofsd(virtiofsd_binary)));
-    }
-    let limit_mib = b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32);
-    let memory_mib = vm_memory_mib(None, limit_mib).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-    let tuning = ShareTuningArgs::default().tuning(true).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    // A VM of its own (not a pod's): its parts are checked before anything is made.
+    let own_vm = match pod_vm {
+        None => Some(own_vm_spec(&exe, &b, &plan)?),
+        Some(_) => None,
+    };
 
     let locked = ContainerDir::create(o.root, o.id)?;
     let sandbox_id = pod_vm.as_ref().map(|(vm, _)| vm.sandbox.clone()).unwrap_or_else(|| key.clone());
@@ -260,30 +243,11 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                 rootfs_id
             }
             None => {
-                let vm = palisade_vmm::VmConfig {
-                    initrd: Some(initrd.clone()),
-                    cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
-                    vcpus: 1,
-                    memory_mib,
-                    rng: true,
-                    ..palisade_vmm::VmConfig::new(&kernel)
-                };
-                let spec = SandboxSpec {
-                    vmm_binary: vmm_binary.clone(),
-                    virtiofsd_binary: Some(virtiofsd_binary.clone()),
-                    vm,
-                    shared: plan
-                        .entries
-                        .iter()
-                        .map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only })
-                        .collect(),
-                    virtiofsd: tuning,
-                    ephemeral: false,
-                    remove_empty_root: false,
-                    console: false,
+                let Some(spec) = &own_vm else {
+                    return Err(RuntimeError::Other("internal error: a container with neither a pod nor a VM".into()));
                 };
                 timings.checked = began.elapsed();
-                control::start(&sroot, &sandbox_id, &spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
+                control::start(&sroot, &sandbox_id, spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
                 timings.vm_started = began.elapsed();
                 let boot_secs = std::env::var("PALISADE_BOOT_TIMEOUT_SECS")
                     .ok()
@@ -301,11 +265,11 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             }
         };
         // The monitor's cgroup on the host, where callers watch for OOM kills.
-        record.host_cgroup = host_cgroup.clone().filter(|cg| match cg.create() {
-            Ok(_) => true,
+        record.host_cgroup = host_cgroup.clone().and_then(|mut cg| match cg.create() {
+            Ok(()) => Some(cg),
             Err(e) => {
                 tracing::warn!("container {}: {e}; OOM kills reach callers only through events", o.id);
-                false
+                None
             }
         });
         locked.write_record(&record)?;
@@ -370,6 +334,51 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
             Err(e)
         }
     }
+}
+
+/// The VM of a container that is not a pod's: the kernel, initramfs, VMM and virtiofsd
+/// found (a clear error naming what is missing), its memory from the container's limit.
+fn own_vm_spec(exe: &Path, b: &bundle::Bundle, plan: &SharePlan) -> Result<SandboxSpec, RuntimeError> {
+    let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), exe);
+    let kernel = env_path("PALISADE_KERNEL").unwrap_or_else(|| assets_dir.join("vmlinux"));
+    if crate::vmrun::run::check_kvm().map_err(|e| RuntimeError::Other(e.to_string()))? == palisade_vmm::host::KvmHostKind::Pvm
+        && std::env::var_os("PALISADE_KERNEL").is_none()
+    {
+        return Err(RuntimeError::Other(palisade_vmm::host::PVM_EXPLANATION.to_string()));
+    }
+    let asset = |e: AssetError| RuntimeError::Other(e.to_string());
+    assets::check_kernel(&kernel).map_err(asset)?;
+    let initrd = assets_dir.join("initramfs.cpio");
+    assets::require_file("initramfs", &initrd).map_err(asset)?;
+    let vmm_binary = assets::vmm_binary(env_path("PALISADE_VMM"), exe);
+    if !vmm_binary.is_file() {
+        return Err(asset(AssetError::NoVmm(vmm_binary)));
+    }
+    let virtiofsd_binary = assets::virtiofsd_binary(env_path("PALISADE_VIRTIOFSD"), &assets_dir);
+    if !virtiofsd_binary.is_file() {
+        return Err(asset(AssetError::NoVirtiofsd(virtiofsd_binary)));
+    }
+    let limit_mib = b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32);
+    let memory_mib = vm_memory_mib(None, limit_mib).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let tuning = ShareTuningArgs::default().tuning(true).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let vm = palisade_vmm::VmConfig {
+        initrd: Some(initrd),
+        cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
+        vcpus: 1,
+        memory_mib,
+        rng: true,
+        ..palisade_vmm::VmConfig::new(&kernel)
+    };
+    Ok(SandboxSpec {
+        vmm_binary,
+        virtiofsd_binary: Some(virtiofsd_binary),
+        vm,
+        shared: plan.entries.iter().map(|e| SharedPath { host: e.host.clone(), path: e.path.clone(), read_only: e.read_only }).collect(),
+        virtiofsd: tuning,
+        ephemeral: false,
+        remove_empty_root: false,
+        console: false,
+    })
 }
 
 /// A failure to reach the guest while the container was being created: when the VM has

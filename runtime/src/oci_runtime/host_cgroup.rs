@@ -160,20 +160,28 @@ pub struct HostCgroup {
     pub hierarchy: Hierarchy,
     /// The directory.
     pub dir: PathBuf,
+    /// Palisade made it (and removes it); a cgroup that existed before is used as runc
+    /// does and left as it was. Records written before this was kept say yes.
+    #[serde(default = "made_here_by_default")]
+    pub made_here: bool,
+}
+
+fn made_here_by_default() -> bool {
+    true
 }
 
 impl HostCgroup {
     pub fn new(hierarchy: Hierarchy, relative: &Path) -> HostCgroup {
-        HostCgroup { hierarchy, dir: hierarchy.mount().join(relative) }
+        HostCgroup { hierarchy, dir: hierarchy.mount().join(relative), made_here: false }
     }
 
     fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> HostCgroupError {
         move |source| HostCgroupError::Io { path, source }
     }
 
-    /// Makes the cgroup (and its parents), the memory controller enabled down to it.
-    /// Returns whether it was made here (an existing one is used as runc does, and left).
-    pub fn create(&self) -> Result<bool, HostCgroupError> {
+    /// Makes the cgroup (and its parents), the memory controller enabled down to it, and
+    /// records whether it was made here ([`HostCgroup::made_here`]).
+    pub fn create(&mut self) -> Result<(), HostCgroupError> {
         let existed = self.dir.is_dir();
         fs::create_dir_all(&self.dir).map_err(self.io(self.dir.clone()))?;
         if self.hierarchy == Hierarchy::V2 {
@@ -189,7 +197,8 @@ impl HostCgroup {
                 parent.push(part);
             }
         }
-        Ok(!existed)
+        self.made_here = !existed;
+        Ok(())
     }
 
     /// Moves process `pid` (all its threads) into the cgroup.
@@ -198,8 +207,12 @@ impl HostCgroup {
         fs::write(&procs, pid.to_string()).map_err(self.io(procs))
     }
 
-    /// Removes the cgroup, waiting briefly for its processes to be gone.
+    /// Removes the cgroup if it was made here, waiting briefly for its processes to be
+    /// gone; one that existed before is left.
     pub fn remove(&self) -> Result<(), HostCgroupError> {
+        if !self.made_here {
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match fs::remove_dir(&self.dir) {
@@ -360,8 +373,9 @@ mod tests {
             return;
         }
         let h = Hierarchy::detect().expect("a memory cgroup hierarchy on this host");
-        let cg = HostCgroup::new(h, &own_cgroup(h).join(format!("palisade-test-{}", std::process::id())));
-        assert!(cg.create().expect("making a cgroup (as root)"));
+        let mut cg = HostCgroup::new(h, &own_cgroup(h).join(format!("palisade-test-{}", std::process::id())));
+        cg.create().expect("making a cgroup (as root)");
+        assert!(cg.made_here);
         let limit = fs::read_to_string(cg.dir.join(h.limit_file())).unwrap();
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "oci_runtime::host_cgroup::tests::a_provoked_oom_kill_is_counted_and_spares_the_caller", "--nocapture"])
@@ -375,5 +389,24 @@ mod tests {
         assert_eq!(kills, 2);
         assert_eq!(limit_after, limit);
         assert!(!cg.dir.exists());
+    }
+
+    /// A cgroup that existed before (a caller's, named by linux.cgroupsPath) is used and
+    /// left as it was; one made here is removed.
+    #[test]
+    fn only_a_cgroup_made_here_is_removed() {
+        let h = Hierarchy::detect().expect("a memory cgroup hierarchy on this host");
+        let relative = own_cgroup(h).join(format!("palisade-test-left-{}", std::process::id()));
+        let mut first = HostCgroup::new(h, &relative);
+        first.create().expect("making a cgroup (as root)");
+        let mut second = HostCgroup::new(h, &relative);
+        second.create().unwrap();
+        assert!(first.made_here && !second.made_here);
+        second.remove().unwrap();
+        assert!(second.dir.is_dir(), "a cgroup that existed before was removed");
+        first.remove().unwrap();
+        assert!(!first.dir.exists());
+        let old_record = format!(r#"{{"hierarchy":"{}","dir":"/x"}}"#, serde_json::to_value(h).unwrap().as_str().unwrap());
+        assert!(serde_json::from_str::<HostCgroup>(&old_record).unwrap().made_here);
     }
 }

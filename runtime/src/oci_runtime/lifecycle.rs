@@ -168,7 +168,11 @@ fn remove(root: &Path, locked: LockedContainer, record: &ContainerRecord) -> Res
         super::pod::leave_after(root, record, member);
     }
     if let Some(cgroup) = &record.host_cgroup {
-        cgroup.remove().map_err(|e| RuntimeError::Other(format!("container {}: {e}", record.id)))?;
+        // What is left in it (a process the caller moved there) keeps it; the container
+        // is gone all the same.
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!("container {}: {e}", record.id);
+        }
     }
     let stopped = hook_state(record, Status::Stopped);
     locked.remove()?;

@@ -203,7 +203,6 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
             false
         }
     });
-    let mut oom = oom.map(OomRelay::new);
     let id = request.launch.id().to_string();
     let socket = request.socket.as_path();
     let mut launch = request.launch.clone();
@@ -288,12 +287,13 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
             let _ = exit_tx.send(control.call(&Request::Wait { id: wait_id }));
         })
         .map_err(|e| format!("starting the wait thread: {e}"))?;
-    let mut stats_due = Instant::now() + OOM_POLL;
+    // Its own thread: a slow agent delays the count, never a signal or a resize.
+    let oom = oom.map(|cg| OomWatch::spawn(cg, socket.to_path_buf(), id.clone()));
     let status = loop {
         match exit_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Ok(Response::Exited(status))) => {
-                if let Some(relay) = &mut oom {
-                    relay.exited(&status, socket, &id);
+                if let Some(watch) = oom {
+                    watch.finish(&status);
                 }
                 break status;
             }
@@ -306,10 +306,6 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
                 break ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false };
             }
             Err(RecvTimeoutError::Timeout) => {}
-        }
-        if let Some(relay) = oom.as_mut().filter(|_| Instant::now() >= stats_due) {
-            let _ = relay.poll(socket, &id);
-            stats_due = Instant::now() + OOM_POLL;
         }
         while let Ok(sig) = signals.try_recv() {
             if sig == libc::SIGWINCH {
@@ -354,6 +350,45 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
 
 /// How often a container's monitor asks the guest how many OOM kills its cgroup counted.
 const OOM_POLL: Duration = Duration::from_secs(1);
+
+/// The thread that runs an [`OomRelay`] while the guest process lives.
+struct OomWatch {
+    ended: std::sync::mpsc::Sender<ExitStatus>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OomWatch {
+    fn spawn(cgroup: HostCgroup, socket: PathBuf, id: String) -> OomWatch {
+        let (ended, ended_rx) = channel::<ExitStatus>();
+        let thread = std::thread::Builder::new().name("oom".into()).spawn(move || {
+            let mut relay = OomRelay::new(cgroup);
+            loop {
+                match ended_rx.recv_timeout(OOM_POLL) {
+                    Ok(status) => return relay.exited(&status, &socket, &id),
+                    Err(RecvTimeoutError::Timeout) => {
+                        relay.poll(&socket, &id);
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        });
+        match thread {
+            Ok(thread) => OomWatch { ended, thread: Some(thread) },
+            Err(e) => {
+                tracing::warn!("starting the OOM relay: {e}; the guest's OOM kills will not be counted on the host");
+                OomWatch { ended, thread: None }
+            }
+        }
+    }
+
+    /// The guest process ended with `status`: the last count is relayed before this returns.
+    fn finish(self, status: &ExitStatus) {
+        let _ = self.ended.send(status.clone());
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// Passes the guest's OOM kills in a container on to its host cgroup, one for one: those
 /// of any of its processes while it runs (from its guest cgroup's counter), and that of

@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest frame payload either side sends or accepts.
 pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// Agent port for requests and responses.
@@ -84,6 +84,10 @@ pub enum Request {
     UpdateResources { id: String, resources_json: String },
     /// A container's resource usage (its cgroup's counters); answered with `Stats`.
     Stats { id: String },
+    /// Set up the guest's network as the caller's network namespace had it: each interface
+    /// (found by its MAC) renamed, its MTU set, brought up with its addresses; then the
+    /// routes. Answered with `Ok`.
+    ConfigureNetwork(NetworkSpec),
     /// Sync filesystems and power the VM off.
     Shutdown,
 }
@@ -109,6 +113,7 @@ impl Request {
             Request::Freeze { .. } => "freeze",
             Request::UpdateResources { .. } => "update-resources",
             Request::Stats { .. } => "stats",
+            Request::ConfigureNetwork(_) => "configure-network",
         }
     }
 }
@@ -186,6 +191,59 @@ pub struct CgroupStats {
     pub memory_limit_hits: u64,
     pub pids_current: u64,
     pub pids_limit: Option<u64>,
+}
+
+/// Most interfaces a [`NetworkSpec`] configures.
+pub const MAX_NETWORK_INTERFACES: usize = 16;
+/// Most addresses of one [`InterfaceSpec`].
+pub const MAX_INTERFACE_ADDRESSES: usize = 64;
+/// Most routes a [`NetworkSpec`] adds.
+pub const MAX_NETWORK_ROUTES: usize = 256;
+/// Longest interface name (IFNAMSIZ without its NUL).
+pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+
+/// The guest's network, as the caller's namespace had it ([`Request::ConfigureNetwork`]).
+/// At most [`MAX_NETWORK_INTERFACES`] interfaces and [`MAX_NETWORK_ROUTES`] routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub interfaces: Vec<InterfaceSpec>,
+    /// Added in this order, except that routes without a gateway come before routes
+    /// through one (whose gateway they may make reachable).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One guest interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceSpec {
+    /// `aa:bb:cc:dd:ee:ff`: the guest interface with this MAC (the VMM gives its
+    /// virtio-net device the MAC of the namespace's interface) is the one configured.
+    pub mac: String,
+    /// Its new name (at most [`MAX_INTERFACE_NAME_LEN`] bytes), e.g. `eth0`.
+    pub name: String,
+    pub mtu: u32,
+    /// `10.0.0.2/24`, `fd00::2/64`; at most [`MAX_INTERFACE_ADDRESSES`].
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// `10.1.0.0/16`, `fd01::/64`; `None` is the default route (of the gateway's family).
+    pub destination: Option<String>,
+    pub gateway: Option<String>,
+    /// The [`InterfaceSpec::name`] of the interface it goes out of.
+    pub interface: String,
+    /// Path MTU.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Preferred source address.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The destination is on the link (no gateway needed).
+    #[serde(default)]
+    pub scope_link: bool,
 }
 
 /// A process to start in a container ([`Request::ExecProcess`]).
@@ -474,6 +532,32 @@ mod tests {
         roundtrip(Request::UpdateResources { id: "c1".into(), resources_json: "{\"pids\":{\"limit\":5}}".into() });
         roundtrip(Request::Stats { id: "c1".into() });
         roundtrip(Request::UnmountRootfs { id: "c1".into() });
+        roundtrip(Request::ConfigureNetwork(NetworkSpec {
+            interfaces: vec![InterfaceSpec {
+                mac: "02:00:00:00:00:01".into(),
+                name: "eth0".into(),
+                mtu: 1400,
+                addresses: vec!["10.0.0.2/24".into(), "fd00::2/64".into()],
+            }],
+            routes: vec![
+                RouteSpec {
+                    destination: Some("10.0.0.0/24".into()),
+                    gateway: None,
+                    interface: "eth0".into(),
+                    mtu: None,
+                    source: Some("10.0.0.2".into()),
+                    scope_link: true,
+                },
+                RouteSpec {
+                    destination: None,
+                    gateway: Some("10.0.0.1".into()),
+                    interface: "eth0".into(),
+                    mtu: Some(1300),
+                    source: None,
+                    scope_link: false,
+                },
+            ],
+        }));
         roundtrip(Response::Stats(CgroupStats { memory_usage: 4096, memory_limit: Some(1 << 20), ..CgroupStats::default() }));
         roundtrip(Response::Processes { processes: vec![ProcessInfo { pid: 7, ppid: 1, uid: 0, cpu_ms: 12, cmd: "sleep 60".into() }] });
         roundtrip(Request::MountShare { tag: "palisade".into() });
@@ -492,6 +576,27 @@ mod tests {
         roundtrip(Response::Created { pid: 42, warnings: vec!["w".into()] });
         roundtrip(Response::Exited(ExitStatus { code: None, signal: Some(9), oom_killed: false }));
         roundtrip(StreamHello { version: 1, id: "p1".into(), kind: StreamKind::Stdout });
+    }
+
+    #[test]
+    fn configure_network_is_named_and_optional_fields_default() {
+        let request = Request::ConfigureNetwork(NetworkSpec::default());
+        assert_eq!(request.name(), "configure-network");
+        let json = r#"{"type":"configure_network","interfaces":[{"mac":"02:00:00:00:00:01","name":"eth0","mtu":1500}],
+            "routes":[{"destination":null,"gateway":"10.0.0.1","interface":"eth0"}]}"#;
+        let Request::ConfigureNetwork(spec) = serde_json::from_str(json).unwrap() else { panic!("not configure_network") };
+        assert!(spec.interfaces[0].addresses.is_empty());
+        assert_eq!(
+            spec.routes[0],
+            RouteSpec {
+                destination: None,
+                gateway: Some("10.0.0.1".into()),
+                interface: "eth0".into(),
+                mtu: None,
+                source: None,
+                scope_link: false,
+            }
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod container;
 mod containerd;
 mod kvm;
+mod network;
 mod oci_runtime;
 mod podman;
 mod virtio_fs;
@@ -36,6 +37,7 @@ fn main() {
     tests.extend(container::tests());
     tests.extend(virtio_fs::tests());
     tests.extend(oci_runtime::tests());
+    tests.extend(network::tests());
     tests.extend(containerd::tests());
     tests.extend(podman::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();

@@ -33,13 +33,13 @@ fn palisade(args: &[&str]) -> Command {
     cmd
 }
 
-fn tempdir() -> Result<tempfile::TempDir, String> {
+pub(crate) fn tempdir() -> Result<tempfile::TempDir, String> {
     tempfile::tempdir().map_err(|e| e.to_string())
 }
 
 /// A bundle: a busybox root and the spec `palisade spec` writes, running `args` without a
 /// terminal.
-fn bundle(args: &[&str]) -> Result<tempfile::TempDir, String> {
+pub(crate) fn bundle(args: &[&str]) -> Result<tempfile::TempDir, String> {
     let dir = tempdir()?;
     let rootfs = busybox_rootfs()?;
     std::fs::rename(rootfs.path(), dir.path().join("rootfs")).map_err(|e| e.to_string())?;
@@ -76,7 +76,7 @@ impl VmOutcome for Palisade {
     }
 }
 
-fn state(root: &str, id: &str) -> Result<Value, String> {
+pub(crate) fn state(root: &str, id: &str) -> Result<Value, String> {
     let out = run(palisade(&["--root", root, "state", id]), None, vm_timeout()).map_err(|e| e.to_string())?;
     ensure_ok(&out)?;
     serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))
@@ -106,7 +106,7 @@ fn ensure_ok(out: &Output) -> Result<(), String> {
     }
 }
 
-fn pal(root: &str, args: &[&str]) -> Result<Output, String> {
+pub(crate) fn pal(root: &str, args: &[&str]) -> Result<Output, String> {
     let mut all = vec!["--root", root];
     all.extend_from_slice(args);
     run(palisade(&all), None, vm_timeout()).map_err(|e| e.to_string())
@@ -182,7 +182,7 @@ fn create_start_kill_delete() -> TestResult {
 
 /// `palisade create` of the bundle at `bundle` as `id`, booted again if the emulator loses
 /// the VM; the container's stdout and stderr are the files `stdout` and `stderr` there.
-fn create_booted(root: &str, bundle: &Path, pid_file: &Path, id: &str) -> Result<Output, String> {
+pub(crate) fn create_booted(root: &str, bundle: &Path, pid_file: &Path, id: &str) -> Result<Output, String> {
     let bundle_arg = bundle.display().to_string();
     let created = boot_retrying("palisade create", || -> Result<Palisade, String> {
         let cmd = palisade(&["--root", root, "create", "--bundle", &bundle_arg, "--pid-file", &pid_file.display().to_string(), id]);
@@ -774,7 +774,7 @@ fn mounts_naming(needle: &str) -> Vec<String> {
 }
 
 /// Everything on the host that could be left of containers under `root`.
-fn oci_leftovers(root: &Path) -> Vec<String> {
+pub(crate) fn oci_leftovers(root: &Path) -> Vec<String> {
     let mut left = leftovers_snapshot();
     let needle = root.display().to_string();
     left.extend(processes_naming(&needle));

@@ -2,6 +2,7 @@
 //! command line, boot structures, vCPUs, event loop.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
@@ -15,12 +16,13 @@ use crate::arch::x86_64::layout::{
 };
 use crate::arch::x86_64::mptable::{self, MptableError, MAX_VCPUS};
 use crate::arch::x86_64::{cpuid, regs};
-use crate::config::{VmConfig, VmExit};
+use crate::config::{MacAddr, NetConfig, VmConfig, VmExit};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{Serial, SerialError, I8042};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice};
@@ -152,14 +154,27 @@ impl VirtioAttacher<'_> {
     }
 }
 
+/// Opens the tap of virtio-net device `net` in its network namespace (the caller's when it
+/// names none). An error names the tap and the namespace.
+pub fn open_tap(net: &NetConfig) -> Result<Tap, String> {
+    let place = || net.netns.as_ref().map(|p| format!(" in network namespace {}", p.display())).unwrap_or_default();
+    match crate::netns::in_netns(net.netns.as_deref(), || Tap::open(&net.tap)) {
+        Ok(Ok(tap)) => Ok(tap),
+        Ok(Err(e)) => Err(format!("tap {}{}: {e}", net.tap, place())),
+        Err(e) => Err(format!("tap {}: {e}", net.tap)),
+    }
+}
+
 /// Creates the virtio devices `config` asks for, in a fixed order: disks (so the first is
-/// `/dev/vda`), vsock, rng, virtio-fs. `fs_streams` are the virtio-fs backends' connections
-/// when the caller made them (the jail does: the jailed VMM cannot reach their sockets), one
-/// per `config.fs` entry; otherwise each backend's socket is connected here.
+/// `/dev/vda`), vsock, rng, virtio-fs, virtio-net. `fs_streams` are the virtio-fs backends'
+/// connections when the caller made them (the jail does: the jailed VMM cannot reach their
+/// sockets), one per `config.fs` entry; otherwise each backend's socket is connected here.
+/// `taps` are likewise the virtio-net devices' taps.
 fn attach_virtio_devices(
     config: &VmConfig,
     vsock_listener: Option<UnixListener>,
     fs_streams: Vec<UnixStream>,
+    taps: Vec<OwnedFd>,
     attacher: &mut VirtioAttacher<'_>,
 ) -> Result<(), VmmError> {
     for disk in &config.disks {
@@ -192,6 +207,19 @@ fn attach_virtio_devices(
         let device = Fs::new(&fs.tag, stream).map_err(|e| VmmError::Device { what: what(), reason: e.to_string() })?;
         attacher.attach(device)?;
     }
+    let mut taps = taps.into_iter();
+    for net in &config.net {
+        let what = || format!("virtio-net on tap {}", net.tap);
+        let tap = match taps.next() {
+            Some(fd) => Tap::from_fd(fd),
+            None => open_tap(net).map_err(|reason| VmmError::Device { what: what(), reason })?,
+        };
+        let mac = net.mac.unwrap_or_else(MacAddr::random);
+        let device = Net::new(tap, mac.0, net.mtu)
+            .and_then(|n| n.with_rate_limits(net.rx_rates, net.tx_rates))
+            .map_err(|e| VmmError::Device { what: what(), reason: e.to_string() })?;
+        attacher.attach(device)?;
+    }
     Ok(())
 }
 
@@ -204,6 +232,9 @@ pub struct RunOptions {
     /// Connections to the virtio-fs backends, one per `VmConfig::fs` entry, made by the
     /// caller (the jail connects before entering its root); empty: connect here.
     pub fs_streams: Vec<UnixStream>,
+    /// The virtio-net devices' taps, one per `VmConfig::net` entry, opened by the caller
+    /// (the jail opens them in their namespaces); empty: open them here.
+    pub taps: Vec<OwnedFd>,
     /// Seccomp filters: each vCPU thread installs its own as it starts, this thread the
     /// event loop's once the vCPU threads are started; only then does any vCPU enter the
     /// guest.
@@ -265,7 +296,7 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT_BASE, I8042_PORT_SIZE)?;
 
     let mut attacher = VirtioAttacher { vm: &vm, mem: &mem, mmio: &mut mmio, event_loop: &mut event_loop, slots: Vec::new() };
-    attach_virtio_devices(&config, options.vsock_listener, options.fs_streams, &mut attacher)?;
+    attach_virtio_devices(&config, options.vsock_listener, options.fs_streams, options.taps, &mut attacher)?;
     let virtio_slots = attacher.slots;
 
     let cmdline = boot::build_cmdline(&config.cmdline, &virtio_slots)?;

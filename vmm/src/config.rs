@@ -41,6 +41,10 @@ pub struct VmConfig {
     /// virtio-fs devices: host directories a vhost-user backend (virtiofsd) serves.
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, each backed by a tap on the host (the guest's `eth0`, `eth1`, …
+    /// in this order).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// Attach a virtio-rng device.
     #[serde(default)]
     pub rng: bool,
@@ -95,6 +99,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             rng: false,
             rng_rates: crate::devices::virtio::rng::DEFAULT_RATES,
             serial: SerialConfig::default(),
@@ -149,6 +154,109 @@ pub struct VsockConfig {
 pub struct FsConfig {
     pub tag: String,
     pub socket: PathBuf,
+}
+
+/// A virtio-net device and the host tap behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap interface on the host: attached to if it exists, made otherwise (and then
+    /// gone with the VM).
+    pub tap: String,
+    /// The network namespace the tap is in (`/var/run/netns/NAME`, `/proc/PID/ns/net`);
+    /// none: the caller's. The VMM itself stays in an empty namespace of its own.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The guest's MAC address; none: a random locally administered one.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// The MTU offered to the guest.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Frames to the guest, at most this a second (bytes, frames).
+    #[serde(default)]
+    pub rx_rates: Rates,
+    /// Frames from the guest, at most this a second (bytes, frames).
+    #[serde(default)]
+    pub tx_rates: Rates,
+}
+
+/// Ethernet's MTU.
+pub const DEFAULT_MTU: u16 = 1500;
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+impl NetConfig {
+    /// A device on tap `tap` in the caller's namespace, with the defaults.
+    pub fn new(tap: impl Into<String>) -> NetConfig {
+        NetConfig { tap: tap.into(), netns: None, mac: None, mtu: DEFAULT_MTU, rx_rates: Rates::default(), tx_rates: Rates::default() }
+    }
+}
+
+/// A MAC address; its serde and text form is `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A random, locally administered, unicast address.
+    pub fn random() -> MacAddr {
+        let mut bytes = [0u8; 6];
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into the live array.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n != bytes.len() as isize {
+            // Unlikely (getrandom on 6 bytes does not fail once the pool is ready); a
+            // time-derived address is still unique enough for one host.
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            bytes.copy_from_slice(&t.as_nanos().to_le_bytes()[..6]);
+        }
+        bytes[0] = (bytes[0] & 0xfe) | 0x02;
+        MacAddr(bytes)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MacAddr, String> {
+        let bad = || format!("MAC address {s:?}: expected six hexadecimal bytes such as 02:00:00:00:00:01");
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if bytes[0] & 1 == 1 {
+            return Err(format!("MAC address {s}: a multicast address cannot be an interface's"));
+        }
+        Ok(MacAddr(bytes))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<MacAddr, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
 }
 
 /// Where the guest's serial console (COM1) output goes; any combination, or nowhere.
@@ -221,6 +329,21 @@ impl fmt::Display for VmExit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_addresses_as_text() {
+        let mac: MacAddr = "02:ab:00:10:ff:01".parse().unwrap();
+        assert_eq!(mac.0, [0x02, 0xab, 0x00, 0x10, 0xff, 0x01]);
+        assert_eq!(mac.to_string(), "02:ab:00:10:ff:01");
+        for bad in ["", "02:ab:00:10:ff", "02:ab:00:10:ff:01:02", "02:ab:00:10:ff:1", "0g:ab:00:10:ff:01", "01:00:5e:00:00:01"] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
+        }
+        let random = MacAddr::random();
+        assert_eq!(random.0[0] & 0x03, 0x02, "locally administered and unicast: {random}");
+        let net: NetConfig = serde_json::from_str(r#"{"tap": "tap0", "mac": "02:00:00:00:00:07"}"#).unwrap();
+        assert_eq!((net.mac.unwrap().0[5], net.mtu), (7, DEFAULT_MTU));
+        assert!(serde_json::from_str::<NetConfig>(r#"{"tap": "tap0", "mac": "zz"}"#).is_err());
+    }
 
     #[test]
     fn only_reset_and_power_off_are_clean() {

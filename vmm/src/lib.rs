@@ -14,10 +14,11 @@ pub mod host;
 pub mod jail;
 pub mod log_budget;
 pub mod memory;
+pub mod netns;
 pub mod rate_limiter;
 pub mod testing;
 pub mod vcpu;
 
 pub use builder::{run_vm, run_vm_with, RunOptions, VmmError};
-pub use config::{DiskConfig, FsConfig, SerialConfig, VmConfig, VmExit, VsockConfig};
+pub use config::{DiskConfig, FsConfig, MacAddr, NetConfig, SerialConfig, VmConfig, VmExit, VsockConfig};
 pub use exit_record::{Ending, ExitRecord};

@@ -199,7 +199,13 @@ fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8>
                 .unwrap_or(palisade_runtime::vmrun::run::DEFAULT_BOOT_TIMEOUT_SECS);
             let rootfs_spec = RootfsSpec { id: "root".into(), source, writable: !read_only, process_mounts: true };
             let share_tag = (!shared.is_empty()).then_some(share::TAG);
-            if let Err(e) = control::boot(&root, &id, Duration::from_secs(boot_secs), share_tag, Some(&rootfs_spec), signals) {
+            if let Err(e) = control::boot(
+                &root,
+                &id,
+                Duration::from_secs(boot_secs),
+                control::GuestSetup { network: None, share: share_tag, rootfs: Some(&rootfs_spec) },
+                signals,
+            ) {
                 // A sandbox that never became usable is not left behind.
                 let _ = control::delete(&root, &id, true, Duration::from_secs(10));
                 return Err(e.into());

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::hooks::{Hooks, Point};
 use super::host_cgroup::{self, Hierarchy, HostCgroup};
 use super::monitor::{self, Launch, MonitorReport, MonitorRequest};
+use super::network::PodNetwork;
 use super::pod::{self, Placement};
 use super::query::hook_state;
 use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecord, Recorded, Status, SANDBOX_DIR};
@@ -67,9 +68,10 @@ pub struct GuestSpecOptions<'a> {
 }
 
 /// The container's spec as the guest gets it: host bind-mount sources become paths in the
-/// VM's share (added to `plan`, relative to `options.share_dir`), and a network namespace
-/// given by path (a host namespace, meaningless in the guest) becomes a new one: the
-/// container has loopback only; a pod member's namespaces by path become its sandbox's.
+/// VM's share (added to `plan`, relative to `options.share_dir`); a network namespace given
+/// by path (the caller's, whose interfaces are carried into the VM: [`super::network`])
+/// becomes the guest's own, where those interfaces are; a pod member's namespaces by path
+/// become its sandbox's.
 /// With `systemd` cgroups, `linux.cgroupsPath` becomes the path systemd's would be (the
 /// guest has no systemd).
 pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options: &GuestSpecOptions<'_>) -> Result<String, RuntimeError> {
@@ -94,7 +96,8 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options
                     })?;
                     n["path"] = Value::String(path);
                 } else if kind == "network" {
-                    n.as_object_mut().map(|o| o.remove("path"));
+                    // Marked, and taken out below: the container is in the guest's own.
+                    *n = Value::Null;
                 } else {
                     return Err(RuntimeError::Unsupported(format!(
                         "config.json: linux.namespaces: joining a host {kind} namespace by path is not possible from a VM"
@@ -102,6 +105,7 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options
                 }
             }
         }
+        ns.retain(|n| !n.is_null());
     }
     let mut index = 0;
     if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -128,6 +132,13 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options
         return Err(RuntimeError::Invalid(format!("config.json: {} bytes, more than the guest accepts", text.len())));
     }
     Ok(text)
+}
+
+/// The network namespace the spec names by path (the caller's), if any.
+fn host_network_namespace(config: &Value) -> Option<PathBuf> {
+    let namespaces = config.pointer("/linux/namespaces")?.as_array()?;
+    let network = namespaces.iter().find(|n| n.get("type").and_then(Value::as_str) == Some("network"))?;
+    network.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).map(PathBuf::from)
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -206,11 +217,16 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         join_pid: pod_vm.as_ref().map(|(vm, _)| vm.init_pid),
     };
     let spec_json = guest_spec(&b.config, &mut plan, &bundle_dir, &options)?;
+    // A network namespace the caller prepared: its interfaces are carried into the VM.
+    let network = match (&pod_vm, host_network_namespace(&config)) {
+        (None, Some(netns)) => Some(super::network::read(&netns)?),
+        _ => None,
+    };
 
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
     // A VM of its own (not a pod's): its parts are checked before anything is made.
     let own_vm = match pod_vm {
-        None => Some(own_vm_spec(&exe, &b, &plan)?),
+        None => Some(own_vm_spec(&exe, &b, &plan, network.as_ref())?),
         Some(_) => None,
     };
 
@@ -229,6 +245,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         owns_sandbox: pod_vm.is_none(),
         host_cgroup: None,
         pod: None,
+        network: None,
         hooks,
     };
     locked.write_record(&record)?;
@@ -249,6 +266,11 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                 timings.checked = began.elapsed();
                 control::start(&sroot, &sandbox_id, spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
                 timings.vm_started = began.elapsed();
+                if let Some(network) = &network {
+                    // Recorded first: whatever happens next, delete takes the redirections away.
+                    record.network = Some(network.clone());
+                    locked.write_record(&record)?;
+                }
                 let boot_secs = std::env::var("PALISADE_BOOT_TIMEOUT_SECS")
                     .ok()
                     .and_then(|v| v.parse().ok())
@@ -259,7 +281,17 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                     writable: !b.readonly,
                     process_mounts: false,
                 };
-                control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), Some(share::TAG), Some(&rootfs), signals)?;
+                let setup = control::GuestSetup {
+                    network: network.as_ref().map(|n| &n.guest).filter(|g| !g.interfaces.is_empty()),
+                    share: Some(share::TAG),
+                    rootfs: Some(&rootfs),
+                };
+                control::boot(&sroot, &sandbox_id, Duration::from_secs(boot_secs), setup, signals)?;
+                if let Some(network) = &network {
+                    // The VM's jail made the taps before the guest ran: the caller's interfaces
+                    // now lead to them, before the container's process starts.
+                    network.connect()?;
+                }
                 timings.booted = began.elapsed();
                 "root".to_string()
             }
@@ -324,6 +356,9 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                     tracing::warn!("removing the sandbox of container {}: {d}", o.id);
                 }
             }
+            if let Some(network) = &record.network {
+                network.disconnect();
+            }
             let _ = std::fs::remove_dir(&sroot);
             if let Some(cg) = &record.host_cgroup {
                 if let Err(e) = cg.remove() {
@@ -338,7 +373,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
 
 /// The VM of a container that is not a pod's: the kernel, initramfs, VMM and virtiofsd
 /// found (a clear error naming what is missing), its memory from the container's limit.
-fn own_vm_spec(exe: &Path, b: &bundle::Bundle, plan: &SharePlan) -> Result<SandboxSpec, RuntimeError> {
+fn own_vm_spec(exe: &Path, b: &bundle::Bundle, plan: &SharePlan, network: Option<&PodNetwork>) -> Result<SandboxSpec, RuntimeError> {
     let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), exe);
     let kernel = env_path("PALISADE_KERNEL").unwrap_or_else(|| assets_dir.join("vmlinux"));
     if crate::vmrun::run::check_kvm().map_err(|e| RuntimeError::Other(e.to_string()))? == palisade_vmm::host::KvmHostKind::Pvm
@@ -367,6 +402,7 @@ fn own_vm_spec(exe: &Path, b: &bundle::Bundle, plan: &SharePlan) -> Result<Sandb
         vcpus: 1,
         memory_mib,
         rng: true,
+        net: network.map(PodNetwork::devices).unwrap_or_default(),
         ..palisade_vmm::VmConfig::new(&kernel)
     };
     Ok(SandboxSpec {
@@ -409,7 +445,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn binds_become_share_paths_and_a_host_network_namespace_a_new_one() {
+    fn binds_become_share_paths_and_a_host_network_namespace_the_guests_own() {
         let dir = tempfile::tempdir().unwrap();
         let hosts = dir.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
@@ -431,7 +467,10 @@ mod tests {
         assert_eq!(plan.entries.len(), 2);
         assert!(plan.entries[0].read_only && !plan.entries[1].read_only);
         assert_eq!(plan.entries[1].host, dir.path().join("data"));
-        assert!(out["linux"]["namespaces"][0].get("path").is_none());
+        // The caller's network namespace is the guest's own: the container joins no other.
+        assert_eq!(out["linux"]["namespaces"], serde_json::json!([{"type": "pid"}]));
+        assert_eq!(host_network_namespace(&config), Some(PathBuf::from("/var/run/netns/x")));
+        assert_eq!(host_network_namespace(&serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}})), None);
 
         let ipc = serde_json::json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}});
         let e = guest_spec(&ipc.to_string(), &mut SharePlan::default(), dir.path(), &GuestSpecOptions::default()).unwrap_err().to_string();

@@ -167,6 +167,9 @@ fn remove(root: &Path, locked: LockedContainer, record: &ContainerRecord) -> Res
     if let Some(member) = &record.pod {
         super::pod::leave_after(root, record, member);
     }
+    if let Some(network) = &record.network {
+        network.disconnect();
+    }
     if let Some(cgroup) = &record.host_cgroup {
         // What is left in it (a process the caller moved there) keeps it; the container
         // is gone all the same.

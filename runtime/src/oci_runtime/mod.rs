@@ -23,6 +23,7 @@ pub mod host_cgroup;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;
+pub mod network;
 pub mod pod;
 pub mod query;
 pub mod run;

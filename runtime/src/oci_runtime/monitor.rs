@@ -383,7 +383,7 @@ impl OomWatch {
 
     /// The guest process ended with `status`: the last count is relayed before this returns.
     fn finish(self, status: &ExitStatus) {
-        let _ = self.ended.send(status.clone());
+        let _ = self.ended.send(*status);
         if let Some(thread) = self.thread {
             let _ = thread.join();
         }

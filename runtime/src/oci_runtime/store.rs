@@ -107,6 +107,9 @@ pub struct ContainerRecord {
     /// A container that joined a pod's VM: what it holds there.
     #[serde(default)]
     pub pod: Option<super::pod::PodMember>,
+    /// The caller's network namespace, whose interfaces lead into the VM.
+    #[serde(default)]
+    pub network: Option<super::network::PodNetwork>,
     /// Its OCI hooks (run on the host: [`super::hooks`]).
     #[serde(default, skip_serializing_if = "super::hooks::Hooks::is_empty")]
     pub hooks: super::hooks::Hooks,
@@ -326,6 +329,7 @@ mod tests {
             owns_sandbox: true,
             host_cgroup: None,
             pod: None,
+            network: None,
             hooks: Default::default(),
         }
     }

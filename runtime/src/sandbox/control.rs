@@ -163,22 +163,36 @@ pub fn start_in(
     }
 }
 
+/// What the guest is given once it has booted ([`boot`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestSetup<'a> {
+    /// Its network interfaces' configuration.
+    pub network: Option<&'a palisade_protocol::NetworkSpec>,
+    /// A virtio-fs tag to mount.
+    pub share: Option<&'a str>,
+    /// A root filesystem to mount.
+    pub rootfs: Option<&'a RootfsSpec>,
+}
+
 /// Waits until the agent of running sandbox `id` answers (within `boot_timeout`), then
-/// mounts `share` (a virtio-fs tag) and `rootfs` if given.
+/// configures its network and mounts its share and root filesystem, as `setup` says.
 pub fn boot(
     root: &Path,
     id: &SandboxId,
     boot_timeout: Duration,
-    share: Option<&str>,
-    rootfs: Option<&RootfsSpec>,
+    setup: GuestSetup<'_>,
     signals: &Receiver<i32>,
 ) -> Result<(), ControlError> {
+    let GuestSetup { network, share, rootfs } = setup;
     let session_error = |source| ControlError::Session { id: id.clone(), source };
     let sandbox = SandboxDir::new(root, id);
     let mut vm = SandboxVm::new(root, id);
     let request_timeout = crate::vmrun::connect::request_timeout();
     let mut control =
         session::wait_for_boot(&sandbox.vsock_socket(), &mut vm, boot_timeout, request_timeout, signals).map_err(session_error)?;
+    if let Some(network) = network {
+        control.call_ok("configuring the network", &Request::ConfigureNetwork(network.clone())).map_err(|e| session_error(e.into()))?;
+    }
     if let Some(tag) = share {
         control.call_ok("mounting the shared directory", &Request::MountShare { tag: tag.into() }).map_err(|e| session_error(e.into()))?;
     }

@@ -15,7 +15,9 @@ use palisade_vmm::config::{ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEF
 use palisade_vmm::devices::virtio::rng::DEFAULT_RATES as DEFAULT_RNG_RATES;
 use palisade_vmm::jail::{JailConfig, Jailed, PathMap, Role, DEFAULT_BASE_DIR, DEFAULT_MEMORY_OVERHEAD_MIB};
 use palisade_vmm::rate_limiter::Rates;
-use palisade_vmm::{run_vm, run_vm_with, DiskConfig, ExitRecord, FsConfig, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig};
+use palisade_vmm::{
+    run_vm, run_vm_with, DiskConfig, ExitRecord, FsConfig, NetConfig, SerialConfig, VmConfig, VmExit, VmmError, VsockConfig,
+};
 
 /// Boot a KVM micro-VM: a Linux kernel with a serial console, an i8042 reset line and
 /// optional virtio-mmio block, vsock and rng devices.
@@ -67,6 +69,11 @@ struct Args {
     /// vhost-user backend (virtiofsd) listening on PATH serves it. Repeat for more.
     #[arg(long, value_name = "tag=TAG,socket=PATH", value_parser = parse_fs)]
     fs: Vec<FsConfig>,
+    /// Add a virtio-net device backed by host tap NAME (attached to if it exists, made for
+    /// the VM otherwise), optionally in network namespace PATH, with the guest's MAC
+    /// [default: random], MTU [default: 1500] and frame rates (0: no limit). Repeat for more.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,mtu=N][,netns=PATH][,rx-bps=N][,rx-pps=N][,tx-bps=N][,tx-pps=N]", value_parser = parse_net)]
+    net: Vec<NetConfig>,
     /// Add a virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
@@ -98,8 +105,22 @@ struct Args {
 }
 
 /// The flags that describe the VM, which `--config` replaces.
-const VM_FLAGS: [&str; 13] =
-    ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "vsock_uds", "vsock_cid", "fs", "serial", "rng", "rng_bps", "rng_iops"];
+const VM_FLAGS: [&str; 14] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "cpus",
+    "memory",
+    "disk",
+    "vsock_uds",
+    "vsock_cid",
+    "fs",
+    "net",
+    "serial",
+    "rng",
+    "rng_bps",
+    "rng_iops",
+];
 
 /// `PATH[,ro|,rw][,read-bps=N][,write-bps=N][,read-iops=N][,write-iops=N]`; options are
 /// taken from the end up to the first that is not one, so a path may hold commas when an
@@ -172,6 +193,35 @@ fn parse_fs(value: &str) -> Result<FsConfig, String> {
     }
 }
 
+/// `tap=NAME[,mac=MAC][,mtu=N][,netns=PATH][,rx-bps=N][,rx-pps=N][,tx-bps=N][,tx-pps=N]`,
+/// in any order (a namespace path with a comma cannot be given here; `--config` can).
+fn parse_net(value: &str) -> Result<NetConfig, String> {
+    let mut net = NetConfig::new("");
+    let number = |key: &str, v: &str| v.parse::<u64>().map_err(|_| format!("{value:?}: {key}={v:?} is not a number"));
+    let rate = |key: &str, v: &str| number(key, v).map(|n| Some(n).filter(|&n| n > 0));
+    for part in value.split(',') {
+        let (key, v) = part.split_once('=').ok_or_else(|| format!("{value:?}: {part:?} is not KEY=VALUE"))?;
+        match key {
+            "tap" => net.tap = v.to_string(),
+            "mac" => net.mac = Some(v.parse().map_err(|e| format!("{value:?}: {e}"))?),
+            "mtu" => {
+                net.mtu =
+                    v.parse().ok().filter(|m| (68..=65535).contains(m)).ok_or_else(|| format!("{value:?}: mtu={v:?} is not 68 to 65535"))?
+            }
+            "netns" => net.netns = Some(v.into()),
+            "rx-bps" => net.rx_rates.bytes_per_sec = rate(key, v)?,
+            "rx-pps" => net.rx_rates.ops_per_sec = rate(key, v)?,
+            "tx-bps" => net.tx_rates.bytes_per_sec = rate(key, v)?,
+            "tx-pps" => net.tx_rates.ops_per_sec = rate(key, v)?,
+            _ => return Err(format!("{value:?}: unknown option {key:?}")),
+        }
+    }
+    if net.tap.is_empty() || net.tap.len() > 15 {
+        return Err(format!("{value:?}: expected tap=NAME (1 to 15 bytes)"));
+    }
+    Ok(net)
+}
+
 fn parse_serial(value: &str) -> Result<SerialConfig, String> {
     let mut config = SerialConfig::none();
     match value {
@@ -221,6 +271,7 @@ impl Args {
             disks: self.disk,
             vsock: self.vsock_uds.map(|uds_path| VsockConfig { guest_cid: self.vsock_cid, uds_path }),
             fs: self.fs,
+            net: self.net,
             rng: self.rng,
             rng_rates: Rates { bytes_per_sec: Some(self.rng_bps).filter(|&n| n > 0), ops_per_sec: Some(self.rng_iops).filter(|&n| n > 0) },
             serial: self.serial,
@@ -417,6 +468,21 @@ mod tests {
 
     #[test]
     fn fs_flag_takes_a_tag_and_a_socket() {
+        let net = parse_net("tap=tap0,mac=02:00:00:00:00:09,mtu=1400,netns=/run/netns/x,rx-bps=0,tx-pps=1000").unwrap();
+        assert_eq!((net.tap.as_str(), net.mtu, net.netns.as_deref()), ("tap0", 1400, Some(std::path::Path::new("/run/netns/x"))));
+        assert_eq!((net.mac.unwrap().0[5], net.rx_rates.bytes_per_sec, net.tx_rates.ops_per_sec), (9, None, Some(1000)));
+        for bad in [
+            "",
+            "mac=02:00:00:00:00:09",
+            "tap=",
+            "tap=a,mtu=10",
+            "tap=a,mtu=x",
+            "tap=a,colour=red",
+            "tap=a,mac=01:00:00:00:00:00",
+            "tap=abcdefghijklmnop",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad:?}");
+        }
         let fs = |tag: &str, socket: &str| FsConfig { tag: tag.into(), socket: socket.into() };
         assert_eq!(parse_fs("tag=root,socket=/run/fs.sock").unwrap(), fs("root", "/run/fs.sock"));
         assert_eq!(parse_fs("socket=/run/fs.sock,tag=root").unwrap(), fs("root", "/run/fs.sock"));

@@ -24,7 +24,9 @@
 //!
 //! The vsock device's Unix socket is bound by the supervisor at the caller's path (outside
 //! the jail) and handed to the VMM as an open listener; each virtio-fs backend's socket is
-//! connected by the supervisor and handed over as an open connection. Guest-initiated vsock connections
+//! connected by the supervisor and handed over as an open connection; each virtio-net
+//! device's tap is opened by the supervisor in the network namespace its config names and
+//! handed over open (the jailed VMM's own network namespace stays empty). Guest-initiated vsock connections
 //! (to `<socket>_<port>` on the host) cannot be made from inside the jail and are refused.
 //!
 //! How the VM ended reaches the supervisor as data: the jailed VMM writes its
@@ -127,6 +129,9 @@ pub enum JailError {
     Seccomp(#[from] SeccompError),
     #[error("jail: the supervising palisade-vmm process went away")]
     SupervisorGone,
+    /// A virtio-net device's tap could not be opened (the message names it).
+    #[error("{0}")]
+    Tap(String),
 }
 
 impl JailError {
@@ -403,6 +408,9 @@ struct Plan {
     vsock_path: Option<PathBuf>,
     /// Connections to the virtio-fs backends, in `config.fs` order.
     fs_streams: Vec<UnixStream>,
+    /// The virtio-net devices' taps, in `config.net` order, opened here in their
+    /// namespaces (the jailed VMM's own namespace is empty).
+    taps: Vec<OwnedFd>,
     largest_writable: u64,
 }
 
@@ -485,7 +493,11 @@ fn plan(config: &VmConfig, uid: u32, gid: u32) -> Result<Plan, JailError> {
         // Guest RAM is then a memfd, which the file-size limit applies to.
         largest_writable = largest_writable.max(u64::from(config.memory_mib) << 20);
     }
-    Ok(Plan { entries, config: jailed, paths, vsock_listener, vsock_path, fs_streams, largest_writable })
+    let mut taps = Vec::with_capacity(config.net.len());
+    for net in &config.net {
+        taps.push(crate::builder::open_tap(net).map_err(JailError::Tap)?.into_fd());
+    }
+    Ok(Plan { entries, config: jailed, paths, vsock_listener, vsock_path, fs_streams, taps, largest_writable })
 }
 
 /// What the supervisor removes when the VM is over (or when setting up fails).
@@ -583,10 +595,11 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             std::mem::forget(cleanup);
             drop(go_write);
             drop(report_read);
-            let Plan { entries, config, paths, vsock_listener, fs_streams, .. } = plan;
+            let Plan { entries, config, paths, vsock_listener, fs_streams, taps, .. } = plan;
             let listener_fd = vsock_listener.as_ref().map(|l| l.as_raw_fd());
             let mut keep = vec![report_write.as_raw_fd()];
             keep.extend(fs_streams.iter().map(|s| s.as_raw_fd()));
+            keep.extend(taps.iter().map(|t| t.as_raw_fd()));
             let setup = ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd, keep: &keep };
             let cgroup_gate = match in_child(setup) {
                 Ok(gate) => gate,
@@ -598,7 +611,7 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
                     std::process::exit(1);
                 }
             };
-            let options = RunOptions { vsock_listener, fs_streams, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
+            let options = RunOptions { vsock_listener, fs_streams, taps, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
             Ok(Role::Jailed(Jailed { config, options, paths, report: report_write }))
         }
         ForkResult::Parent { child } => {
@@ -606,8 +619,10 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             drop(report_write);
             // Clients must not queue on a socket whose VMM is gone: only the child holds it.
             drop(plan.vsock_listener);
-            // Nor may a backend outlive its VM because the supervisor kept its connection.
+            // Nor may a backend outlive its VM because the supervisor kept its connection,
+            // nor a tap made for the VM.
             drop(plan.fs_streams);
+            drop(plan.taps);
             if let Err(e) = cleanup.cgroups.add(child.as_raw()) {
                 let _ = kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);

@@ -57,3 +57,11 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     fn is_activated(&self) -> bool;
 }
+
+/// Copies the bytes of a device's configuration space `config` at `offset` into `data`;
+/// bytes past its end read as 0 (what a driver reading out of range gets).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| config.get(o)).copied().unwrap_or(0);
+    }
+}

@@ -3,13 +3,14 @@
 //! `device.rs` is the contract between transport and devices, `interrupt.rs` how a device
 //! interrupts its driver, `mmio.rs` the transport,
 //! `queue.rs` the validated descriptor-chain helpers every device uses, and each device
-//! lives in its own folder.
+//! lives in its own folder (`net/`: virtio-net with a tap backend).
 
 pub mod block;
 pub mod device;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod vhost_user;

@@ -9,7 +9,7 @@
 //! needs (opening files, creating the VM and its vCPUs, spawning threads): the filters are
 //! installed after the build and before the first guest instruction. How the lists were
 //! found: `strace -f` of the tiny-guest tests and the device unit tests, plus reading the
-//! code of every path a guest can drive (virtio-blk, virtio-vsock, virtio-rng, serial,
+//! code of every path a guest can drive (virtio-blk, virtio-net, virtio-vsock, virtio-rng, serial,
 //! i8042, the event loop, vCPU stop and teardown). glibc's allocator is held to one arena
 //! (see [`crate::jail`]) so it never opens `/proc/sys/vm/overcommit_memory` from a thread.
 //!
@@ -62,6 +62,8 @@ const fn when(syscall: c_long, name: &'static str, any_of: &'static [Check]) -> 
 pub const KVM_RUN: u32 = 0xae80;
 const FIONBIO: u32 = libc::FIONBIO as u32;
 const FIOCLEX: u32 = libc::FIOCLEX as u32;
+/// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`: which offloads a tap hands the guest.
+pub const TUNSETOFFLOAD: u32 = libc::TUNSETOFFLOAD as u32;
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 
 /// Memory may be (un)mapped and protected, never made executable.
@@ -162,7 +164,10 @@ pub const EVENT_LOOP: &[Allowed] = &[
     any(SYS_sendmsg, "sendmsg"),
     any(SYS_recvfrom, "recvfrom"),
     any(SYS_recvmsg, "recvmsg"),
-    when(SYS_ioctl, "ioctl", &[Check::Eq(1, FIONBIO), Check::Eq(1, FIOCLEX)]),
+    // virtio-net: TUNSETOFFLOAD on the tap, once per activation (the device defers it from the
+    // vCPU thread that activates it to this one). Its reads and writes of frames are plain
+    // `read`/`write`.
+    when(SYS_ioctl, "ioctl", &[Check::Eq(1, FIONBIO), Check::Eq(1, FIOCLEX), Check::Eq(1, TUNSETOFFLOAD)]),
     any(SYS_nanosleep, "nanosleep"),
     any(SYS_clock_nanosleep, "clock_nanosleep"),
 ];

@@ -188,6 +188,8 @@ fn spec_with(id: &str, args: &[&str], patch: impl FnOnce(&mut ProcessSpec)) -> S
         boot_timeout: Duration::from_secs(20),
         request_timeout: Duration::from_secs(20),
         quiet_warnings: vec![],
+        network: None,
+        host_setup: None,
     }
 }
 

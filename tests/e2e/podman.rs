@@ -16,10 +16,17 @@ use crate::vmrun::shared;
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial("podman::run_oom_logs_exec_it_run_it_pause_stop_rm_with_palisade_as_the_runtime", podman_drives_palisade)]
+    vec![
+        trial("podman::run_oom_logs_exec_it_run_it_pause_stop_rm_with_palisade_as_the_runtime", podman_drives_palisade),
+        trial("podman::a_bridge_network_and_a_published_port_reach_the_container_in_its_vm", podman_network),
+    ]
 }
 
 const IMAGE: &str = "localhost/palisade-busybox:e2e";
+
+/// podman's locks are one shared-memory segment per host (`/libpod_lock`), whatever its
+/// root: two podman stores in use at once collide, so the tests take turns.
+static PODMAN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// podman with everything of its own under `dir`, and palisade as its runtime.
 fn podman(dir: &Path, args: &[&str]) -> Result<Output, String> {
@@ -28,6 +35,65 @@ fn podman(dir: &Path, args: &[&str]) -> Result<Output, String> {
 
 fn podman_command(dir: &Path, args: &[&str]) -> Command {
     podman_with(dir, &paths().profile_dir.join("palisade"), args)
+}
+
+/// `wget -q -O - URL` on the host, tried until it answers or `timeout` has passed.
+fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let out = Command::new("wget").args(["-q", "-T", "10", "-O", "-", url]).output().map_err(|e| format!("wget: {e}"))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("wget {url}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// podman's own network (its default bridge, through CNI's bridge, host-local and portmap
+/// plugins, Debian's containernetworking-plugins): the container, in its VM, has the address
+/// CNI gave it, the host reaches it there, and `-p 18080:80` serves it on 127.0.0.1:18080.
+fn podman_network() -> TestResult {
+    let _g = shared();
+    let _podman = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = work.path();
+    let layer = busybox_layer(dir)?;
+    let out = podman(dir, &["import", &layer.display().to_string(), IMAGE])?;
+    ensure!(out.code() == 0, "podman import: {}", out.describe());
+    let name = "e2e-podman-net";
+    let serve = "busybox mkdir -p /www && echo served-from-the-vm > /www/index.html && exec busybox httpd -f -p 80 -h /www";
+    let cni = dir.join("cni");
+    let cni_arg = cni.display().to_string();
+    let args =
+        ["--network-config-dir", &cni_arg, "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", IMAGE, "sh", "-c", serve];
+    let out = podman(dir, &args)?;
+    ensure!(out.code() == 0, "podman run --network bridge -p 18080:80: {}", out.describe());
+    let result = (|| -> TestResult {
+        let out = podman(dir, &["inspect", "--format", "{{.NetworkSettings.IPAddress}}", name])?;
+        let address = out.stdout_str().trim().to_string();
+        ensure!(out.code() == 0 && address.parse::<std::net::Ipv4Addr>().is_ok(), "the container's address: {}", out.describe());
+        let body = fetch(&format!("http://{address}/"), vm_timeout())?;
+        ensure!(body == "served-from-the-vm\n", "http://{address}/ gave {body:?}");
+        let body = fetch("http://127.0.0.1:18080/", Duration::from_secs(30))?;
+        ensure!(body == "served-from-the-vm\n", "the published port 127.0.0.1:18080 gave {body:?}");
+        // Inside, the address CNI gave the container's namespace, on the guest's kernel.
+        let out = podman(dir, &["exec", name, "sh", "-c", "busybox ip -4 addr show eth0; busybox uname -r"])?;
+        let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        ensure!(
+            out.code() == 0 && out.stdout_str().contains(&format!("inet {address}/")) && !out.stdout_str().contains(host_kernel.trim()),
+            "inside the container: {}",
+            out.describe()
+        );
+        Ok(())
+    })();
+    let removed = podman(dir, &["--network-config-dir", &cni_arg, "rm", "-f", name])?;
+    result?;
+    ensure!(removed.code() == 0, "podman rm -f: {}", removed.describe());
+    ensure!(fetch("http://127.0.0.1:18080/", Duration::ZERO).is_err(), "127.0.0.1:18080 still answers after podman rm");
+    Ok(())
 }
 
 /// podman with `runtime` as its OCI runtime.
@@ -65,6 +131,7 @@ pub fn cgroups_named(dir: &Path, prefix: &str, depth: u32) -> Vec<std::path::Pat
 
 fn podman_drives_palisade() -> TestResult {
     let _g = shared();
+    let _podman = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = work.path();
     let layer = busybox_layer(dir)?;

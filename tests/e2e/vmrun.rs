@@ -1,5 +1,6 @@
 //! `vmrun`: a command in a micro-VM behaves like a local command.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub fn tests() -> Vec<Trial> {
         trial("vmrun::errors::corrupt_kernel", corrupt_kernel),
         trial("vmrun::errors::missing_rootfs", missing_rootfs),
         trial("vmrun::no_leftovers_after_20_in_a_row_and_5_in_parallel", no_leftovers),
+        trial("vmrun::network_nat_publishes_a_port_and_leaves_nothing", network_nat_publishes_a_port_and_leaves_nothing),
+        trial("vmrun::network_tap_reaches_the_guest_at_its_address", network_tap_reaches_the_guest_at_its_address),
     ]
 }
 
@@ -321,5 +324,202 @@ fn no_leftovers() -> TestResult {
     let after = leftovers_snapshot();
     let new: Vec<_> = after.iter().filter(|a| !before.contains(a)).collect();
     ensure!(new.is_empty(), "left behind after 25 VMs: {new:?}");
+    Ok(())
+}
+
+/// A container that serves `hi-from-the-vm` on port 80 until SIGTERM (its shell traps it: a
+/// container's PID 1 ignores a signal it has no handler for).
+const SERVE: &str = "trap 'exit 0' TERM; mkdir -p /www && echo hi-from-the-vm > /www/index.html && busybox httpd -f -p 80 -h /www & wait";
+
+/// vmrun running in the background, its output in files; killed if still running when dropped.
+struct Background {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Background {
+    fn start(args: &[&str]) -> Result<Background, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let file = |name: &str| std::fs::File::create(dir.path().join(name)).map_err(|e| e.to_string());
+        let child = vmrun(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(file("stdout")?)
+            .stderr(file("stderr")?)
+            .spawn()
+            .map_err(|e| format!("vmrun: {e}"))?;
+        Ok(Background { child, dir })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child, which has not been waited for yet.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Its exit code once it ended within `timeout` (a signal's as 128+N).
+    fn wait(&mut self, timeout: Duration) -> Result<i32, String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                use std::os::unix::process::ExitStatusExt;
+                return Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("vmrun still runs {timeout:?} later; stderr: {}", self.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `curl URL`, tried until it answers or vmrun ends (its exit code then) or the VM
+    /// timeout passes.
+    fn fetch(&mut self, url: &str) -> Result<Result<String, i32>, String> {
+        let deadline = std::time::Instant::now() + palisade_e2e::vm_timeout();
+        loop {
+            let out = Command::new("curl").args(["-sS", "--max-time", "5", url]).output().map_err(|e| format!("curl: {e}"))?;
+            if out.status.success() {
+                return Ok(Ok(String::from_utf8_lossy(&out.stdout).into_owned()));
+            }
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(Err(status.code().unwrap_or(-1)));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("curl {url}: {}; vmrun's stderr: {}", String::from_utf8_lossy(&out.stderr).trim(), self.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts vmrun `args` in the background and fetches `url` from it; a VM the emulator lost
+/// is booted again ([`palisade_e2e::lost_boot_fault`]).
+fn serve_and_fetch(args: &[&str], url: &str) -> Result<(Background, String), String> {
+    let mut boot = 1;
+    loop {
+        let mut bg = Background::start(args)?;
+        match bg.fetch(url)? {
+            Ok(body) => return Ok((bg, body)),
+            Err(code) => {
+                let stderr = bg.stderr();
+                match palisade_e2e::lost_boot_fault(inside_testhost(), boot, code, &stderr) {
+                    Some(fault) => eprintln!("[e2e] vmrun {args:?}: the VM was lost under emulation ({fault}); booting it once more"),
+                    None => return Err(format!("vmrun {args:?} exited {code} before serving {url}: {stderr}")),
+                }
+            }
+        }
+        boot += 1;
+    }
+}
+
+/// The nftables tables of vmrun's (`palisade_*`) and the host's `plsd*` interfaces.
+fn nat_leftovers() -> Result<(Vec<String>, Vec<String>), String> {
+    let out = Command::new("nft").args(["list", "tables"]).output().map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("nft list tables: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let tables = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("palisade_")).map(|l| l.trim().to_string()).collect();
+    let links = std::fs::read_dir("/sys/class/net")
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("plsd"))
+        .collect();
+    Ok((tables, links))
+}
+
+/// Waits (up to 15 s: the VM's supervisor ends a VM shortly after vmrun) until nothing of
+/// vmrun's NAT is left but the tables `keep`.
+fn nothing_left_but(keep: &[String]) -> TestResult {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (tables, links) = nat_leftovers()?;
+        let tables: Vec<_> = tables.into_iter().filter(|t| !keep.contains(t)).collect();
+        if tables.is_empty() && links.is_empty() {
+            return Ok(());
+        }
+        ensure!(std::time::Instant::now() < deadline, "left behind: tables {tables:?}, interfaces {links:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn network_nat_publishes_a_port_and_leaves_nothing() -> TestResult {
+    let _g = shared();
+    let args = ["--network", "nat", "-p", "18081:80", "--", "sh", "-c", SERVE];
+    let url = "http://127.0.0.1:18081/";
+    // Served through 127.0.0.1 on the host; SIGTERM ends the container, then the VM.
+    let (mut bg, body) = serve_and_fetch(&args, url)?;
+    ensure!(body == "hi-from-the-vm\n", "{url} gave {body:?}");
+    let table = format!("table ip palisade_plsd{}", bg.pid());
+    let (tables, links) = nat_leftovers()?;
+    ensure!(tables.contains(&table) && links == [format!("plsd{}", bg.pid())], "while running: tables {tables:?}, interfaces {links:?}");
+    bg.signal(libc::SIGTERM);
+    let code = bg.wait(Duration::from_secs(60))?;
+    ensure!(code == 0, "vmrun ended with {code} after SIGTERM: {}", bg.stderr());
+    nothing_left_but(&[])?;
+    drop(bg);
+
+    // A SIGKILLed vmrun leaves its table (the tap goes with its VM); the next run sweeps it.
+    let (mut bg, body) = serve_and_fetch(&args, url)?;
+    ensure!(body == "hi-from-the-vm\n", "{url} gave {body:?}");
+    let table = format!("table ip palisade_plsd{}", bg.pid());
+    bg.signal(libc::SIGKILL);
+    bg.wait(Duration::from_secs(10))?;
+    nothing_left_but(std::slice::from_ref(&table))?;
+    ensure!(nat_leftovers()?.0 == [table.clone()], "after SIGKILL: the table {table:?} should be left");
+    let out = run_vmrun(&["--network", "nat", "--", "cat", "/proc/net/route"], None).map_err(|e| e.to_string())?;
+    ensure!(out.code() == 0, "{}", out.describe());
+    // The guest's default route (destination 0) leads out eth0.
+    ensure!(out.stdout_str().lines().any(|l| l.starts_with("eth0\t00000000\t")), "no default route via eth0: {}", out.describe());
+    nothing_left_but(&[])?;
+    Ok(())
+}
+
+/// Deletes the host interface it names when dropped.
+struct HostLink(&'static str);
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "delete", self.0]).output();
+    }
+}
+
+fn ip(args: &[&str]) -> TestResult {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+fn network_tap_reaches_the_guest_at_its_address() -> TestResult {
+    let _g = shared();
+    const TAP: &str = "vmrtap0";
+    let _ = Command::new("ip").args(["link", "delete", TAP]).output();
+    ip(&["tuntap", "add", TAP, "mode", "tap"])?;
+    let _link = HostLink(TAP);
+    ip(&["addr", "add", "100.65.0.1/30", "dev", TAP])?;
+    ip(&["link", "set", TAP, "up"])?;
+    let network = format!("tap:{TAP},ip=100.65.0.2/30,gw=100.65.0.1");
+    let (mut bg, body) = serve_and_fetch(&["--network", &network, "--", "sh", "-c", SERVE], "http://100.65.0.2/")?;
+    ensure!(body == "hi-from-the-vm\n", "the guest gave {body:?}");
+    bg.signal(libc::SIGTERM);
+    let code = bg.wait(Duration::from_secs(60))?;
+    ensure!(code == 0, "vmrun ended with {code} after SIGTERM: {}", bg.stderr());
+    // The tap was the caller's: it is still there.
+    ensure!(Path::new("/sys/class/net").join(TAP).exists(), "the tap {TAP} went with the VM");
     Ok(())
 }

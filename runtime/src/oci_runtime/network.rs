@@ -137,6 +137,8 @@ impl PodNetwork {
         up.map_err(fail)?;
         for l in &self.links {
             for (from, to) in [(&l.interface, &l.tap), (&l.tap, &l.interface)] {
+                // A redirection left by a container that was not deleted goes first.
+                let _ = tc(&self.netns, &["qdisc", "del", "dev", from, "ingress"]);
                 tc(&self.netns, &["qdisc", "add", "dev", from, "ingress"])?;
                 tc(
                     &self.netns,
@@ -184,4 +186,47 @@ fn tc(netns: &Path, args: &[&str]) -> Result<(), RuntimeError> {
         return Err(RuntimeError::Other(format!("{what}: {}", err.trim())));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_netlink::testing::{in_netns, ip};
+
+    use super::*;
+
+    /// A namespace as CNI leaves it (a veth with an address, MTU 1400, a default route and
+    /// one more): what is carried into the VM, and what is left to the guest's kernel.
+    #[test]
+    fn a_namespace_is_read_as_the_guest_gets_it() {
+        let Some(network) = in_netns(|| {
+            ip("link add eth0 type veth peer name peer0");
+            ip("link set eth0 address 02:00:00:00:00:05 mtu 1400 up");
+            ip("link set peer0 up");
+            ip("addr add 10.9.0.2/24 dev eth0");
+            ip("addr add fd00:9::2/64 dev eth0 nodad");
+            ip("route add default via 10.9.0.1");
+            ip("route add 10.10.0.0/16 via 10.9.0.1 mtu 1300");
+            read(Path::new("/proc/thread-self/ns/net")).unwrap()
+        }) else {
+            return;
+        };
+        let eth0 = network.links.iter().find(|l| l.interface == "eth0").expect("eth0 carried");
+        assert_eq!((eth0.mac, eth0.mtu), ([2, 0, 0, 0, 0, 5], 1400));
+        assert!(eth0.tap.ends_with("_plsd") && eth0.tap.len() <= 15, "{}", eth0.tap);
+        assert!(network.links.iter().all(|l| l.interface != "lo"));
+        let spec = network.guest.interfaces.iter().find(|i| i.name == "eth0").unwrap();
+        assert_eq!(spec.mac, "02:00:00:00:00:05");
+        assert_eq!(spec.mtu, 1400);
+        // The addresses given, not the link-local one the kernel made.
+        assert_eq!(spec.addresses, ["10.9.0.2/24", "fd00:9::2/64"]);
+        let routes: Vec<(Option<&str>, Option<&str>, Option<u32>)> =
+            network.guest.routes.iter().map(|r| (r.destination.as_deref(), r.gateway.as_deref(), r.mtu)).collect();
+        // Not the prefix routes the kernel made from the addresses.
+        assert!(routes.contains(&(None, Some("10.9.0.1"), None)), "{routes:?}");
+        assert!(routes.contains(&(Some("10.10.0.0/16"), Some("10.9.0.1"), Some(1300))), "{routes:?}");
+        assert!(!routes.iter().any(|r| r.0 == Some("10.9.0.0/24")), "{routes:?}");
+        let devices = network.devices();
+        assert_eq!(devices.len(), network.links.len());
+        assert!(devices.iter().all(|d| d.netns.as_deref() == Some(Path::new("/proc/thread-self/ns/net"))));
+    }
 }

@@ -217,6 +217,8 @@ pub fn exec(root: &Path, id: &SandboxId, process: ProcessSpec, io: HostIo, signa
         boot_timeout: Duration::from_secs(10),
         request_timeout: crate::vmrun::connect::request_timeout(),
         quiet_warnings: vec![],
+        network: None,
+        host_setup: None,
     };
     let mut vm = SandboxVm::new(root, id);
     session::run_session(&sandbox.vsock_socket(), &mut vm, &spec, io, signals)

@@ -43,7 +43,8 @@ const SPEC_OPTIONS: [&str; 16] = [
 ///
 /// The container gets Docker's defaults: 14 capabilities, the default seccomp
 /// profile, masked and read-only /proc and /sys paths, new pid, mount, ipc, uts,
-/// network and cgroup namespaces, and a writable overlay over the root filesystem.
+/// network (unless --network gives it one) and cgroup namespaces, and a writable overlay
+/// over the root filesystem.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vmrun", version, about, trailing_var_arg = true)]
 pub struct VmrunArgs {
@@ -136,6 +137,19 @@ pub struct VmrunArgs {
     /// Limit the writes to a disk, in requests a second: `/dev/vda:N`.
     #[arg(long, value_name = "DEVICE:N")]
     pub device_write_iops: Vec<String>,
+    /// The VM's network: `none` (the default: the container has its loopback only); `nat`
+    /// (a tap `plsd<PID>` with a /30 of 100.64.0.0/10, the guest's traffic masqueraded, ports
+    /// published with -p; turns IPv4 forwarding on and adds an nftables table
+    /// `palisade_plsd<PID>` while vmrun runs); or `tap:NAME[,ip=ADDR/LEN[,gw=ADDR]]` (the
+    /// guest's eth0 on the host's existing tap NAME, with that IPv4 address and default
+    /// gateway, or none). With a network the container shares the guest's network namespace.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], reachable
+    /// from elsewhere and from the host itself (127.0.0.1 included). Implies --network nat.
+    /// Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:CONTAINERPORT")]
+    pub publish: Vec<String>,
     #[command(flatten)]
     pub share_tuning: ShareTuningArgs,
     /// Show the guest's serial console on stderr (debugging).

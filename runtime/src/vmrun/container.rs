@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::args::{self, ArgsError, SeccompOpt, VmrunArgs, USERNS_BASE_ID};
+use super::network::{self, Choice, NetworkError, Publish};
 use super::volume::{self, Volume, VolumeError};
 use crate::oci::bundle::{self, BundleError};
 use crate::oci::defaults::{self, default_spec, BindMount, DefaultsError, SeccompChoice, SpecOptions, ALL_CAPS};
@@ -34,6 +35,9 @@ pub struct ContainerPlan {
     pub quiet_warnings: Vec<String>,
     /// `--volume`s: volume `i` is bound from [`share::volume_guest_path`]`(i)` in the spec.
     pub volumes: Vec<Volume>,
+    /// `--network` (the container then runs in the guest's network namespace) and `-p`.
+    pub network: Choice,
+    pub publish: Vec<Publish>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,10 @@ pub enum ContainerError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("{0}: not valid JSON: {1}")]
+    Json(&'static str, serde_json::Error),
     #[error("--security-opt seccomp={path}: {problem}")]
     Profile { path: PathBuf, problem: String },
     #[error("the container's spec is {0} bytes, more than the agent accepts in one message")]
@@ -54,16 +62,26 @@ pub enum ContainerError {
 
 /// The plan for `args`; `lookup` reads vmrun's environment (for `-e KEY`).
 pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result<ContainerPlan, ContainerError> {
+    let (network, publish) = network::choose(args.network.as_deref(), &args.publish)?;
     if let Some(dir) = &args.bundle {
         let b = bundle::load(dir)?;
+        let spec_json = if network == Choice::None {
+            b.config
+        } else {
+            let mut spec: Value = serde_json::from_str(&b.config).map_err(|e| ContainerError::Json("config.json", e))?;
+            network::use_guest_network_namespace(&mut spec);
+            spec.to_string()
+        };
         return Ok(ContainerPlan {
-            spec_json: b.config,
+            spec_json,
             rootfs: Some(b.rootfs),
             read_only: b.readonly,
             terminal: b.terminal,
             memory_limit_mib: b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32),
             quiet_warnings: vec![],
             volumes: vec![],
+            network,
+            publish,
         });
     }
     let volumes = volume::parse_all(&args.volume)?;
@@ -109,7 +127,11 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
         devices: vec![],
         binds,
     };
-    let spec = default_spec(&options)?.to_string();
+    let mut spec = default_spec(&options)?;
+    if network != Choice::None {
+        network::use_guest_network_namespace(&mut spec);
+    }
+    let spec = spec.to_string();
     if spec.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
         return Err(ContainerError::TooLarge(spec.len()));
     }
@@ -121,6 +143,8 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
         memory_limit_mib: args.memory,
         quiet_warnings,
         volumes,
+        network,
+        publish,
     })
 }
 
@@ -200,6 +224,23 @@ mod tests {
         assert_eq!(binds[1]["options"][2], "ro");
         let e = plan(&parse(&["-v", "data:/data", "true"]), |_| None).unwrap_err().to_string();
         assert!(e.contains("named and anonymous volumes"), "{e}");
+    }
+
+    #[test]
+    fn a_network_puts_the_container_in_the_guests_network_namespace() {
+        let kinds = |a: &[&str]| -> Vec<String> {
+            spec_of(a)["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect()
+        };
+        assert!(kinds(&["true"]).contains(&"network".to_string()));
+        assert!(!kinds(&["--network", "nat", "true"]).contains(&"network".to_string()));
+        assert!(!kinds(&["-p", "8080:80", "true"]).contains(&"network".to_string()));
+        assert!(!kinds(&["--network", "tap:t0", "true"]).contains(&"network".to_string()));
+        assert!(kinds(&["--network", "none", "true"]).contains(&"network".to_string()));
+        assert_eq!(kinds(&["--network", "nat", "true"]).len(), 5);
+        let p = plan(&parse(&["-p", "8080:80", "true"]), |_| None).unwrap();
+        assert_eq!((p.network, p.publish.len()), (Choice::Nat, 1));
+        let e = plan(&parse(&["--network", "none", "-p", "8080:80", "true"]), |_| None).unwrap_err().to_string();
+        assert!(e.starts_with("--publish is for --network nat"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod connect;
 pub mod container;
 pub mod guest_text;
 pub mod image;
+pub mod network;
 pub mod run;
 pub mod rundir;
 pub mod session;

@@ -13,8 +13,9 @@ use super::args::{disk_rates, vm_memory_mib, ArgsError, VmrunArgs};
 use super::assets::{self, AssetError};
 use super::container::{self, ContainerError};
 use super::image::{self, ImageError, RootKind};
+use super::network::{self, NetworkError, TableGuard};
 use super::rundir::{candidate_bases, RunDir, RunDirError};
-use super::session::{run_session, HostIo, Launch, SessionError, SessionSpec};
+use super::session::{run_session, HostIo, HostSetup, Launch, SessionError, SessionSpec};
 use super::terminal::{self, RawMode};
 use super::vmm::VmmConfig;
 use crate::sandbox::control::{self, Attachment, SandboxVm};
@@ -50,6 +51,8 @@ pub enum VmrunError {
     Image(#[from] ImageError),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("--volume: {0}")]
     Volume(ShareError),
     #[error("--rootfs: {0}")]
@@ -156,6 +159,12 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
     if !sandbox_binary.is_file() {
         return Err(AssetError::NoSandbox(sandbox_binary).into());
     }
+    // The network: a `nat` VM's /30 is chosen (and what SIGKILLed vmruns left is swept)
+    // here; its host side is set up once the VM runs, and its table deleted when this
+    // function returns, however it returns.
+    let net = network::prepare(&plan.network, &plan.publish, std::process::id())?;
+    let _table = net.nat.as_ref().map(|nat| TableGuard(nat.table.clone()));
+    let host_setup = net.nat.clone().map(|nat| HostSetup(std::sync::Arc::new(move || nat.set_up_host().map_err(|e| e.to_string()))));
     let (run_dir, lock) = RunDir::create(&candidate_bases(env_path("XDG_RUNTIME_DIR")))?;
     tracing::debug!(dir = %run_dir.path().display(), "run directory");
     let tty_size = if plan.terminal { terminal::window_size(0).or_else(|| terminal::window_size(1)) } else { None };
@@ -178,12 +187,14 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         ),
         request_timeout: super::connect::request_timeout(),
         quiet_warnings: plan.quiet_warnings.clone(),
+        network: net.guest.clone(),
+        host_setup,
     };
 
     // The VM is a sandbox of its own, tied to vmrun: its supervisor holds the VMM and
     // virtiofsd, ends the VM if vmrun dies however it dies, and then removes the directory.
     // Its vsock socket, console log and files are set by the supervisor.
-    let vm = VmmConfig {
+    let mut vm = VmmConfig {
         binary: &vmm_binary,
         kernel: &kernel,
         initrd: &initrd,
@@ -199,6 +210,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         exit_record: Path::new("exit.json"),
     }
     .vm_config();
+    vm.net = net.devices.clone();
     let sandbox_spec = SandboxSpec {
         vmm_binary: vmm_binary.clone(),
         virtiofsd_binary: (!shared.is_empty()).then(|| virtiofsd_binary.clone()),

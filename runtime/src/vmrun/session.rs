@@ -82,6 +82,21 @@ pub struct SessionSpec {
     /// Warnings of `CreateContainer` that start with one of these are expected and
     /// only logged; the others are shown on stderr as `vmrun: warning from the guest: …`.
     pub quiet_warnings: Vec<String>,
+    /// The guest's network interfaces (`ConfigureNetwork`), set up before the rootfs.
+    pub network: Option<palisade_protocol::NetworkSpec>,
+    /// Run once the agent answered (the VM's devices exist then), before the guest's
+    /// network is configured: the host's side of the VM's network.
+    pub host_setup: Option<HostSetup>,
+}
+
+/// Work on the host once the VM runs; its error is [`SessionError::HostSetup`].
+#[derive(Clone)]
+pub struct HostSetup(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for HostSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostSetup")
+    }
 }
 
 /// The host side of the command's stdio.
@@ -114,6 +129,8 @@ pub enum SessionError {
     StartFailed(String),
     #[error("{0}")]
     Agent(#[from] ConnectError),
+    #[error("{0}")]
+    HostSetup(String),
 }
 
 impl SessionError {
@@ -200,6 +217,13 @@ fn session(socket: &Path, vm: &mut dyn Vm, spec: &SessionSpec, io: HostIo, signa
     let mut control = wait_for_agent(socket, vm, spec, signals)?;
     tracing::info!("the guest agent answered");
     super::timings::mark("agent_ready_ms");
+    if let Some(setup) = &spec.host_setup {
+        (setup.0)().map_err(SessionError::HostSetup)?;
+    }
+    if let Some(network) = &spec.network {
+        control.call_ok("configuring the network", &Request::ConfigureNetwork(network.clone()))?;
+        tracing::debug!("the guest's network is configured");
+    }
     if let Some(tag) = &spec.share {
         control.call_ok("mounting the shared directories", &Request::MountShare { tag: tag.clone() })?;
         super::timings::mark("share_mounted_ms");

@@ -37,6 +37,17 @@ fn podman_command(dir: &Path, args: &[&str]) -> Command {
     podman_with(dir, &paths().profile_dir.join("palisade"), args)
 }
 
+/// A podman store of the test's own, with [`IMAGE`] imported from a busybox layer.
+fn store_with_image() -> Result<tempfile::TempDir, String> {
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let layer = busybox_layer(work.path())?;
+    let out = podman(work.path(), &["import", &layer.display().to_string(), IMAGE])?;
+    if out.code() != 0 {
+        return Err(format!("podman import: {}", out.describe()));
+    }
+    Ok(work)
+}
+
 /// `wget -q -O - URL` on the host, tried until it answers or `timeout` has passed.
 fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
     let deadline = std::time::Instant::now() + timeout;
@@ -58,11 +69,8 @@ fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
 fn podman_network() -> TestResult {
     let _g = shared();
     let _podman = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = store_with_image()?;
     let dir = work.path();
-    let layer = busybox_layer(dir)?;
-    let out = podman(dir, &["import", &layer.display().to_string(), IMAGE])?;
-    ensure!(out.code() == 0, "podman import: {}", out.describe());
     let name = "e2e-podman-net";
     let serve = "busybox mkdir -p /www && echo served-from-the-vm > /www/index.html && exec busybox httpd -f -p 80 -h /www";
     let cni = dir.join("cni");
@@ -132,11 +140,8 @@ pub fn cgroups_named(dir: &Path, prefix: &str, depth: u32) -> Vec<std::path::Pat
 fn podman_drives_palisade() -> TestResult {
     let _g = shared();
     let _podman = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = store_with_image()?;
     let dir = work.path();
-    let layer = busybox_layer(dir)?;
-    let out = podman(dir, &["import", &layer.display().to_string(), IMAGE])?;
-    ensure!(out.code() == 0, "podman import: {}", out.describe());
 
     // podman run: output and exit status; podman's single-file binds reach the container.
     let out = podman(

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_GSO_TCPV4};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::devices::virtio::device::{IrqTrigger, VirtioDevice};
+use crate::devices::virtio::queue::test_utils::DriverQueue;
 use crate::rate_limiter::Rates;
 
 const TAP_NAME: &str = "ptap0";
@@ -40,68 +40,6 @@ const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WAIT: Duration = Duration::from_secs(5);
 /// A chain as (address, length, flags) per descriptor.
 type Descs = Vec<(u64, u32, u16)>;
-
-/// The driver side of one split virtqueue, writing guest memory directly.
-struct DriverQueue {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl DriverQueue {
-    fn new(mem: &GuestMemoryMmap, base: u64) -> (Self, Queue) {
-        let (desc, avail, used) = (base, base + 16 * u64::from(QSIZE), base + 0x1800);
-        for at in [avail, used] {
-            mem.write_obj(0u32, GuestAddress(at)).unwrap();
-        }
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue.set_ready(true);
-        queue.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
-        queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
-        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        (DriverQueue { desc, avail, used, avail_idx: 0, used_seen: 0 }, queue)
-    }
-
-    fn write_desc(&self, mem: &GuestMemoryMmap, index: u16, (addr, len, flags, next): (u64, u32, u16, u16)) {
-        let at = self.desc + 16 * u64::from(index);
-        mem.write_obj(addr, GuestAddress(at)).unwrap();
-        mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        mem.write_obj(next, GuestAddress(at + 14)).unwrap();
-    }
-
-    /// Writes a chain into descriptors `first..` (linked in order) and makes it available.
-    fn add_chain(&mut self, mem: &GuestMemoryMmap, first: u16, descs: &[(u64, u32, u16)]) {
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let index = first + i as u16;
-            let last = i + 1 == descs.len();
-            self.write_desc(mem, index, (addr, len, if last { flags } else { flags | NEXT }, if last { 0 } else { index + 1 }));
-        }
-        self.publish(mem, first);
-    }
-
-    fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
-    }
-
-    /// The (head, len) of every used entry since the last call.
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = self.used + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            out.push((mem.read_obj(GuestAddress(at)).unwrap(), mem.read_obj(GuestAddress(at + 4)).unwrap()));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 fn check(ret: libc::c_int, what: &str) {
     assert!(ret >= 0, "{what}: {}", io::Error::last_os_error());
@@ -201,8 +139,8 @@ impl Harness {
 
     fn with_device(mut net: Net, features: u64, host: OwnedFd) -> Harness {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let (rx, rxq) = DriverQueue::new(&mem, RX_QUEUE_ADDR);
-        let (tx, txq) = DriverQueue::new(&mem, TX_QUEUE_ADDR);
+        let (rx, rxq) = DriverQueue::new(&mem, RX_QUEUE_ADDR, QSIZE);
+        let (tx, txq) = DriverQueue::new(&mem, TX_QUEUE_ADDR, QSIZE);
         net.set_acked_features(features | (1 << 32));
         let irq = Arc::new(IrqTrigger::new().unwrap());
         net.activate(mem.clone(), irq, vec![rxq, txq]).unwrap();
@@ -557,8 +495,8 @@ fn guest_offloads_set_the_tap_and_reset_keeps_it() {
     h.pump();
     assert!(h.rx.take_used(&h.mem).is_empty(), "a reset device serves nothing");
     // The tap is still the device's: activate again on fresh queues and the frame comes.
-    let (rx, rxq) = DriverQueue::new(&h.mem, RX_QUEUE_ADDR);
-    let (tx, txq) = DriverQueue::new(&h.mem, TX_QUEUE_ADDR);
+    let (rx, rxq) = DriverQueue::new(&h.mem, RX_QUEUE_ADDR, QSIZE);
+    let (tx, txq) = DriverQueue::new(&h.mem, TX_QUEUE_ADDR, QSIZE);
     (h.rx, h.tx, h.next_rx_chain) = (rx, tx, head);
     {
         let mut dev = h.dev.lock().unwrap();

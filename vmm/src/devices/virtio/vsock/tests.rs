@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::packet::*;
 use super::unix::connection::CONN_BUF_ALLOC;
 use super::{Vsock, VsockError, HOST_CID};
 use crate::devices::virtio::device::{IrqTrigger, VirtioDevice};
+use crate::devices::virtio::queue::test_utils::DriverQueue;
 
 const GUEST_CID: u64 = 3;
 const MEM_SIZE: usize = 0x100_0000;
@@ -37,70 +38,6 @@ const TX_SLOTS: u16 = 128;
 const RO: u16 = 0;
 const WO: u16 = VRING_DESC_F_WRITE as u16;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The driver side of one split virtqueue, writing guest memory directly.
-struct DriverQueue {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl DriverQueue {
-    /// Lays the queue out at `base` (descriptors, then the avail ring, then the used ring).
-    /// (virtio-queue's `MockSplitQueue` is not used: in 0.18 it places the used ring inside the
-    /// avail ring for queues bigger than 64 entries.)
-    fn new(mem: &GuestMemoryMmap, base: u64) -> (Self, Queue) {
-        let (desc, avail, used) = (base, base + 16 * u64::from(QSIZE), base + 0x1800);
-        for at in [avail, used] {
-            mem.write_obj(0u32, GuestAddress(at)).unwrap();
-        }
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue.set_ready(true);
-        queue.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
-        queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
-        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        let dq = DriverQueue { desc, avail, used, avail_idx: 0, used_seen: 0 };
-        (dq, queue)
-    }
-
-    /// Writes a chain into descriptors `first..` (linked in order) and returns the head.
-    fn write_chain(&self, mem: &GuestMemoryMmap, first: u16, descs: &[(u64, u32, u16)]) -> u16 {
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let index = first + i as u16;
-            let last = i + 1 == descs.len();
-            let flags = if last { flags } else { flags | VRING_DESC_F_NEXT as u16 };
-            let at = self.desc + 16 * u64::from(index);
-            mem.write_obj(addr, GuestAddress(at)).unwrap();
-            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-            mem.write_obj(index + 1, GuestAddress(at + 14)).unwrap();
-        }
-        first
-    }
-
-    fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
-    }
-
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = self.used + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -139,9 +76,9 @@ impl Harness {
         let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, &uds).unwrap()));
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
-        let (rx, rxq) = DriverQueue::new(&mem, RX_QUEUE_ADDR);
-        let (tx, txq) = DriverQueue::new(&mem, TX_QUEUE_ADDR);
-        let (_, evq) = DriverQueue::new(&mem, EV_QUEUE_ADDR);
+        let (rx, rxq) = DriverQueue::new(&mem, RX_QUEUE_ADDR, QSIZE);
+        let (tx, txq) = DriverQueue::new(&mem, TX_QUEUE_ADDR, QSIZE);
+        let (_, evq) = DriverQueue::new(&mem, EV_QUEUE_ADDR, QSIZE);
         let irq = Arc::new(IrqTrigger::new().unwrap());
         let mut h = Harness { _dir: dir, uds, mem, dev, em, irq, rx, tx, queues: Some(vec![rxq, txq, evq]), tx_slot: 0 };
         h.pump();

@@ -41,15 +41,7 @@ impl Containerd {
             sock = d.join("containerd.sock").display(),
         );
         std::fs::write(d.join("config.toml"), config).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("containerd (scripts/setup installs Debian's package): {e}"))?;
+        let child = spawn_containerd(d)?;
         let c = Containerd { child, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         while run(c.ctr(&["version"]), None, Duration::from_secs(30)).map(|o| o.code()).unwrap_or(1) != 0 {
@@ -88,13 +80,30 @@ impl Drop for Containerd {
     }
 }
 
+/// containerd on `dir/config.toml`, logging to `dir/containerd.log`.
+pub fn spawn_containerd(dir: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(dir.join("containerd.log")).map_err(|e| e.to_string())?;
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("containerd (scripts/setup installs Debian's package): {e}"))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A tar of a busybox root (`/bin/busybox`, `/bin/sh`): an image's single layer.
 pub fn busybox_layer(work: &Path) -> Result<PathBuf, String> {
-    let root = busybox_rootfs()?;
+    layer_of(&busybox_rootfs()?, work)
+}
+
+/// A tar of `root`, as an image's layer.
+pub fn layer_of(root: &tempfile::TempDir, work: &Path) -> Result<PathBuf, String> {
     let layer_tar = work.join("layer.tar");
     let tar = Command::new("tar")
         .arg("--numeric-owner")
@@ -112,37 +121,45 @@ pub fn busybox_layer(work: &Path) -> Result<PathBuf, String> {
 /// An OCI image archive (what `docker save` or `skopeo copy oci-archive:` makes) of a
 /// busybox root, named [`IMAGE`].
 fn image_archive(work: &Path) -> Result<PathBuf, String> {
-    let layer_tar = busybox_layer(work)?;
+    let layer = busybox_layer(work)?;
+    images_archive(work, &layer, &[(IMAGE, json!({"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"}))])
+}
+
+/// An OCI image archive of images that share one layer (a tar): each `(name, config)` is an
+/// image of that name whose image config (Env, Entrypoint, Cmd, …) is `config`.
+pub fn images_archive(work: &Path, layer_tar: &Path, images: &[(&str, serde_json::Value)]) -> Result<PathBuf, String> {
     let layout = work.join("layout");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
-    let layer = std::fs::read(&layer_tar).map_err(|e| e.to_string())?;
+    let layer = std::fs::read(layer_tar).map_err(|e| e.to_string())?;
     let blob = |bytes: &[u8]| -> Result<(String, usize), String> {
         let digest = sha256_hex(bytes);
         std::fs::write(blobs.join(&digest), bytes).map_err(|e| e.to_string())?;
         Ok((format!("sha256:{digest}"), bytes.len()))
     };
     let (layer_digest, layer_size) = blob(&layer)?;
-    let config = json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
-    });
-    let (config_digest, config_size) = blob(config.to_string().as_bytes())?;
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}]
-    });
-    let (manifest_digest, manifest_size) = blob(manifest.to_string().as_bytes())?;
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
+    let mut manifests = Vec::new();
+    for (name, image_config) in images {
+        let config = json!({
+            "architecture": "amd64", "os": "linux",
+            "config": image_config,
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
+        });
+        let (config_digest, config_size) = blob(config.to_string().as_bytes())?;
+        let manifest = json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}]
+        });
+        let (manifest_digest, manifest_size) = blob(manifest.to_string().as_bytes())?;
+        let tag = name.rsplit_once(':').map_or("latest", |(_, tag)| tag);
+        manifests.push(json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "e2e"}
-        }]
-    });
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag}
+        }));
+    }
+    let index = json!({"schemaVersion": 2, "manifests": manifests});
     std::fs::write(layout.join("index.json"), index.to_string()).map_err(|e| e.to_string())?;
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| e.to_string())?;
     let archive = work.join("image.tar");

@@ -5,6 +5,7 @@
 
 mod container;
 mod containerd;
+mod cri;
 mod kvm;
 mod network;
 mod oci_runtime;
@@ -40,6 +41,7 @@ fn main() {
     tests.extend(network::tests());
     tests.extend(containerd::tests());
     tests.extend(podman::tests());
+    tests.extend(cri::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();
 }
 

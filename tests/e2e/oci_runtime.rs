@@ -769,7 +769,7 @@ fn exit_status(code: i32) -> std::process::ExitStatus {
 }
 
 /// Mount points whose path names `needle` (a share or a bind palisade left mounted).
-fn mounts_naming(needle: &str) -> Vec<String> {
+pub(crate) fn mounts_naming(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(needle)).map(String::from).collect()
 }
 

@@ -646,12 +646,28 @@ fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
                 // CLONE_PARENT: the new process is the agent's child, not ours, so the agent
                 // reaps it (and learns its status) after we exit; orphaned, it would go to
                 // the init of the pid namespace it is in.
+                // The new process waits until this one has reported its pid (and exited,
+                // closing the pipe): a report of its own (ready, a failed step) read before
+                // the pid would leave the agent holding the wrong process.
+                let mut reported = [-1 as RawFd; 2];
+                check(libc::pipe2(reported.as_mut_ptr(), libc::O_CLOEXEC) as libc::c_long)?;
                 let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
-                let pid = check(libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize))?;
+                let pid = match check(libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize)) {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        libc::close(reported[0]);
+                        libc::close(reported[1]);
+                        return Err(e);
+                    }
+                };
                 if pid > 0 {
                     report(st.report_fd, REPORT_PID, 0, pid as i32);
                     libc::_exit(0);
                 }
+                libc::close(reported[1]);
+                let mut byte = 0u8;
+                while libc::read(reported[0], (&mut byte as *mut u8).cast(), 1) < 0 && Errno::last() == Errno::EINTR {}
+                libc::close(reported[0]);
                 Ok(())
             }
             Action::Stdio { fds, controlling_tty } => {

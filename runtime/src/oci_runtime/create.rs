@@ -210,7 +210,11 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let key = own_sandbox_id(o.id);
     let pod_dir = format!("pods/{key}");
     let mut plan = SharePlan::default();
-    plan.add(&b.rootfs, share::ROOT_PATH.into(), b.readonly).map_err(|e| RuntimeError::Invalid(format!("root.path: {e}")))?;
+    // The root is shared writable even when `root.readonly` is set, as runc's root directory
+    // is writable to runc: mount points the spec names but the image lacks (CRI's pause
+    // container gets /sys, /dev/shm, /etc/resolv.conf in a read-only root) are made in it
+    // first, and the guest then makes the container's root read-only (docs/security.md).
+    plan.add(&b.rootfs, share::ROOT_PATH.into(), false).map_err(|e| RuntimeError::Invalid(format!("root.path: {e}")))?;
     let options = GuestSpecOptions {
         systemd: o.systemd_cgroup,
         share_dir: if pod_vm.is_some() { &pod_dir } else { "" },
@@ -226,7 +230,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
     // A VM of its own (not a pod's): its parts are checked before anything is made.
     let own_vm = match pod_vm {
-        None => Some(own_vm_spec(&exe, &b, &plan, network.as_ref())?),
+        None => Some(own_vm_spec(&exe, &b, &plan, network.as_ref(), &annotations)?),
         Some(_) => None,
     };
 
@@ -254,7 +258,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         let rootfs_id = match &pod_vm {
             Some((vm, sandbox)) => {
                 let rootfs_id = format!("pod-{key}");
-                let member = pod::join(vm, sandbox, &pod_dir, &plan, pod::member_rootfs(&rootfs_id, &pod_dir, !b.readonly))?;
+                let member = pod::join(vm, sandbox, &pod_dir, &plan, pod::member_rootfs(&rootfs_id, &pod_dir, true))?;
                 record.pod = Some(member);
                 locked.write_record(&record)?;
                 rootfs_id
@@ -278,7 +282,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                 let rootfs = RootfsSpec {
                     id: "root".into(),
                     source: RootfsSource::Share { tag: share::TAG.into(), path: share::ROOT_PATH.into() },
-                    writable: !b.readonly,
+                    writable: true,
                     process_mounts: false,
                 };
                 let setup = control::GuestSetup {
@@ -371,9 +375,44 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     }
 }
 
+/// Annotation: the VM's memory in MiB (a pod's sandbox container carries its pod's
+/// annotations: containerd's `pod_annotations`, CRI-O's `allowed_annotations`).
+pub const VM_MEMORY_ANNOTATION: &str = "palisade.dev/vm-memory-mib";
+/// Annotation: the VM's vCPUs.
+pub const VM_VCPUS_ANNOTATION: &str = "palisade.dev/vm-vcpus";
+
+/// The VM's vCPUs and memory (MiB): the annotations when given, else one vCPU and the
+/// memory the container's limit needs (the default size without one).
+fn vm_size(annotations: &std::collections::BTreeMap<String, String>, limit_mib: Option<u32>) -> Result<(u8, u32), RuntimeError> {
+    let number = |key: &str, range: std::ops::RangeInclusive<u32>| -> Result<Option<u32>, RuntimeError> {
+        let Some(text) = annotations.get(key) else { return Ok(None) };
+        match text.trim().parse::<u32>() {
+            Ok(n) if range.contains(&n) => Ok(Some(n)),
+            _ => Err(RuntimeError::Invalid(format!(
+                "config.json: annotation {key}={text:?}: a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ))),
+        }
+    };
+    let max_vcpus = palisade_vmm::arch::x86_64::mptable::MAX_VCPUS;
+    let vcpus = number(VM_VCPUS_ANNOTATION, 1..=u32::from(max_vcpus))?.map_or(1, |n| n as u8);
+    let memory = number(VM_MEMORY_ANNOTATION, 64..=1 << 20)?;
+    let memory_mib = vm_memory_mib(memory, limit_mib)
+        .map_err(|e| RuntimeError::Invalid(format!("config.json: annotation {VM_MEMORY_ANNOTATION}: {e}")))?;
+    Ok((vcpus, memory_mib))
+}
+
 /// The VM of a container that is not a pod's: the kernel, initramfs, VMM and virtiofsd
-/// found (a clear error naming what is missing), its memory from the container's limit.
-fn own_vm_spec(exe: &Path, b: &bundle::Bundle, plan: &SharePlan, network: Option<&PodNetwork>) -> Result<SandboxSpec, RuntimeError> {
+/// found (a clear error naming what is missing), its size from its annotations or the
+/// container's limit.
+fn own_vm_spec(
+    exe: &Path,
+    b: &bundle::Bundle,
+    plan: &SharePlan,
+    network: Option<&PodNetwork>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<SandboxSpec, RuntimeError> {
     let assets_dir = assets::assets_dir(env_path("PALISADE_ASSETS_DIR"), exe);
     let kernel = env_path("PALISADE_KERNEL").unwrap_or_else(|| assets_dir.join("vmlinux"));
     if crate::vmrun::run::check_kvm().map_err(|e| RuntimeError::Other(e.to_string()))? == palisade_vmm::host::KvmHostKind::Pvm
@@ -394,12 +433,12 @@ fn own_vm_spec(exe: &Path, b: &bundle::Bundle, plan: &SharePlan, network: Option
         return Err(asset(AssetError::NoVirtiofsd(virtiofsd_binary)));
     }
     let limit_mib = b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32);
-    let memory_mib = vm_memory_mib(None, limit_mib).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let (vcpus, memory_mib) = vm_size(annotations, limit_mib)?;
     let tuning = ShareTuningArgs::default().tuning(true).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
     let vm = palisade_vmm::VmConfig {
         initrd: Some(initrd),
         cmdline: kernel_cmdline(std::env::var("PALISADE_AGENT_LOG").ok().as_deref()),
-        vcpus: 1,
+        vcpus,
         memory_mib,
         rng: true,
         net: network.map(PodNetwork::devices).unwrap_or_default(),
@@ -443,6 +482,23 @@ fn explain_vm_end(root: &Path, id: &SandboxId, e: RuntimeError) -> RuntimeError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annotations_size_the_vm() {
+        let at = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(vm_size(&at(&[]), None).unwrap(), (1, 128));
+        assert_eq!(vm_size(&at(&[]), Some(512)).unwrap(), (1, 576));
+        let sized = at(&[(VM_MEMORY_ANNOTATION, "1024"), (VM_VCPUS_ANNOTATION, "2")]);
+        assert_eq!(vm_size(&sized, Some(512)).unwrap(), (2, 1024));
+        // Smaller than the container's limit, not a number, out of range: refused, named.
+        let small = vm_size(&at(&[(VM_MEMORY_ANNOTATION, "256")]), Some(512)).unwrap_err().to_string();
+        assert!(small.contains(VM_MEMORY_ANNOTATION), "{small}");
+        for bad in [(VM_MEMORY_ANNOTATION, "lots"), (VM_MEMORY_ANNOTATION, "16"), (VM_VCPUS_ANNOTATION, "0"), (VM_VCPUS_ANNOTATION, "9999")]
+        {
+            let e = vm_size(&at(&[bad]), None).unwrap_err().to_string();
+            assert!(e.contains(bad.0) && e.contains(bad.1), "{e}");
+        }
+    }
 
     #[test]
     fn binds_become_share_paths_and_a_host_network_namespace_the_guests_own() {

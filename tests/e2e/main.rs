@@ -3,6 +3,7 @@
 //! On a host whose /dev/kvm cannot boot a standard guest (PVM, like the project's
 //! build machines), this binary re-executes itself inside the KVM test host first.
 
+mod bench;
 mod container;
 mod containerd;
 mod cri;
@@ -42,6 +43,7 @@ fn main() {
     tests.extend(containerd::tests());
     tests.extend(podman::tests());
     tests.extend(cri::tests());
+    tests.extend(bench::tests());
     libtest_mimic::run(&args, palisade_e2e::without_already_passed(tests)).exit();
 }
 

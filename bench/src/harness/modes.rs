@@ -1,0 +1,248 @@
+//! The three ways a workload runs: as a plain host process (bare metal), in a namespace
+//! container (Debian's crun: "just a container"), and in a Palisade micro-VM container
+//! (`palisade run`, the OCI runtime containerd and podman drive). Both containers run the
+//! same bundle: a busybox root with the static `palisade-workload` in it, `palisade spec`'s
+//! config (Docker's capabilities and seccomp profile), and a volume bound at `/data`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::workloads::Place;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    Bare,
+    Crun,
+    Palisade,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Bare, Mode::Crun, Mode::Palisade];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare",
+            Mode::Crun => "crun",
+            Mode::Palisade => "palisade",
+        }
+    }
+
+    /// What the mode is, for tables and plots.
+    pub fn about(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare metal (a host process)",
+            Mode::Crun => "namespace container (crun)",
+            Mode::Palisade => "Palisade micro-VM container (palisade run)",
+        }
+    }
+
+    /// `--modes bare,crun,palisade`; bare is always measured (every ratio is to it).
+    pub fn parse_list(text: &str) -> Result<Vec<Mode>> {
+        let mut modes = vec![Mode::Bare];
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let mode = Mode::ALL
+                .into_iter()
+                .find(|m| m.name() == name)
+                .with_context(|| format!("--modes: no mode {name:?} (bare, crun, palisade)"))?;
+            if !modes.contains(&mode) {
+                modes.push(mode);
+            }
+        }
+        Ok(modes)
+    }
+}
+
+/// What the modes run from: a work directory with the bundle, the volume, the host's own
+/// directories for bare metal, and the runtimes' state roots.
+pub struct Setup {
+    work: tempfile::TempDir,
+    workload: PathBuf,
+    palisade: PathBuf,
+    config: Value,
+    runs: std::cell::Cell<u64>,
+    /// The config.json last written into the bundle.
+    written: std::cell::RefCell<String>,
+}
+
+/// The VM a Palisade container gets: the host's CPUs and enough memory for the workloads
+/// (its annotations, docs/oci-runtime.md).
+pub struct VmSize {
+    pub vcpus: usize,
+    pub memory_mib: u32,
+}
+
+impl Setup {
+    pub fn new(workload: &Path, palisade: &Path, vm: &VmSize) -> Result<Setup> {
+        let work = tempfile::Builder::new().prefix("palisade-bench.").tempdir().context("a work directory")?;
+        let bundle = work.path().join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for dir in ["bin", "proc", "dev", "sys", "tmp", "etc", "data"] {
+            std::fs::create_dir_all(rootfs.join(dir)).with_context(|| format!("{}/{dir}", rootfs.display()))?;
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("/bin/busybox (busybox-static)")?;
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).context("bin/sh")?;
+        std::fs::copy(workload, rootfs.join("palisade-workload")).with_context(|| format!("copying {}", workload.display()))?;
+        for dir in ["volume", "bare-root", "crun-root", "palisade-root"] {
+            std::fs::create_dir_all(work.path().join(dir)).with_context(|| format!("{dir} in the work directory"))?;
+        }
+        let out = Command::new(palisade).arg("spec").current_dir(&bundle).output().context("palisade spec")?;
+        if !out.status.success() {
+            bail!("palisade spec: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let path = bundle.join("config.json");
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(&path).context("palisade spec's config.json")?).context("config.json")?;
+        config["process"]["terminal"] = json!(false);
+        config["root"]["readonly"] = json!(false);
+        config["hostname"] = json!("bench");
+        let volume = json!({"destination": "/data", "type": "bind", "source": work.path().join("volume"), "options": ["rbind", "rw"]});
+        config["mounts"].as_array_mut().context("config.json has no mounts")?.push(volume);
+        config["annotations"] = json!({
+            "palisade.dev/vm-vcpus": vm.vcpus.to_string(),
+            "palisade.dev/vm-memory-mib": vm.memory_mib.to_string(),
+        });
+        Ok(Setup {
+            work,
+            workload: workload.into(),
+            palisade: palisade.into(),
+            config,
+            runs: std::cell::Cell::new(0),
+            written: Default::default(),
+        })
+    }
+
+    /// The directory a workload of `place` works in, as `mode` sees it.
+    pub fn dir(&self, mode: Mode, place: Place) -> String {
+        match (mode, place) {
+            (Mode::Bare, Place::Root) => self.work.path().join("bare-root").display().to_string(),
+            (Mode::Bare, Place::Volume) => self.work.path().join("volume").display().to_string(),
+            (_, Place::Root) => "/tmp".into(),
+            (_, Place::Volume) => "/data".into(),
+        }
+    }
+
+    /// The command that runs `palisade-workload ARGS` in `mode`, to its end.
+    pub fn command(&self, mode: Mode, args: &[String]) -> Result<Command> {
+        self.runtime_run(mode, args, false).map(|(cmd, _)| cmd)
+    }
+
+    /// The command that starts `palisade-workload ARGS` in `mode` and returns once it runs
+    /// (`run -d`), and the container's ID (none for bare metal, whose command is the process).
+    pub fn detached(&self, mode: Mode, args: &[String]) -> Result<(Command, Option<String>)> {
+        self.runtime_run(mode, args, true)
+    }
+
+    fn runtime_run(&self, mode: Mode, args: &[String], detach: bool) -> Result<(Command, Option<String>)> {
+        if mode == Mode::Bare {
+            let mut cmd = Command::new(&self.workload);
+            cmd.args(args);
+            return Ok((cmd, None));
+        }
+        let n = self.runs.get() + 1;
+        self.runs.set(n);
+        let id = format!("bench-{}-{n}", std::process::id());
+        let mut config = self.config.clone();
+        let mut argv = vec![json!("/palisade-workload")];
+        argv.extend(args.iter().map(|a| json!(a)));
+        config["process"]["args"] = Value::Array(argv);
+        let bundle = self.work.path().join("bundle");
+        // Written only when it changes: a container being created may be reading it.
+        let text = config.to_string();
+        if *self.written.borrow() != text {
+            std::fs::write(bundle.join("config.json"), &text).context("writing the bundle's config.json")?;
+            *self.written.borrow_mut() = text;
+        }
+        let mut cmd = Command::new(self.runtime(mode));
+        cmd.arg("--root").arg(self.root(mode)).arg("run");
+        if detach {
+            cmd.arg("--detach");
+        }
+        cmd.arg("--bundle").arg(bundle).arg(&id);
+        Ok((cmd, Some(id)))
+    }
+
+    /// The container runtime of `mode`.
+    pub fn runtime(&self, mode: Mode) -> PathBuf {
+        match mode {
+            Mode::Palisade => self.palisade.clone(),
+            _ => PathBuf::from("crun"),
+        }
+    }
+
+    /// The runtime's state root (`--root`) of `mode`.
+    pub fn root(&self, mode: Mode) -> PathBuf {
+        self.work.path().join(match mode {
+            Mode::Palisade => "palisade-root",
+            _ => "crun-root",
+        })
+    }
+
+    /// A container's init as its runtime's `state` names it.
+    pub fn container_pid(&self, mode: Mode, id: &str) -> Option<u32> {
+        let out = Command::new(self.runtime(mode)).arg("--root").arg(self.root(mode)).args(["state", id]).output().ok()?;
+        let state: Value = serde_json::from_slice(&out.stdout).ok()?;
+        state["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0)
+    }
+}
+
+/// What one run gave: when its first stdout line came and when it exited (from its spawn),
+/// its output, its status.
+pub struct RunOutput {
+    pub first_line: Option<Duration>,
+    pub exited: Duration,
+    pub stdout: String,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+/// Runs `cmd` to its end (killed after `timeout`), timing its first line and its exit.
+pub fn run(mut cmd: Command, timeout: Duration) -> Result<RunOutput> {
+    let program = format!("{:?}", cmd.get_program());
+    let start = Instant::now();
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("running {program}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let (first_tx, first_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut lines = BufReader::new(stdout);
+        let mut line = String::new();
+        let mut first = true;
+        while lines.read_line(&mut line).unwrap_or(0) > 0 {
+            if first {
+                let _ = first_tx.send(start.elapsed());
+                first = false;
+            }
+            text.push_str(&line);
+            line.clear();
+        }
+        text
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting")? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{program} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let exited = start.elapsed();
+    let stdout = reader.join().unwrap_or_default();
+    let stderr = errors.join().unwrap_or_default();
+    Ok(RunOutput { first_line: first_rx.try_recv().ok(), exited, stdout, stderr, status })
+}

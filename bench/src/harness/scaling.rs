@@ -1,0 +1,169 @@
+//! Many sandboxes at once: N started together (the time until every one has printed
+//! `ready`), and N idle ones's host memory (the PSS, from `/proc/PID/smaps_rollup`, of every
+//! host process a sandbox owns, per sandbox). A sandbox is a bare `palisade-workload idle`
+//! process, a crun container running it (`crun run -d`), or a Palisade micro-VM container
+//! running it (`palisade run -d`: its monitor, supervisor, VMM and virtiofsd).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::modes::{Mode, Setup};
+
+/// Sandboxes running `idle`.
+pub struct Sandboxes {
+    mode: Mode,
+    /// The runtime and its root, to delete the containers with.
+    runtime: PathBuf,
+    root: PathBuf,
+    /// Bare metal's processes.
+    children: Vec<Child>,
+    /// The containers' IDs.
+    ids: Vec<String>,
+}
+
+/// At most this many containers are started at once when only their footprint matters (a
+/// boot storm in the emulated test host loses VMs).
+const START_BATCH: usize = 5;
+
+/// Starts `n` sandboxes, `batch` at a time, and returns once every one has printed `ready`,
+/// with how long that took.
+pub fn start(setup: &Setup, mode: Mode, n: usize, batch: usize, timeout: Duration) -> Result<(Duration, Sandboxes)> {
+    let mut sandboxes = Sandboxes { mode, runtime: setup.runtime(mode), root: setup.root(mode), children: Vec::new(), ids: Vec::new() };
+    let began = Instant::now();
+    let mut started = 0;
+    while started < n {
+        let now = batch.min(n - started);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut launchers = Vec::new();
+        for _ in 0..now {
+            let (mut cmd, id) = setup.detached(mode, &["idle".to_string()])?;
+            let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a sandbox")?;
+            let stdout = child.stdout.take().context("stdout")?;
+            let tx = ready_tx.clone();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                if lines.any(|l| l.is_ok_and(|l| l.trim() == "ready")) {
+                    let _ = tx.send(());
+                }
+            });
+            match id {
+                Some(id) => {
+                    sandboxes.ids.push(id);
+                    launchers.push(child);
+                }
+                None => sandboxes.children.push(child),
+            }
+        }
+        for mut launcher in launchers {
+            // `run -d` returns once the container runs; its stdout stays with the container.
+            let status = wait_until(&mut launcher, timeout)?;
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = launcher.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                sandboxes.stop();
+                bail!("{} run -d exited with {status}: {}", mode.name(), err.trim());
+            }
+        }
+        for _ in 0..now {
+            let left = timeout.saturating_sub(began.elapsed());
+            if ready_rx.recv_timeout(left).is_err() {
+                sandboxes.stop();
+                bail!("{} sandboxes were not all ready within {timeout:?}", mode.name());
+            }
+        }
+        started += now;
+    }
+    Ok((began.elapsed(), sandboxes))
+}
+
+/// Starts `n` idle sandboxes at most [`START_BATCH`] at a time.
+pub fn start_idle(setup: &Setup, mode: Mode, n: usize, timeout: Duration) -> Result<Sandboxes> {
+    start(setup, mode, n, START_BATCH, timeout).map(|(_, s)| s)
+}
+
+fn wait_until(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let began = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().context("waiting")? {
+            return Ok(status);
+        }
+        if began.elapsed() > timeout {
+            let _ = child.kill();
+            bail!("a sandbox's start did not return within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A process's proportional set size, KiB.
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The pids of the processes whose command line names `needle`.
+fn pids_naming(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(needle))
+        .collect()
+}
+
+impl Sandboxes {
+    /// Host memory per sandbox, MiB: the PSS of every host process the sandboxes own, over
+    /// their number.
+    pub fn pss_per_sandbox_mib(&self, setup: &Setup) -> Result<f64> {
+        let pids: Vec<u32> = match self.mode {
+            Mode::Bare => self.children.iter().map(Child::id).collect(),
+            // crun leaves only the container's own processes (no monitor: containerd's shim
+            // or conmon would add theirs).
+            Mode::Crun => self.ids.iter().filter_map(|id| setup.container_pid(Mode::Crun, id)).collect(),
+            // Every process palisade runs for them names its root: monitors, supervisors,
+            // VMMs (whose PSS holds the guest memory the guest touched) and virtiofsd.
+            Mode::Palisade => pids_naming(&setup.root(Mode::Palisade).display().to_string()),
+        };
+        let count = self.children.len() + self.ids.len();
+        if pids.is_empty() || count == 0 {
+            bail!("no process of the {} sandboxes found", self.mode.name());
+        }
+        Ok(pids.iter().map(|&p| pss_kib(p)).sum::<u64>() as f64 / 1024.0 / count as f64)
+    }
+
+    /// Ends every sandbox (SIGKILL; the containers deleted).
+    pub fn stop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+        for id in self.ids.drain(..) {
+            let _ = Command::new(&self.runtime)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Sandboxes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,162 @@
+//! The workloads: each one a run of `palisade-workload` (bench/src/bin/palisade-workload.rs,
+//! built static so every mode runs the same bytes) with its arguments at full size or at the
+//! `--quick` size.
+
+/// Where a file workload works: the container's root filesystem, or a volume bound into it
+/// (for bare metal, two directories of the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Root,
+    Volume,
+}
+
+/// What a workload's run gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `hello`: the harness times the run itself (to the first output line and to the exit).
+    Start,
+    /// The workload times itself and prints its metrics as one JSON line.
+    Measured,
+    /// N sandboxes started at once: the time until all are ready.
+    StartParallel(usize),
+    /// N idle sandboxes: host memory per sandbox.
+    Footprint(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Its name in reports (`cpu-1`, `seqio-volume`, …).
+    pub name: String,
+    /// What it measures, in a few words (the table's and the plot's legend).
+    pub about: &'static str,
+    pub kind: Kind,
+    /// Its files' place, when it writes files.
+    pub place: Option<Place>,
+    /// `palisade-workload` arguments; `{dir}` stands for the place's directory.
+    pub args: Vec<String>,
+    /// Measured in the first measured round only (a footprint does not vary as timings do,
+    /// and costs N boots).
+    pub once: bool,
+}
+
+fn workload(name: &str, about: &'static str, kind: Kind, place: Option<Place>, args: &[&str]) -> Workload {
+    Workload { name: name.into(), about, kind, place, args: args.iter().map(|s| s.to_string()).collect(), once: false }
+}
+
+/// Every workload, at full size or at the quick size (one small run of each, for CI).
+/// `cpus` is the machine's CPU count (the multi-threaded CPU workload's threads); `starts`
+/// and `footprints` the numbers of sandboxes started at once and kept idle.
+pub fn all(quick: bool, cpus: usize, starts: &[usize], footprints: &[usize]) -> Vec<Workload> {
+    let size = |full: &'static str, small: &'static str| if quick { small } else { full };
+    let threads = cpus.max(1).to_string();
+    let mut list = vec![
+        workload("start", "runtime command to first output, and to exit (hello)", Kind::Start, None, &["hello"]),
+        workload("cpu-1", "SHA-256, one thread", Kind::Measured, None, &["cpu", "--threads", "1", "--mib", size("64", "4")]),
+        workload(
+            &format!("cpu-{threads}"),
+            "SHA-256, one thread per CPU",
+            Kind::Measured,
+            None,
+            &["cpu", "--threads", &threads, "--mib", size("64", "4")],
+        ),
+        workload(
+            "memcpy",
+            "memory bandwidth (memcpy)",
+            Kind::Measured,
+            None,
+            &["memcpy", "--mib", size("256", "16"), "--rounds", size("4", "1")],
+        ),
+        workload("faults", "page faults on fresh anonymous memory", Kind::Measured, None, &["faults", "--mib", size("256", "16")]),
+        workload("getppid", "a cheap system call (getppid)", Kind::Measured, None, &["getppid", "--count", size("1000000", "10000")]),
+        workload("spawn", "fork + exec + wait", Kind::Measured, None, &["spawn", "--count", size("200", "10")]),
+    ];
+    for (place, suffix) in [(Place::Root, "root"), (Place::Volume, "volume")] {
+        list.push(workload(
+            &format!("seqio-{suffix}"),
+            "sequential write + fsync, then read",
+            Kind::Measured,
+            Some(place),
+            &["seqio", "--dir", "{dir}", "--mib", size("256", "8")],
+        ));
+        list.push(workload(
+            &format!("smallfiles-{suffix}"),
+            "create, stat, unlink of small files",
+            Kind::Measured,
+            Some(place),
+            &["smallfiles", "--dir", "{dir}", "--count", size("2000", "100")],
+        ));
+    }
+    // A multi-threaded CPU workload on one CPU is the single-threaded one.
+    if cpus <= 1 {
+        list.remove(2);
+    }
+    for &n in starts {
+        list.push(workload(
+            &format!("start-parallel-{n}"),
+            "sandboxes started at once, until all are ready",
+            Kind::StartParallel(n),
+            None,
+            &["idle"],
+        ));
+    }
+    for &n in footprints {
+        let mut w = workload(&format!("footprint-{n}"), "host memory (PSS) per idle sandbox", Kind::Footprint(n), None, &["idle"]);
+        w.once = true;
+        list.push(w);
+    }
+    list
+}
+
+/// `--starts 1,5,10` and the like: sandbox counts.
+pub fn counts(flag: &str, text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<usize>().ok().filter(|&n| (1..=200).contains(&n)).ok_or_else(|| format!("{flag}: {n:?} is not a count from 1 to 200"))
+        })
+        .collect()
+}
+
+/// The workload's arguments with its place's directory filled in.
+pub fn arguments(w: &Workload, dir: Option<&str>) -> Vec<String> {
+    w.args.iter().map(|a| if a == "{dir}" { dir.unwrap_or("/tmp").to_string() } else { a.clone() }).collect()
+}
+
+/// Picks workloads by name (`--workloads a,b`); an unknown name is an error naming it.
+pub fn select(all: Vec<Workload>, names: Option<&str>) -> Result<Vec<Workload>, String> {
+    let Some(names) = names else { return Ok(all) };
+    let mut chosen = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let w = all.iter().find(|w| w.name == name).ok_or_else(|| {
+            format!("--workloads: no workload {name:?} (there are {})", all.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", "))
+        })?;
+        chosen.push(w.clone());
+    }
+    if chosen.is_empty() {
+        return Err("--workloads: no workload named".into());
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_sizes_are_smaller_and_places_are_filled_in() {
+        let full = all(false, 4, &[1, 5], &[1]);
+        let quick = all(true, 4, &[1, 5], &[1]);
+        assert_eq!(full.len(), quick.len());
+        assert!(full.iter().any(|w| w.name == "cpu-4"));
+        assert_eq!(all(false, 1, &[], &[]).iter().filter(|w| w.name.starts_with("cpu-")).count(), 1);
+        let seq = quick.iter().find(|w| w.name == "seqio-volume").unwrap();
+        assert_eq!(arguments(seq, Some("/data")), ["seqio", "--dir", "/data", "--mib", "8"]);
+        assert_eq!(select(full.clone(), Some("start, spawn")).unwrap().len(), 2);
+        assert!(select(full.clone(), Some("nope")).unwrap_err().contains("nope"));
+        assert!(full.iter().any(|w| w.name == "start-parallel-5" && w.kind == Kind::StartParallel(5)));
+        assert!(full.iter().any(|w| w.name == "footprint-1" && w.once));
+        assert_eq!(counts("--starts", "1, 5,20").unwrap(), [1, 5, 20]);
+        assert!(counts("--starts", "0").unwrap_err().contains("--starts"));
+    }
+}

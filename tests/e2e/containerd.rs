@@ -265,7 +265,27 @@ fn ctr_drives_palisade() -> TestResult {
         out.describe()
     );
     let out = containerd.run_ctr(&["task", "ps", id])?;
-    ensure!(out.code() == 0 && out.stdout_str().lines().count() >= 2, "ctr task ps: {}", out.describe());
+    if out.code() != 0 || out.stdout_str().lines().count() < 2 {
+        // What palisade itself says, asked as the shim asks it (seen once: an empty list).
+        let ask = |what: &[&str]| {
+            Command::new(&palisade)
+                .arg("--root")
+                .arg(format!("/run/containerd/runc/{NAMESPACE}"))
+                .args(what)
+                .arg(id)
+                .output()
+                .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        return Err(format!(
+            "ctr task ps: {}\npalisade ps --format json: {}\npalisade ps: {}\npalisade state: {}",
+            out.describe(),
+            ask(&["ps", "--format", "json"]),
+            ask(&["ps"]),
+            ask(&["state"])
+        )
+        .into());
+    }
     let out = containerd.run_ctr(&["task", "pause", id])?;
     ensure!(out.code() == 0, "ctr task pause: {}", out.describe());
     let out = containerd.run_ctr(&["task", "ls"])?;

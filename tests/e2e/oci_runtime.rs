@@ -866,37 +866,51 @@ fn cycles() -> TestResult {
 }
 
 /// SIGKILL of a container's VMM, or of its monitor, mid-run: `state` says stopped, `delete`
-/// removes everything.
+/// removes everything. And `kill KILL` of a container whose VM hangs (its VMM stopped with
+/// SIGSTOP, so its agent never answers) still ends it, as runc's SIGKILL always does.
 fn sigkill_mid_run() -> TestResult {
     let _g = shared();
     let root_dir = tempdir()?;
     let root = root_dir.path().display().to_string();
     let b = bundle(&["busybox", "sleep", "600"])?;
     let mut monitors = Vec::new();
-    for id in ["killed-vmm", "killed-monitor"] {
+    for id in ["killed-vmm", "killed-monitor", "hung-vm"] {
         let created = create_booted(&root, b.path(), &b.path().join(format!("{id}.pid")), id)?;
         ensure!(created.code() == 0, "{id}: {}", created.describe());
         let out = pal(&root, &["start", id])?;
         ensure!(out.code() == 0, "{id}: start: {}", out.describe());
         monitors.push(state(&root, id)?["pid"].as_i64().unwrap_or(0) as i32);
     }
-    // The VMM of the first: its processes name its sandbox's config, which only it has.
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(root_dir.path().join("killed-vmm/container.json")).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let name = record["sandbox"].as_str().unwrap_or_default().to_string();
-    let targets: Vec<i32> = processes_naming(&format!("@vm/{name}/vm.json"))
-        .iter()
-        .filter_map(|p| p.split(':').next().and_then(|pid| pid.parse().ok()))
-        .collect();
-    ensure!(!targets.is_empty(), "no VMM process of sandbox {name}");
-    for pid in targets {
+    // A container's VMM: its processes name its sandbox's config, which only it has.
+    let vmm_of = |id: &str| -> Result<Vec<i32>, String> {
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(root_dir.path().join(id).join("container.json")).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        let name = record["sandbox"].as_str().unwrap_or_default().to_string();
+        let pids: Vec<i32> = processes_naming(&format!("@vm/{name}/vm.json"))
+            .iter()
+            .filter_map(|p| p.split(':').next().and_then(|pid| pid.parse().ok()))
+            .collect();
+        if pids.is_empty() {
+            return Err(format!("no VMM process of {id}'s sandbox {name}"));
+        }
+        Ok(pids)
+    };
+    for pid in vmm_of("killed-vmm")? {
         // SAFETY: kill(2) of a VMM process this test's container owns.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    for pid in vmm_of("hung-vm")? {
+        // SAFETY: kill(2) of a VMM process this test's container owns.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    let mut kill = palisade(&["--root", &root, "kill", "hung-vm", "KILL"]);
+    kill.env("PALISADE_REQUEST_TIMEOUT_SECS", "5");
+    let out = run(kill, None, vm_timeout()).map_err(|e| e.to_string())?;
+    ensure!(out.code() == 0, "kill KILL of a container whose VM hangs: {}", out.describe());
     // SAFETY: kill(2) of the second container's monitor, read from its state above.
     unsafe { libc::kill(monitors[1], libc::SIGKILL) };
-    for id in ["killed-vmm", "killed-monitor"] {
+    for id in ["killed-vmm", "killed-monitor", "hung-vm"] {
         wait_stopped(&root, id, Duration::from_secs(60), "the SIGKILL")?;
         let out = pal(&root, &["delete", id])?;
         ensure!(out.code() == 0, "{id}: delete after SIGKILL: {}", out.describe());

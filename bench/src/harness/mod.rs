@@ -2,8 +2,10 @@
 //! its plot.
 
 pub mod machine;
+pub mod measure;
 pub mod modes;
 pub mod plots;
 pub mod report;
 pub mod scaling;
+pub mod testhost;
 pub mod workloads;

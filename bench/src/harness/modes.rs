@@ -1,8 +1,9 @@
-//! The three ways a workload runs: as a plain host process (bare metal), in a namespace
-//! container (Debian's crun: "just a container"), and in a Palisade micro-VM container
-//! (`palisade run`, the OCI runtime containerd and podman drive). Both containers run the
-//! same bundle: a busybox root with the static `palisade-workload` in it, `palisade spec`'s
-//! config (Docker's capabilities and seccomp profile), and a volume bound at `/data`.
+//! The ways a workload runs: as a plain host process (bare metal), in a namespace container
+//! (Debian's crun: "just a container"), and in a Palisade micro-VM container, through
+//! `palisade run` (the OCI runtime containerd and podman drive) and through `vmrun --bundle`
+//! (the one-shot command). The containers run the same bundle: a busybox root with the
+//! static `palisade-workload` in it, `palisade spec`'s config (Docker's capabilities and
+//! seccomp profile), and a volume bound at `/data`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -20,16 +21,23 @@ pub enum Mode {
     Bare,
     Crun,
     Palisade,
+    Vmrun,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Bare, Mode::Crun, Mode::Palisade];
+    pub const ALL: [Mode; 4] = [Mode::Bare, Mode::Crun, Mode::Palisade, Mode::Vmrun];
+
+    /// Whether the mode runs its workload in a micro-VM.
+    pub fn is_vm(self) -> bool {
+        matches!(self, Mode::Palisade | Mode::Vmrun)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
             Mode::Crun => "crun",
             Mode::Palisade => "palisade",
+            Mode::Vmrun => "vmrun",
         }
     }
 
@@ -39,17 +47,18 @@ impl Mode {
             Mode::Bare => "bare metal (a host process)",
             Mode::Crun => "namespace container (crun)",
             Mode::Palisade => "Palisade micro-VM container (palisade run)",
+            Mode::Vmrun => "Palisade micro-VM container (vmrun --bundle)",
         }
     }
 
-    /// `--modes bare,crun,palisade`; bare is always measured (every ratio is to it).
+    /// `--modes bare,crun,palisade,vmrun`; bare is always measured (every ratio is to it).
     pub fn parse_list(text: &str) -> Result<Vec<Mode>> {
         let mut modes = vec![Mode::Bare];
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let mode = Mode::ALL
                 .into_iter()
                 .find(|m| m.name() == name)
-                .with_context(|| format!("--modes: no mode {name:?} (bare, crun, palisade)"))?;
+                .with_context(|| format!("--modes: no mode {name:?} (bare, crun, palisade, vmrun)"))?;
             if !modes.contains(&mode) {
                 modes.push(mode);
             }
@@ -64,21 +73,33 @@ pub struct Setup {
     work: tempfile::TempDir,
     workload: PathBuf,
     palisade: PathBuf,
+    vmrun: PathBuf,
+    /// The size of a workload's VM ([`Mode::Vmrun`] says it with vmrun's flags).
+    vm: VmSize,
+    /// The bundle's config for workloads run to their end: the VM sized by [`VmSize`].
     config: Value,
+    /// The bundle's config for the many idle or starting sandboxes (start-parallel,
+    /// footprint): no size annotations, so each gets palisade's default VM (1 vCPU, 128
+    /// MiB), what a Kubernetes pod without them gets and `podFixed` has to cover.
+    sandbox_config: Value,
     runs: std::cell::Cell<u64>,
     /// The config.json last written into the bundle.
     written: std::cell::RefCell<String>,
 }
 
-/// The VM a Palisade container gets: the host's CPUs and enough memory for the workloads
-/// (its annotations, docs/oci-runtime.md).
+/// The VM a Palisade container that runs a workload gets (its annotations,
+/// docs/oci-runtime.md): by default the host's CPUs and enough memory for the workloads.
+#[derive(Debug, Clone, Copy)]
 pub struct VmSize {
     pub vcpus: usize,
     pub memory_mib: u32,
 }
 
 impl Setup {
-    pub fn new(workload: &Path, palisade: &Path, vm: &VmSize) -> Result<Setup> {
+    /// `bin_dir` holds palisade and vmrun.
+    pub fn new(workload: &Path, bin_dir: &Path, vm: &VmSize) -> Result<Setup> {
+        let palisade = bin_dir.join("palisade");
+        let vmrun = bin_dir.join("vmrun");
         let work = tempfile::Builder::new().prefix("palisade-bench.").tempdir().context("a work directory")?;
         let bundle = work.path().join("bundle");
         let rootfs = bundle.join("rootfs");
@@ -91,7 +112,7 @@ impl Setup {
         for dir in ["volume", "bare-root", "crun-root", "palisade-root"] {
             std::fs::create_dir_all(work.path().join(dir)).with_context(|| format!("{dir} in the work directory"))?;
         }
-        let out = Command::new(palisade).arg("spec").current_dir(&bundle).output().context("palisade spec")?;
+        let out = Command::new(&palisade).arg("spec").current_dir(&bundle).output().context("palisade spec")?;
         if !out.status.success() {
             bail!("palisade spec: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -103,6 +124,7 @@ impl Setup {
         config["hostname"] = json!("bench");
         let volume = json!({"destination": "/data", "type": "bind", "source": work.path().join("volume"), "options": ["rbind", "rw"]});
         config["mounts"].as_array_mut().context("config.json has no mounts")?.push(volume);
+        let sandbox_config = config.clone();
         config["annotations"] = json!({
             "palisade.dev/vm-vcpus": vm.vcpus.to_string(),
             "palisade.dev/vm-memory-mib": vm.memory_mib.to_string(),
@@ -110,8 +132,11 @@ impl Setup {
         Ok(Setup {
             work,
             workload: workload.into(),
-            palisade: palisade.into(),
+            palisade,
+            vmrun,
+            vm: *vm,
             config,
+            sandbox_config,
             runs: std::cell::Cell::new(0),
             written: Default::default(),
         })
@@ -134,6 +159,9 @@ impl Setup {
 
     /// The command that starts `palisade-workload ARGS` in `mode` and returns once it runs
     /// (`run -d`), and the container's ID (none for bare metal, whose command is the process).
+    /// A Palisade container started so gets palisade's default VM, not [`VmSize`]. vmrun has
+    /// no detached runs: its command, which stays in the foreground, is the sandbox (as bare
+    /// metal's process is).
     pub fn detached(&self, mode: Mode, args: &[String]) -> Result<(Command, Option<String>)> {
         self.runtime_run(mode, args, true)
     }
@@ -147,7 +175,7 @@ impl Setup {
         let n = self.runs.get() + 1;
         self.runs.set(n);
         let id = format!("bench-{}-{n}", std::process::id());
-        let mut config = self.config.clone();
+        let mut config = if detach { self.sandbox_config.clone() } else { self.config.clone() };
         let mut argv = vec![json!("/palisade-workload")];
         argv.extend(args.iter().map(|a| json!(a)));
         config["process"]["args"] = Value::Array(argv);
@@ -157,6 +185,14 @@ impl Setup {
         if *self.written.borrow() != text {
             std::fs::write(bundle.join("config.json"), &text).context("writing the bundle's config.json")?;
             *self.written.borrow_mut() = text;
+        }
+        if mode == Mode::Vmrun {
+            let mut cmd = Command::new(&self.vmrun);
+            cmd.arg("--bundle").arg(&bundle);
+            if !detach {
+                cmd.args(["--cpus", &self.vm.vcpus.to_string(), "--vm-memory", &self.vm.memory_mib.to_string()]);
+            }
+            return Ok((cmd, None));
         }
         let mut cmd = Command::new(self.runtime(mode));
         cmd.arg("--root").arg(self.root(mode)).arg("run");
@@ -171,6 +207,7 @@ impl Setup {
     pub fn runtime(&self, mode: Mode) -> PathBuf {
         match mode {
             Mode::Palisade => self.palisade.clone(),
+            Mode::Vmrun => self.vmrun.clone(),
             _ => PathBuf::from("crun"),
         }
     }

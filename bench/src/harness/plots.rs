@@ -35,7 +35,8 @@ fn register_font() -> Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-const COLOURS: [RGBColor; 3] = [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68)];
+const COLOURS: [RGBColor; 4] =
+    [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68), RGBColor(0xc4, 0x4e, 0x52)];
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, report: &Report) -> Result<()>
 where
@@ -97,7 +98,7 @@ where
         chart
             .draw_series(bars)
             .map_err(err)?
-            .label(report.modes.get(*mode).cloned().unwrap_or_else(|| mode.to_string()))
+            .label(report.modes.get(*mode).map_or_else(|| mode.to_string(), |about| legend_label(about)))
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
     }
     chart
@@ -107,6 +108,7 @@ where
         .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK.stroke_width(2)));
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
@@ -114,6 +116,12 @@ where
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// A mode's name as the legend gives it: what it is, without the VM sizes after the colon
+/// (the report and the table have those).
+fn legend_label(about: &str) -> String {
+    about.split(':').next().unwrap_or(about).to_string()
 }
 
 /// A line per mode: a figure of `workload_prefix`-N's median against N.
@@ -162,7 +170,7 @@ where
         chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
             .map_err(err)?
-            .label(about.clone())
+            .label(legend_label(about))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, colour.filled()))).map_err(err)?;
     }

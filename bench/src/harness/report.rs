@@ -56,6 +56,10 @@ pub struct Report {
     pub started_unix: u64,
     pub seconds: f64,
     pub quick: bool,
+    /// How much work each workload did: `full`, `emulated` (a tenth to a quarter of it, for
+    /// the emulated test host) or `quick`.
+    #[serde(default)]
+    pub sizes: String,
     pub rounds: usize,
     pub warmup: usize,
     pub machine: Machine,
@@ -118,7 +122,11 @@ pub fn table(report: &Report) -> String {
         "{} rounds after {} warm-up (modes interleaved), medians (min–max) and ratio to bare metal{}\n",
         report.rounds,
         report.warmup,
-        if report.quick { "; --quick: one small run each" } else { "" }
+        match report.sizes.as_str() {
+            "quick" => "; --quick: one small run each",
+            "emulated" => "; workloads at the emulated test host's sizes (a tenth to a quarter of the full ones)",
+            _ => "",
+        }
     );
     let modes: Vec<&String> = report.modes.keys().collect();
     let mut rows = vec![{

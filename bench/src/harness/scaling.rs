@@ -2,10 +2,11 @@
 //! `ready`), and N idle ones's host memory (the PSS, from `/proc/PID/smaps_rollup`, of every
 //! host process a sandbox owns, per sandbox). A sandbox is a bare `palisade-workload idle`
 //! process, a crun container running it (`crun run -d`), or a Palisade micro-VM container
-//! running it (`palisade run -d`: its monitor, supervisor, VMM and virtiofsd).
+//! running it (`palisade run -d`: its monitor, supervisor, VMM and virtiofsd; or a `vmrun`
+//! in the foreground: it, its supervisor, VMM and virtiofsd).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ pub struct Sandboxes {
     /// The runtime and its root, to delete the containers with.
     runtime: PathBuf,
     root: PathBuf,
-    /// Bare metal's processes.
+    /// Bare metal's processes, and vmrun's.
     children: Vec<Child>,
     /// The containers' IDs.
     ids: Vec<String>,
@@ -112,6 +113,30 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `roots` and every process below them (by parent pid, from `/proc/PID/stat`).
+fn descendants(roots: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "PID (comm) state ppid …": comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = roots.to_vec();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|&&(_, ppid)| ppid == parent).map(|&(pid, _)| pid));
+        i += 1;
+    }
+    found
+}
+
 /// The pids of the processes whose command line names `needle`.
 fn pids_naming(needle: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -135,6 +160,8 @@ impl Sandboxes {
             // Every process palisade runs for them names its root: monitors, supervisors,
             // VMMs (whose PSS holds the guest memory the guest touched) and virtiofsd.
             Mode::Palisade => pids_naming(&setup.root(Mode::Palisade).display().to_string()),
+            // vmrun and what it started: its supervisor, which started the VMM and virtiofsd.
+            Mode::Vmrun => descendants(&self.children.iter().map(Child::id).collect::<Vec<_>>()),
         };
         let count = self.children.len() + self.ids.len();
         if pids.is_empty() || count == 0 {
@@ -143,13 +170,20 @@ impl Sandboxes {
         Ok(pids.iter().map(|&p| pss_kib(p)).sum::<u64>() as f64 / 1024.0 / count as f64)
     }
 
-    /// Ends every sandbox (SIGKILL; the containers deleted).
+    /// Ends every sandbox (SIGKILL; the containers deleted; a SIGKILLed vmrun's VM ends with
+    /// it, and is waited for, so that it does not weigh on what is measured next).
     pub fn stop(&mut self) {
+        let vm_processes =
+            if self.mode == Mode::Vmrun { descendants(&self.children.iter().map(Child::id).collect::<Vec<_>>()) } else { Vec::new() };
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
         self.children.clear();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while vm_processes.iter().any(|&pid| Path::new(&format!("/proc/{pid}")).exists()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for id in self.ids.drain(..) {
             let _ = Command::new(&self.runtime)
                 .arg("--root")

@@ -43,32 +43,63 @@ fn workload(name: &str, about: &'static str, kind: Kind, place: Option<Place>, a
     Workload { name: name.into(), about, kind, place, args: args.iter().map(|s| s.to_string()).collect(), once: false }
 }
 
-/// Every workload, at full size or at the quick size (one small run of each, for CI).
-/// `cpus` is the machine's CPU count (the multi-threaded CPU workload's threads); `starts`
-/// and `footprints` the numbers of sandboxes started at once and kept idle.
-pub fn all(quick: bool, cpus: usize, starts: &[usize], footprints: &[usize]) -> Vec<Workload> {
-    let size = |full: &'static str, small: &'static str| if quick { small } else { full };
+/// How much work each workload does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Size {
+    /// For real machines.
+    Full,
+    /// A tenth to a quarter of it, for the emulated test host (20–50 times slower; a
+    /// micro-VM's file I/O there a hundred times): a full run of every mode fits in an hour.
+    Emulated,
+    /// One small run of each, for CI's smoke test (`--quick`).
+    Quick,
+}
+
+impl Size {
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Full => "full",
+            Size::Emulated => "emulated",
+            Size::Quick => "quick",
+        }
+    }
+}
+
+/// Every workload at `size`. `cpus` is how many threads the multi-threaded CPU workload
+/// runs; `starts` and `footprints` the numbers of sandboxes started at once and kept idle.
+pub fn all(size: Size, cpus: usize, starts: &[usize], footprints: &[usize]) -> Vec<Workload> {
+    let size = |full: &'static str, emulated: &'static str, quick: &'static str| match size {
+        Size::Full => full,
+        Size::Emulated => emulated,
+        Size::Quick => quick,
+    };
     let threads = cpus.max(1).to_string();
     let mut list = vec![
         workload("start", "runtime command to first output, and to exit (hello)", Kind::Start, None, &["hello"]),
-        workload("cpu-1", "SHA-256, one thread", Kind::Measured, None, &["cpu", "--threads", "1", "--mib", size("64", "4")]),
+        workload("cpu-1", "SHA-256, one thread", Kind::Measured, None, &["cpu", "--threads", "1", "--mib", size("64", "16", "4")]),
         workload(
             &format!("cpu-{threads}"),
             "SHA-256, one thread per CPU",
             Kind::Measured,
             None,
-            &["cpu", "--threads", &threads, "--mib", size("64", "4")],
+            &["cpu", "--threads", &threads, "--mib", size("64", "16", "4")],
         ),
         workload(
             "memcpy",
             "memory bandwidth (memcpy)",
             Kind::Measured,
             None,
-            &["memcpy", "--mib", size("256", "16"), "--rounds", size("4", "1")],
+            &["memcpy", "--mib", size("256", "64", "16"), "--rounds", size("4", "2", "1")],
         ),
-        workload("faults", "page faults on fresh anonymous memory", Kind::Measured, None, &["faults", "--mib", size("256", "16")]),
-        workload("getppid", "a cheap system call (getppid)", Kind::Measured, None, &["getppid", "--count", size("1000000", "10000")]),
-        workload("spawn", "fork + exec + wait", Kind::Measured, None, &["spawn", "--count", size("200", "10")]),
+        workload("faults", "page faults on fresh anonymous memory", Kind::Measured, None, &["faults", "--mib", size("256", "32", "16")]),
+        workload(
+            "getppid",
+            "a cheap system call (getppid)",
+            Kind::Measured,
+            None,
+            &["getppid", "--count", size("1000000", "200000", "10000")],
+        ),
+        workload("spawn", "fork + exec + wait", Kind::Measured, None, &["spawn", "--count", size("200", "20", "10")]),
     ];
     for (place, suffix) in [(Place::Root, "root"), (Place::Volume, "volume")] {
         list.push(workload(
@@ -76,14 +107,14 @@ pub fn all(quick: bool, cpus: usize, starts: &[usize], footprints: &[usize]) -> 
             "sequential write + fsync, then read",
             Kind::Measured,
             Some(place),
-            &["seqio", "--dir", "{dir}", "--mib", size("256", "8")],
+            &["seqio", "--dir", "{dir}", "--mib", size("256", "32", "8")],
         ));
         list.push(workload(
             &format!("smallfiles-{suffix}"),
             "create, stat, unlink of small files",
             Kind::Measured,
             Some(place),
-            &["smallfiles", "--dir", "{dir}", "--count", size("2000", "100")],
+            &["smallfiles", "--dir", "{dir}", "--count", size("2000", "200", "100")],
         ));
     }
     // A multi-threaded CPU workload on one CPU is the single-threaded one.
@@ -145,11 +176,15 @@ mod tests {
 
     #[test]
     fn quick_sizes_are_smaller_and_places_are_filled_in() {
-        let full = all(false, 4, &[1, 5], &[1]);
-        let quick = all(true, 4, &[1, 5], &[1]);
+        let full = all(Size::Full, 4, &[1, 5], &[1]);
+        let quick = all(Size::Quick, 4, &[1, 5], &[1]);
+        let emulated = all(Size::Emulated, 4, &[1, 5], &[1]);
         assert_eq!(full.len(), quick.len());
+        assert_eq!(full.len(), emulated.len());
+        let mib = |list: &[Workload]| list.iter().find(|w| w.name == "seqio-root").unwrap().args[4].parse::<u32>().unwrap();
+        assert!(mib(&full) > mib(&emulated) && mib(&emulated) > mib(&quick));
         assert!(full.iter().any(|w| w.name == "cpu-4"));
-        assert_eq!(all(false, 1, &[], &[]).iter().filter(|w| w.name.starts_with("cpu-")).count(), 1);
+        assert_eq!(all(Size::Full, 1, &[], &[]).iter().filter(|w| w.name.starts_with("cpu-")).count(), 1);
         let seq = quick.iter().find(|w| w.name == "seqio-volume").unwrap();
         assert_eq!(arguments(seq, Some("/data")), ["seqio", "--dir", "/data", "--mib", "8"]);
         assert_eq!(select(full.clone(), Some("start, spawn")).unwrap().len(), 2);

@@ -131,6 +131,45 @@ pub fn check(text: &str, dir: &Path, path: &Path) -> Result<Bundle, BundleError>
     Ok(Bundle { config: text.to_string(), rootfs, readonly, terminal, memory_limit })
 }
 
+/// A bind mount of a spec, its source as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    /// Its index among the spec's bind mounts (counted from 0).
+    pub index: usize,
+    /// `source`, resolved against the bundle directory.
+    pub host: PathBuf,
+    /// `destination`.
+    pub destination: String,
+    /// Its options hold `ro`.
+    pub read_only: bool,
+}
+
+/// Gives each bind mount of `spec` (type `bind`, or a `bind`/`rbind` option) a new source:
+/// what `guest_source` says for it, as the host sees it. A VM cannot reach a host path, so
+/// the callers share each one with the VM and give the path it has there.
+pub fn rewrite_bind_sources<E>(
+    spec: &mut Value,
+    bundle_dir: &Path,
+    mut guest_source: impl FnMut(&HostBind) -> Result<String, E>,
+) -> Result<(), E> {
+    let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else { return Ok(()) };
+    let mut index = 0;
+    for m in mounts.iter_mut() {
+        let options: Vec<&str> = m.get("options").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let is_bind = m.get("type").and_then(Value::as_str) == Some("bind") || options.iter().any(|&o| o == "bind" || o == "rbind");
+        if !is_bind {
+            continue;
+        }
+        let read_only = options.contains(&"ro");
+        let Some(source) = m.get("source").and_then(Value::as_str) else { continue };
+        let destination = m.get("destination").and_then(Value::as_str).unwrap_or_default().to_string();
+        let bind = HostBind { index, host: bundle_dir.join(source), destination, read_only };
+        m["source"] = Value::String(guest_source(&bind)?);
+        index += 1;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,26 +107,13 @@ pub fn guest_spec(config: &str, plan: &mut SharePlan, bundle_dir: &Path, options
         }
         ns.retain(|n| !n.is_null());
     }
-    let mut index = 0;
-    if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
-        for m in mounts.iter_mut() {
-            let mount_options: Vec<String> =
-                m.get("options").and_then(Value::as_array).into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
-            let is_bind =
-                m.get("type").and_then(Value::as_str) == Some("bind") || mount_options.iter().any(|o| o == "bind" || o == "rbind");
-            if !is_bind {
-                continue;
-            }
-            let Some(source) = m.get("source").and_then(Value::as_str) else { continue };
-            let host = bundle_dir.join(source);
-            let read_only = mount_options.iter().any(|o| o == "ro");
-            let path = share::volume_path(index);
-            let in_share = if options.share_dir.is_empty() { path.clone() } else { format!("{}/{path}", options.share_dir) };
-            plan.add(&host, path, read_only).map_err(|e| RuntimeError::Invalid(format!("config.json: mount {}: {e}", host.display())))?;
-            m["source"] = Value::String(palisade_protocol::share_path(share::TAG, &in_share));
-            index += 1;
-        }
-    }
+    crate::oci::bundle::rewrite_bind_sources(&mut v, bundle_dir, |bind| -> Result<String, RuntimeError> {
+        let path = share::volume_path(bind.index);
+        let in_share = if options.share_dir.is_empty() { path.clone() } else { format!("{}/{path}", options.share_dir) };
+        plan.add(&bind.host, path, bind.read_only)
+            .map_err(|e| RuntimeError::Invalid(format!("config.json: mount {}: {e}", bind.host.display())))?;
+        Ok(palisade_protocol::share_path(share::TAG, &in_share))
+    })?;
     let text = v.to_string();
     if text.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
         return Err(RuntimeError::Invalid(format!("config.json: {} bytes, more than the guest accepts", text.len())));

@@ -69,7 +69,18 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), Runtim
     if !matches!(record.status(), Status::Created | Status::Running | Status::Paused) {
         return Err(RuntimeError::State("container not running".into()));
     }
-    send(root, &record, signal, all)
+    match send(root, &record, signal, all) {
+        // SIGKILL cannot be refused. A container with a VM of its own whose agent cannot be
+        // reached (the guest hung, or the emulator lost it) ends with its monitor, as
+        // `delete --force` ends it: the caller sees it stopped (137), and `delete` removes the
+        // VM and every process in it. (A pod member's VM is its pod's: it stays.)
+        Err(e) if signal == libc::SIGKILL && record.owns_sandbox && !matches!(e, RuntimeError::Guest(_)) => {
+            tracing::warn!("container {id}: SIGKILL: {e}; ending its monitor, and with it the container");
+            end_monitor(&record);
+            Ok(())
+        }
+        result => result,
+    }
 }
 
 /// `pause ID`: freezes every process of a running container.
@@ -147,6 +158,12 @@ fn kill_and_wait(root: &Path, record: &ContainerRecord) {
     while record.monitor.is_some_and(|m| m.is_alive()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    end_monitor(record);
+}
+
+/// SIGKILLs the container's monitor, if it still runs (the container then counts as
+/// stopped: [`ContainerRecord::status`]).
+fn end_monitor(record: &ContainerRecord) {
     if let Some(m) = record.monitor.filter(|m| m.is_alive()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid as i32), nix::sys::signal::Signal::SIGKILL);
     }

@@ -65,13 +65,20 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
     let (network, publish) = network::choose(args.network.as_deref(), &args.publish)?;
     if let Some(dir) = &args.bundle {
         let b = bundle::load(dir)?;
-        let spec_json = if network == Choice::None {
-            b.config
-        } else {
-            let mut spec: Value = serde_json::from_str(&b.config).map_err(|e| ContainerError::Json("config.json", e))?;
+        let mut spec: Value = serde_json::from_str(&b.config).map_err(|e| ContainerError::Json("config.json", e))?;
+        if network != Choice::None {
             network::use_guest_network_namespace(&mut spec);
-            spec.to_string()
-        };
+        }
+        // The bind mounts' host sources are shared live, as --volume's are.
+        let mut volumes = Vec::new();
+        bundle::rewrite_bind_sources(&mut spec, dir, |bind| -> Result<String, ContainerError> {
+            volumes.push(Volume { host: bind.host.clone(), container: bind.destination.clone(), read_only: bind.read_only });
+            Ok(share::volume_guest_path(bind.index))
+        })?;
+        let spec_json = spec.to_string();
+        if spec_json.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
+            return Err(ContainerError::TooLarge(spec_json.len()));
+        }
         return Ok(ContainerPlan {
             spec_json,
             rootfs: Some(b.rootfs),
@@ -79,7 +86,7 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
             terminal: b.terminal,
             memory_limit_mib: b.memory_limit.map(|bytes| bytes.div_ceil(1 << 20).min(u32::MAX as u64) as u32),
             quiet_warnings: vec![],
-            volumes: vec![],
+            volumes,
             network,
             publish,
         });
@@ -224,6 +231,36 @@ mod tests {
         assert_eq!(binds[1]["options"][2], "ro");
         let e = plan(&parse(&["-v", "data:/data", "true"]), |_| None).unwrap_err().to_string();
         assert!(e.contains("named and anonymous volumes"), "{e}");
+    }
+
+    #[test]
+    fn a_bundles_bind_mounts_are_shared_as_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "rw"]},
+                {"destination": "/etc/hosts", "source": "hosts", "options": ["bind", "ro"]}
+            ]
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let p = plan(&parse(&["--bundle", &dir.path().display().to_string()]), |_| None).unwrap();
+        assert_eq!(
+            p.volumes,
+            [
+                Volume { host: "/srv/data".into(), container: "/data".into(), read_only: false },
+                Volume { host: dir.path().join("hosts"), container: "/etc/hosts".into(), read_only: true },
+            ]
+        );
+        let s: Value = serde_json::from_str(&p.spec_json).unwrap();
+        assert_eq!(s["mounts"][0]["source"], "proc");
+        assert_eq!(s["mounts"][1]["source"], "/run/palisade/shares/palisade/volumes/0");
+        assert_eq!(s["mounts"][2]["source"], "/run/palisade/shares/palisade/volumes/1");
     }
 
     #[test]

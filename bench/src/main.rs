@@ -127,7 +127,7 @@ fn main() -> Result<()> {
                     sizes = z;
                 }
                 Event::Sample(s) => samples.push(s),
-                Event::Done => {}
+                Event::WarmedUp { .. } | Event::Done => {}
             }
             Ok(())
         })?;

@@ -57,6 +57,11 @@ pub enum Event {
         sizes: String,
     },
     Sample(Sample),
+    /// A warm-up run made (progress, though not a sample).
+    WarmedUp {
+        workload: String,
+        mode: String,
+    },
     /// Last: every sample taken.
     Done,
 }
@@ -139,7 +144,9 @@ pub fn measure(
         let dir = w.place.map(|p| setup.dir(mode, p));
         let argv = workloads::arguments(w, dir.as_deref());
         let metrics = sample(&setup, mode, w.kind, &argv).with_context(|| format!("{} in {}", w.name, mode.name()))?;
-        if !warming {
+        if warming {
+            emit(Event::WarmedUp { workload: w.name.clone(), mode: mode.name().to_string() })?;
+        } else {
             emit(Event::Sample(Sample {
                 round: round - plan.warmup,
                 workload: w.name.clone(),

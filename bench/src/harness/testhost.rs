@@ -38,6 +38,7 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
     for testhost in 1..=MAX_TESTHOSTS {
         write_done(&done_file, &samples)?;
         let before = samples.len();
+        let mut warmed_up = 0;
         let mut child = Command::new(palisade_e2e::paths().testhost)
             .args(["--timeout", "5400", "--"])
             .arg(exe)
@@ -66,6 +67,7 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
                         samples.push(s);
                     }
                 }
+                Event::WarmedUp { .. } => warmed_up += 1,
                 Event::Done => finished = true,
             }
         }
@@ -76,9 +78,10 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
         }
         let failure = palisade_e2e::testhost_failure(status.code())
             .with_context(|| format!("the measuring inside the test host failed ({status}): its error is above"))?;
-        fruitless = if samples.len() == before { fruitless + 1 } else { 0 };
+        // A test host that crashed during its warm-up still got somewhere.
+        fruitless = if samples.len() == before && warmed_up == 0 { fruitless + 1 } else { 0 };
         if fruitless >= 2 {
-            bail!("the test host {failure} twice in a row without taking a sample ({} taken in all)", samples.len());
+            bail!("the test host {failure} twice in a row without making a run ({} samples taken in all)", samples.len());
         }
         eprintln!(
             "[bench] the test host {failure} (test host {testhost} of at most {MAX_TESTHOSTS}, {} samples taken): going on in a new test host",

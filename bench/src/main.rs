@@ -155,7 +155,7 @@ fn main() -> Result<()> {
 fn measure_here(args: &Args, done: &HashSet<measure::SampleKey>, emit: &mut dyn FnMut(Event) -> Result<()>) -> Result<()> {
     let machine = machine::describe();
     // --quick's VM has one vCPU: inside the emulated test host, a guest's vCPUs interrupting
-    // one another are what most often crashes the test host (docs/testing.md).
+    // one another add to the interrupts the test host's crashes follow (docs/testing.md).
     let vcpus = args.vm_vcpus.unwrap_or(if args.quick { 1 } else { machine.cpus });
     if !(1..=32).contains(&vcpus) {
         bail!("--vm-vcpus {vcpus}: from 1 to 32");

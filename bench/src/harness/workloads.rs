@@ -48,8 +48,8 @@ fn workload(name: &str, about: &'static str, kind: Kind, place: Option<Place>, a
 pub enum Size {
     /// For real machines.
     Full,
-    /// A tenth to a quarter of it, for the emulated test host (20–50 times slower; a
-    /// micro-VM's file I/O there a hundred times): a full run of every mode fits in an hour.
+    /// A tenth to a quarter of it, for the emulated test host (20–50 times slower than
+    /// hardware; a micro-VM's file I/O there 10 to 100 times slower than the test host's own).
     Emulated,
     /// One small run of each, for CI's smoke test (`--quick`).
     Quick,

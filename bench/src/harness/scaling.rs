@@ -161,7 +161,7 @@ impl Sandboxes {
             // VMMs (whose PSS holds the guest memory the guest touched) and virtiofsd.
             Mode::Palisade => pids_naming(&setup.root(Mode::Palisade).display().to_string()),
             // vmrun and what it started: its supervisor, which started the VMM and virtiofsd.
-            Mode::Vmrun => descendants(&self.children.iter().map(Child::id).collect::<Vec<_>>()),
+            Mode::Vmrun => self.vmrun_processes(),
         };
         let count = self.children.len() + self.ids.len();
         if pids.is_empty() || count == 0 {
@@ -170,11 +170,15 @@ impl Sandboxes {
         Ok(pids.iter().map(|&p| pss_kib(p)).sum::<u64>() as f64 / 1024.0 / count as f64)
     }
 
+    /// The vmruns and every process below them.
+    fn vmrun_processes(&self) -> Vec<u32> {
+        descendants(&self.children.iter().map(Child::id).collect::<Vec<_>>())
+    }
+
     /// Ends every sandbox (SIGKILL; the containers deleted; a SIGKILLed vmrun's VM ends with
     /// it, and is waited for, so that it does not weigh on what is measured next).
     pub fn stop(&mut self) {
-        let vm_processes =
-            if self.mode == Mode::Vmrun { descendants(&self.children.iter().map(Child::id).collect::<Vec<_>>()) } else { Vec::new() };
+        let vm_processes = if self.mode == Mode::Vmrun { self.vmrun_processes() } else { Vec::new() };
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();

@@ -60,6 +60,14 @@ pub enum ContainerError {
     TooLarge(usize),
 }
 
+/// The spec's text, when it fits in one message to the agent.
+fn checked_size(spec: String) -> Result<String, ContainerError> {
+    if spec.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
+        return Err(ContainerError::TooLarge(spec.len()));
+    }
+    Ok(spec)
+}
+
 /// The plan for `args`; `lookup` reads vmrun's environment (for `-e KEY`).
 pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result<ContainerPlan, ContainerError> {
     let (network, publish) = network::choose(args.network.as_deref(), &args.publish)?;
@@ -75,10 +83,7 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
             volumes.push(Volume { host: bind.host.clone(), container: bind.destination.clone(), read_only: bind.read_only });
             Ok(share::volume_guest_path(bind.index))
         })?;
-        let spec_json = spec.to_string();
-        if spec_json.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
-            return Err(ContainerError::TooLarge(spec_json.len()));
-        }
+        let spec_json = checked_size(spec.to_string())?;
         return Ok(ContainerPlan {
             spec_json,
             rootfs: Some(b.rootfs),
@@ -138,10 +143,7 @@ pub fn plan(args: &VmrunArgs, lookup: impl Fn(&str) -> Option<String>) -> Result
     if network != Choice::None {
         network::use_guest_network_namespace(&mut spec);
     }
-    let spec = spec.to_string();
-    if spec.len() > palisade_protocol::MAX_MESSAGE_SIZE - 4096 {
-        return Err(ContainerError::TooLarge(spec.len()));
-    }
+    let spec = checked_size(spec.to_string())?;
     Ok(ContainerPlan {
         spec_json: spec,
         rootfs: args.rootfs.clone(),

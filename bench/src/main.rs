@@ -13,7 +13,7 @@
 
 mod harness;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -115,23 +115,12 @@ fn main() -> Result<()> {
         let passed: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         testhost::measure(&exe, &passed)?
     } else {
-        let mut machine = None;
-        let mut modes = BTreeMap::new();
-        let mut sizes = String::new();
-        let mut samples = Vec::new();
+        let mut measured = testhost::Measured::default();
         measure_here(&args, &HashSet::new(), &mut |event| {
-            match event {
-                Event::Machine { machine: m, modes: d, sizes: z } => {
-                    machine = Some(m);
-                    modes = d;
-                    sizes = z;
-                }
-                Event::Sample(s) => samples.push(s),
-                Event::WarmedUp { .. } | Event::Done => {}
-            }
+            measured.take(event);
             Ok(())
         })?;
-        testhost::Measured { machine: machine.context("no machine described")?, modes, sizes, samples }
+        measured
     };
     let report = measure::assemble(
         started_unix,
@@ -139,7 +128,7 @@ fn main() -> Result<()> {
         measured.sizes,
         args.rounds,
         args.warmup,
-        measured.machine,
+        measured.machine.context("the run never described its machine")?,
         measured.modes,
         &measured.samples,
     );

@@ -17,12 +17,37 @@ use super::report::Machine;
 /// Most test hosts one run may use.
 const MAX_TESTHOSTS: usize = 8;
 
-/// What the test hosts measured.
+/// What a run measured, gathered from its events.
+#[derive(Default)]
 pub struct Measured {
-    pub machine: Machine,
+    pub machine: Option<Machine>,
     pub modes: BTreeMap<String, String>,
     pub sizes: String,
     pub samples: Vec<Sample>,
+    /// Warm-up runs made.
+    pub warmed_up: usize,
+    /// [`Event::Done`] came.
+    pub finished: bool,
+}
+
+impl Measured {
+    /// Takes in one event (a sample taken twice counts once).
+    pub fn take(&mut self, event: Event) {
+        match event {
+            Event::Machine { machine, modes, sizes } => {
+                self.machine.get_or_insert(machine);
+                self.modes = modes;
+                self.sizes = sizes;
+            }
+            Event::Sample(s) => {
+                if !self.samples.iter().any(|t| t.key() == s.key()) {
+                    self.samples.push(s);
+                }
+            }
+            Event::WarmedUp { .. } => self.warmed_up += 1,
+            Event::Done => self.finished = true,
+        }
+    }
 }
 
 /// Runs `exe ARGS --json-stdout` inside test hosts until every sample is taken.
@@ -30,15 +55,12 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
     eprintln!("[bench] this host's /dev/kvm cannot boot a standard guest: measuring inside the KVM test host (scripts/testhost)");
     let work = tempfile::Builder::new().prefix("palisade-bench-host.").tempdir().context("a directory for the done samples")?;
     let done_file = work.path().join("done-samples.jsonl");
-    let mut machine = None;
-    let mut modes = BTreeMap::new();
-    let mut sizes = String::new();
-    let mut samples: Vec<Sample> = Vec::new();
+    let mut measured = Measured::default();
     let mut fruitless = 0;
     for testhost in 1..=MAX_TESTHOSTS {
-        write_done(&done_file, &samples)?;
-        let before = samples.len();
-        let mut warmed_up = 0;
+        write_done(&done_file, &measured.samples)?;
+        let (samples_before, warmed_up_before) = (measured.samples.len(), measured.warmed_up);
+        measured.finished = false;
         let mut child = Command::new(palisade_e2e::paths().testhost)
             .args(["--timeout", "5400", "--"])
             .arg(exe)
@@ -52,43 +74,29 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
             .spawn()
             .context("starting scripts/testhost")?;
         let stdout = child.stdout.take().context("the test host's stdout")?;
-        let mut finished = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // Only the events; anything else on stdout is the test host's own noise.
-            let Ok(event) = serde_json::from_str::<Event>(&line) else { continue };
-            match event {
-                Event::Machine { machine: m, modes: d, sizes: z } => {
-                    machine.get_or_insert(m);
-                    modes = d;
-                    sizes = z;
-                }
-                Event::Sample(s) => {
-                    if !samples.iter().any(|t| t.key() == s.key()) {
-                        samples.push(s);
-                    }
-                }
-                Event::WarmedUp { .. } => warmed_up += 1,
-                Event::Done => finished = true,
+            if let Ok(event) = serde_json::from_str::<Event>(&line) {
+                measured.take(event);
             }
         }
         let status = child.wait().context("waiting for scripts/testhost")?;
-        if finished && status.success() {
-            let machine = machine.context("the test host never described its machine")?;
-            return Ok(Measured { machine, modes, sizes, samples });
+        if measured.finished && status.success() {
+            return Ok(measured);
         }
         let failure = palisade_e2e::testhost_failure(status.code())
             .with_context(|| format!("the measuring inside the test host failed ({status}): its error is above"))?;
         // A test host that crashed during its warm-up still got somewhere.
-        fruitless = if samples.len() == before && warmed_up == 0 { fruitless + 1 } else { 0 };
+        let taken = measured.samples.len();
+        fruitless = if taken == samples_before && measured.warmed_up == warmed_up_before { fruitless + 1 } else { 0 };
         if fruitless >= 2 {
-            bail!("the test host {failure} twice in a row without making a run ({} samples taken in all)", samples.len());
+            bail!("the test host {failure} twice in a row without making a run ({taken} samples taken in all)");
         }
         eprintln!(
-            "[bench] the test host {failure} (test host {testhost} of at most {MAX_TESTHOSTS}, {} samples taken): going on in a new test host",
-            samples.len()
+            "[bench] the test host {failure} (test host {testhost} of at most {MAX_TESTHOSTS}, {taken} samples taken): going on in a new test host"
         );
     }
-    bail!("{MAX_TESTHOSTS} test hosts failed before every sample was taken ({} taken)", samples.len())
+    bail!("{MAX_TESTHOSTS} test hosts failed before every sample was taken ({} taken)", measured.samples.len())
 }
 
 /// The samples taken, one JSON line each, for `--done-samples`.

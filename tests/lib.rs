@@ -65,8 +65,9 @@ pub fn mode() -> Mode {
     }
 }
 
-/// Re-executes the current test binary, with the same arguments, inside the KVM test
-/// host when this host cannot boot the guests; returns when tests should run here.
+/// Re-executes the current binary, with the same arguments, inside one KVM test host of
+/// all this host's CPUs when this host cannot boot the guests; returns when it should run
+/// here. For the benchmark binaries; the e2e tests use [`run_tests_in_testhosts_if_needed`].
 pub fn reexec_in_testhost_if_needed() {
     if mode() == Mode::Direct {
         return;
@@ -78,46 +79,160 @@ pub fn reexec_in_testhost_if_needed() {
         exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         p.testhost.display()
     );
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let code = run_in_testhosts_with_retries(&TestHostRun { exe, args, only: None, cpus: None, label: String::new() });
+    std::process::exit(code);
+}
+
+/// One shard of a run: a binary and its arguments, run in one test host after another
+/// until it ends by itself ([`run_in_testhosts_with_retries`]).
+struct TestHostRun {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    /// The tests this shard runs, exactly ([`ONLY`]); `None`: every test the arguments select.
+    only: Option<Vec<String>>,
+    /// The test host's vCPUs (`--cpus`); `None`: scripts/testhost's default.
+    cpus: Option<u32>,
+    /// How its lines are told apart from other shards' ("" when it is the only one).
+    label: String,
+}
+
+/// The e2e tests: when this host cannot boot the guests, runs `tests` (those `args`
+/// select) inside KVM test hosts and exits with their status; returns when they should run
+/// here (on a VT-x/AMD-V host, inside a test host, or to `--list` them).
+///
+/// By default one test host of all this host's CPUs runs them (libtest: as many at once as
+/// it has vCPUs). `PALISADE_TESTHOST_SHARDS=N` splits them instead into N shards, each run
+/// one at a time in its own test host of **one vCPU**, the shards side by side, each shard
+/// with the tests [`balance`] gives it by their expected length (`expected_secs`). Every
+/// test-host kernel crash read so far began with an interrupt one of its vCPUs sent another
+/// (docs/testing.md), which a test host of one vCPU never sends; but there three VMs booting
+/// at once took 4 times as long as one, and five did not boot within 240 s, so the tests
+/// that boot five at once fail there, and sharding is not the default.
+pub fn run_tests_in_testhosts_if_needed(
+    args: &libtest_mimic::Arguments,
+    tests: &[libtest_mimic::Trial],
+    expected_secs: impl Fn(&str) -> u64,
+) {
+    if mode() == Mode::Direct || args.list {
+        return;
+    }
+    let p = paths();
+    let exe = std::env::current_exe().expect("current_exe");
+    let raw_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let selected: Vec<(String, u64)> =
+        tests.iter().filter(|t| selected_by(args, t.name())).map(|t| (t.name().to_string(), expected_secs(t.name()))).collect();
+    let shards = testhost_shards().clamp(1, selected.len().max(1));
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if shards > 1 {
+        eprintln!(
+            "[e2e] this host's /dev/kvm cannot boot a standard guest: running {} test(s) of {name} inside {shards} KVM test hosts of one vCPU side by side ({})",
+            selected.len(),
+            p.testhost.display()
+        );
+    } else {
+        eprintln!(
+            "[e2e] this host's /dev/kvm cannot boot a standard guest: running {name} inside the KVM test host ({})",
+            p.testhost.display()
+        );
+    }
+    let runs: Vec<TestHostRun> = balance(&selected, shards)
+        .into_iter()
+        .enumerate()
+        .map(|(i, names)| TestHostRun {
+            exe: exe.clone(),
+            args: raw_args.clone(),
+            only: Some(names),
+            cpus: (shards > 1 && std::env::var("PALISADE_TESTHOST_CPUS").is_err()).then_some(1),
+            label: if shards > 1 { format!(" (shard {}/{shards})", i + 1) } else { String::new() },
+        })
+        .collect();
+    let codes: Vec<i32> = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs.iter().map(|run| scope.spawn(move || run_in_testhosts_with_retries(run))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(101)).collect()
+    });
+    // The first failure decides: a test that failed (101) before a test host that did.
+    let code = codes.iter().copied().find(|&c| c == 101).or_else(|| codes.iter().copied().find(|&c| c != 0)).unwrap_or(0);
+    if shards > 1 {
+        eprintln!("[e2e] the {shards} shards ended with {codes:?}");
+    }
+    std::process::exit(code);
+}
+
+/// Whether libtest's filter and `--skip`s in `args` select the test `name` (as
+/// libtest-mimic decides it, so a shard's list and the run inside agree).
+pub fn selected_by(args: &libtest_mimic::Arguments, name: &str) -> bool {
+    let matches = |pattern: &str| if args.exact { name == pattern } else { name.contains(pattern) };
+    args.filter.as_deref().is_none_or(matches) && !args.skip.iter().any(|s| matches(s))
+}
+
+/// How many test hosts of one vCPU run side by side: `PALISADE_TESTHOST_SHARDS`, else 1
+/// (then one test host of scripts/testhost's default size runs every test).
+pub fn testhost_shards() -> usize {
+    std::env::var("PALISADE_TESTHOST_SHARDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1)
+}
+
+/// Splits tests (name, expected seconds) into `shards` lists of about the same expected
+/// length: the longest first, each to the shard with the least so far; each list in the
+/// tests' own order.
+pub fn balance(tests: &[(String, u64)], shards: usize) -> Vec<Vec<String>> {
+    let shards = shards.max(1);
+    let mut order: Vec<usize> = (0..tests.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tests[i].1));
+    let mut load = vec![0u64; shards];
+    let mut assigned = vec![Vec::new(); shards];
+    for i in order {
+        let lightest = (0..shards).min_by_key(|&s| load[s]).unwrap_or(0);
+        load[lightest] += tests[i].1;
+        assigned[lightest].push(i);
+    }
+    assigned
+        .into_iter()
+        .map(|mut idx| {
+            idx.sort_unstable();
+            idx.into_iter().map(|i| tests[i].0.clone()).collect()
+        })
+        .collect()
+}
+
+/// Runs one shard in a test host, and in a new one after each that failed, and returns
+/// the exit status of the last.
+///
+/// A test host that itself failed (exit 123 wedged, 124 timed out, 125 crashed: QEMU's
+/// emulation of nested AMD-V does that now and then on these machines) is not a test
+/// failing — the tests report failures with 101. Such a run is retried in a new test host
+/// and says so; the tests that already passed are skipped (exactly those). It is retried
+/// while the test hosts get somewhere (a test passed in one of the last three), at most
+/// [`MAX_TESTHOST_ATTEMPTS`] in all: the emulator's crashes come at random, a few in a long
+/// suite, so a fixed small count failed suites whose every test passed.
+fn run_in_testhosts_with_retries(run: &TestHostRun) -> i32 {
+    let p = paths();
     // A bound well inside CI's 90 minutes, so a test host that runs but whose tests make no
-    // progress fails the run instead of eating it (PALISADE_TESTHOST_TIMEOUT overrides). A
-    // full run takes ~14 minutes there (846 s on 2026-12-06). A test host that stops making
+    // progress fails the run instead of eating it (PALISADE_TESTHOST_TIMEOUT overrides); the
+    // whole suite takes 30 to 45 minutes in one test host. A test host that stops making
     // progress altogether (QEMU's emulation has wedged it) is noticed by its missing
     // heartbeat within about a minute (scripts/testhost, PALISADE_TESTHOST_WEDGE_SECS).
-    let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "1800".into());
-    // A test host that itself failed (exit 123 wedged, 124 timed out, 125 crashed: QEMU's
-    // emulation of nested AMD-V does that now and then on these machines) is not a test
-    // failing — the tests report failures with 101. Such a run is retried in a new test
-    // host and says so; the tests that already passed are skipped (exactly those). It is
-    // retried while the test hosts get somewhere (a test passed in one of the last three),
-    // at most [`MAX_TESTHOST_ATTEMPTS`] in all: the emulator's crashes come at random, a few
-    // in a long suite, so a fixed small count failed suites whose every test passed. From
-    // the third test host on, the tests left run one at a time: fewer inner VMs at once are
-    // fewer of the interrupts the crashes follow (docs/testing.md), and a crash then costs
-    // one test's progress, not two (a CI run once lost three test hosts in a row, each
-    // within 200 s, while two long tests ran side by side).
+    let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "3000".into());
+    let label = &run.label;
     let mut passed: Vec<String> = Vec::new();
     let mut attempt = 1;
     // How many tests had passed when each test host started.
     let mut passed_at_start: Vec<usize> = Vec::new();
-    let status = loop {
+    loop {
+        passed_at_start.push(passed.len());
         // The same arguments (a filter keeps its meaning); the tests that passed are named
         // exactly in the environment ([`ALREADY_PASSED`]), not as `--skip`s, which would
         // match as substrings (or make a filter exact with `--exact`).
-        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        if attempt >= SERIAL_FROM_ATTEMPT && !args.iter().any(|a| a.to_string_lossy().starts_with("--test-threads")) {
-            args.push("--test-threads=1".into());
+        let mut cmd = Command::new(&p.testhost);
+        cmd.arg("--timeout").arg(&timeout);
+        if let Some(cpus) = run.cpus {
+            cmd.arg("--cpus").arg(cpus.to_string());
         }
-        passed_at_start.push(passed.len());
-        let mut child = Command::new(&p.testhost)
-            .arg("--timeout")
-            .arg(&timeout)
-            .arg("--")
-            .arg(&exe)
-            .args(&args)
-            .env(ALREADY_PASSED, passed.join("\n"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", p.testhost.display()));
+        cmd.arg("--").arg(&run.exe).args(&run.args).env(ALREADY_PASSED, passed.join("\n")).stdout(Stdio::piped());
+        if let Some(only) = &run.only {
+            cmd.env(ONLY, only.join("\n"));
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", p.testhost.display()));
         // Relay the report line by line, noting which tests passed.
         let stdout = child.stdout.take().expect("stdout piped");
         for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
@@ -127,32 +242,26 @@ pub fn reexec_in_testhost_if_needed() {
             }
         }
         let status = child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", p.testhost.display()));
-        let Some(failure) = testhost_failure(status.code()) else { break status };
+        let code = status.code().unwrap_or(125);
+        let Some(failure) = testhost_failure(status.code()) else { return code };
         let stuck = testhosts_stuck(&passed_at_start, passed.len());
         if attempt == MAX_TESTHOST_ATTEMPTS || stuck {
             eprintln!(
-                "[e2e] the test host {failure} (exit {}, attempt {attempt}): giving up{}",
-                status.code().unwrap_or(-1),
+                "[e2e] the test host{label} {failure} (exit {code}, attempt {attempt}): giving up{}",
                 if stuck { format!(" (no test passed in the last {STUCK_AFTER_TESTHOSTS} test hosts)") } else { String::new() }
             );
-            break status;
+            return code;
         }
         eprintln!(
-            "[e2e] the test host {failure} (exit {}, attempt {attempt} of at most {MAX_TESTHOST_ATTEMPTS}): running the tests that have not passed yet in a new test host ({} passed, skipped){}",
-            status.code().unwrap_or(-1),
+            "[e2e] the test host{label} {failure} (exit {code}, attempt {attempt} of at most {MAX_TESTHOST_ATTEMPTS}): running the tests that have not passed yet in a new test host ({} passed, skipped)",
             passed.len(),
-            if attempt + 1 >= SERIAL_FROM_ATTEMPT { ", one at a time" } else { "" }
         );
         attempt += 1;
-    };
-    std::process::exit(status.code().unwrap_or(125));
+    }
 }
 
 /// How many test hosts one run of the e2e binary may use (see [`reexec_in_testhost_if_needed`]).
 pub const MAX_TESTHOST_ATTEMPTS: u32 = 8;
-
-/// From this test host of a run on, the tests left run one at a time.
-pub const SERIAL_FROM_ATTEMPT: u32 = 3;
 
 /// A run gives up when this many test hosts in a row failed without a test passing.
 pub const STUCK_AFTER_TESTHOSTS: usize = 3;
@@ -168,11 +277,17 @@ pub fn testhosts_stuck(passed_at_start: &[usize], passed_now: usize) -> bool {
 /// passed in an earlier test host of this run; [`without_already_passed`] drops them.
 pub const ALREADY_PASSED: &str = "PALISADE_E2E_ALREADY_PASSED";
 
-/// The tests, less those [`ALREADY_PASSED`] names.
+/// The environment variable that names (one per line, exactly) the tests of this test
+/// host's shard ([`run_tests_in_testhosts_if_needed`]); unset: every test.
+pub const ONLY: &str = "PALISADE_E2E_ONLY";
+
+/// The tests of this shard ([`ONLY`]), less those [`ALREADY_PASSED`] names.
 pub fn without_already_passed(tests: Vec<libtest_mimic::Trial>) -> Vec<libtest_mimic::Trial> {
     let passed = std::env::var(ALREADY_PASSED).unwrap_or_default();
     let passed: std::collections::HashSet<&str> = passed.lines().filter(|l| !l.is_empty()).collect();
-    tests.into_iter().filter(|t| !passed.contains(t.name())).collect()
+    let only = std::env::var(ONLY).ok();
+    let only: Option<std::collections::HashSet<&str>> = only.as_deref().map(|o| o.lines().filter(|l| !l.is_empty()).collect());
+    tests.into_iter().filter(|t| !passed.contains(t.name()) && only.as_ref().is_none_or(|o| o.contains(t.name()))).collect()
 }
 
 /// What scripts/testhost's exit status says about the test host itself, when it failed:
@@ -734,5 +849,43 @@ mod testhost_retry_tests {
         assert!(testhosts_stuck(&[0, 30, 42, 43, 43, 43], 43));
         // A pass in the last of three counts.
         assert!(!testhosts_stuck(&[5, 5, 5], 6));
+    }
+
+    fn named(tests: &[(&str, u64)]) -> Vec<(String, u64)> {
+        tests.iter().map(|&(n, s)| (n.to_string(), s)).collect()
+    }
+
+    #[test]
+    fn shards_get_about_the_same_expected_time_and_keep_the_tests_order() {
+        let tests = named(&[("a", 30), ("bench", 600), ("b", 30), ("cri::ten", 400), ("c", 30), ("podman", 200), ("d", 30)]);
+        let shards = balance(&tests, 2);
+        // 660 s each: the longest first (bench, cri, podman), then the short ones in turn.
+        assert_eq!(
+            shards,
+            vec![vec!["a".to_string(), "bench".into(), "c".into()], vec!["b".into(), "cri::ten".into(), "podman".into(), "d".into()]]
+        );
+        // Every test in exactly one shard, whatever the count.
+        for n in 1..=9 {
+            let shards = balance(&tests, n);
+            assert_eq!(shards.len(), n);
+            let mut all: Vec<String> = shards.concat();
+            all.sort();
+            let mut want: Vec<String> = tests.iter().map(|t| t.0.clone()).collect();
+            want.sort();
+            assert_eq!(all, want, "{n} shards");
+        }
+        assert_eq!(balance(&[], 2), vec![Vec::<String>::new(), Vec::new()]);
+    }
+
+    #[test]
+    fn a_shard_is_chosen_among_the_tests_libtests_filter_and_skips_select() {
+        use libtest_mimic::Arguments;
+        let args = |a: &[&str]| Arguments::from_iter(std::iter::once("e2e").chain(a.iter().copied()));
+        assert!(selected_by(&args(&[]), "vmrun::echo_hello"));
+        assert!(selected_by(&args(&["vmrun::"]), "vmrun::echo_hello"));
+        assert!(!selected_by(&args(&["cri::"]), "vmrun::echo_hello"));
+        assert!(!selected_by(&args(&["--skip", "echo"]), "vmrun::echo_hello"));
+        assert!(!selected_by(&args(&["--exact", "vmrun::echo"]), "vmrun::echo_hello"));
+        assert!(selected_by(&args(&["--exact", "vmrun::echo_hello"]), "vmrun::echo_hello"));
     }
 }

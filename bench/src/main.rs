@@ -131,11 +131,18 @@ fn main() -> Result<()> {
         measured.machine.context("the run never described its machine")?,
         measured.modes,
         &measured.samples,
+        &measured.missing,
     );
     let written = write_outputs(&report, &args.output)?;
     print!("{}", report::table(&report));
     for path in written {
         eprintln!("[bench] wrote {}", path.display());
+    }
+    if !report.missing.is_empty() {
+        eprintln!(
+            "[bench] {} sample(s) missing: every attempt failed (listed in the table and in report.json's \"missing\")",
+            report.missing.len()
+        );
     }
     Ok(())
 }

@@ -72,6 +72,7 @@ fn docker_defaults() -> TestResult {
          unshare -U true 2>/dev/null; echo unshare=$?; \
          mount -t tmpfs t /mnt 2>/dev/null; echo mount=$?; \
          echo root=$(touch /written && echo writable); \
+         echo lo=$(cat /sys/class/net/lo/flags); \
          echo done=yes"
     );
     let out = vm(&["--hostname", "boxy", "--security-opt", "no-new-privileges", "--", "sh", "-c", &script])?;
@@ -98,6 +99,8 @@ fn docker_defaults() -> TestResult {
     ensure!(c.get("unshare").is_some_and(|v| v != "0"), "unshare must be denied: {}", out.describe());
     ensure!(c.get("mount").is_some_and(|v| v != "0"), "mount must be denied: {}", out.describe());
     expect(&c, "root", "writable", &out)?;
+    // Its loopback is up (IFF_UP | IFF_LOOPBACK), as runc and crun leave it.
+    expect(&c, "lo", "0x9", &out)?;
     expect(&c, "done", "yes", &out)
 }
 

@@ -41,7 +41,7 @@ pub fn tests() -> Vec<Trial> {
         trial("vmrun::errors::missing_kernel", missing_kernel),
         trial("vmrun::errors::corrupt_kernel", corrupt_kernel),
         trial("vmrun::errors::missing_rootfs", missing_rootfs),
-        trial("vmrun::no_leftovers_after_20_in_a_row_and_5_in_parallel", no_leftovers),
+        trial("vmrun::no_leftovers_after_20_runs_two_at_a_time_and_5_at_once", no_leftovers),
         trial("vmrun::network_nat_publishes_a_port_and_leaves_nothing", network_nat_publishes_a_port_and_leaves_nothing),
         trial("vmrun::network_tap_reaches_the_guest_at_its_address", network_tap_reaches_the_guest_at_its_address),
     ]
@@ -298,9 +298,22 @@ fn missing_rootfs() -> TestResult {
 fn no_leftovers() -> TestResult {
     let _exclusive = MACHINE.write().unwrap_or_else(|e| e.into_inner());
     let before = leftovers_snapshot();
-    for i in 0..20 {
-        let out = run_vmrun(&["--", "true"], None).map_err(|e| e.to_string())?;
-        ensure!(out.code() == 0, "run {i} of 20 failed: {}", out.describe());
+    // Two runs at a time, ten after another each: the same 20 VMs in half the time.
+    let streams: Vec<_> = (0..2)
+        .map(|stream| {
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..10 {
+                    let out = run_vmrun(&["--", "true"], None).map_err(|e| e.to_string())?;
+                    if out.code() != 0 {
+                        return Err(format!("run {i} of 10 in stream {stream} failed: {}", out.describe()));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for stream in streams {
+        stream.join().map_err(|_| "thread panicked")??;
     }
     // Five boots at once share the test host's two vCPUs: there a slow boot is given twice
     // the usual time before it counts as lost.

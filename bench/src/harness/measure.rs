@@ -43,6 +43,17 @@ impl Sample {
     }
 }
 
+/// A sample that could not be taken, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissingSample {
+    /// The measured round (0 is the first after the warm-up).
+    pub round: usize,
+    pub workload: String,
+    pub mode: String,
+    /// The last attempt's error.
+    pub error: String,
+}
+
 /// Round, workload, mode: what a sample is of.
 pub type SampleKey = (usize, String, String);
 
@@ -57,6 +68,9 @@ pub enum Event {
         sizes: String,
     },
     Sample(Sample),
+    /// A run that failed in every attempt ([`sample`]): its sample is missing from the report,
+    /// which says so, and the run goes on.
+    Missing(MissingSample),
     /// A warm-up run made (progress, though not a sample).
     WarmedUp {
         workload: String,
@@ -143,7 +157,24 @@ pub fn measure(
         progress(Progress { done: i, total, round, rounds: plan.warmup + plan.rounds, warming, workload: &w.name, mode });
         let dir = w.place.map(|p| setup.dir(mode, p));
         let argv = workloads::arguments(w, dir.as_deref());
-        let metrics = sample(&setup, mode, w.kind, &argv).with_context(|| format!("{} in {}", w.name, mode.name()))?;
+        let metrics = match sample(&setup, mode, w.kind, &argv).with_context(|| format!("{} in {}", w.name, mode.name())) {
+            Ok(metrics) => metrics,
+            // A warm-up run that fails is only said; a measured one is reported missing.
+            Err(e) if warming => {
+                eprintln!("[bench] warm-up run failed: {e:#}");
+                continue;
+            }
+            Err(e) => {
+                eprintln!("[bench] no sample: {e:#}");
+                emit(Event::Missing(MissingSample {
+                    round: round - plan.warmup,
+                    workload: w.name.clone(),
+                    mode: mode.name().to_string(),
+                    error: format!("{e:#}"),
+                }))?;
+                continue;
+            }
+        };
         if warming {
             emit(Event::WarmedUp { workload: w.name.clone(), mode: mode.name().to_string() })?;
         } else {
@@ -187,6 +218,7 @@ pub fn assemble(
     machine: Machine,
     modes: BTreeMap<String, String>,
     samples: &[Sample],
+    missing: &[MissingSample],
 ) -> Report {
     struct Accumulating {
         figure: Figure,
@@ -230,6 +262,7 @@ pub fn assemble(
         machine,
         modes,
         figures: figures.into_iter().map(|acc| Figure { modes: report::summarize(&acc.samples), ..acc.figure }).collect(),
+        missing: missing.to_vec(),
     }
 }
 
@@ -264,8 +297,9 @@ fn sample_once(setup: &Setup, mode: Mode, kind: Kind, argv: &[String]) -> Result
             // Settled: the guests' boot-time work done, what stays is what an idle one holds.
             std::thread::sleep(Duration::from_secs(3));
             let pss = sandboxes.pss_per_sandbox_mib(setup)?;
+            let touched = sandboxes.touched_per_sandbox_mib(setup)?;
             sandboxes.stop();
-            return Ok(vec![metric("pss", pss, "MiB/sandbox")]);
+            return Ok(vec![metric("pss", pss, "MiB/sandbox"), metric("touched", touched, "MiB/sandbox")]);
         }
         Kind::Start | Kind::Measured => {}
     }
@@ -379,7 +413,7 @@ mod tests {
         };
         let samples = vec![s(1, "bare", 10.0), s(0, "bare", 12.0), s(0, "palisade", 6.0), s(1, "palisade", 4.0)];
         let machine = super::super::machine::describe();
-        let report = assemble(1, 2.0, "full".into(), 2, 1, machine, BTreeMap::new(), &samples);
+        let report = assemble(1, 2.0, "full".into(), 2, 1, machine, BTreeMap::new(), &samples, &[]);
         assert_eq!(report.figures.len(), 1);
         let f = &report.figures[0];
         assert_eq!((f.workload.as_str(), f.metric.as_str()), ("seqio-root", "write"));
@@ -387,5 +421,37 @@ mod tests {
         assert_eq!(f.modes["bare"].samples, [12.0, 10.0]);
         assert_eq!(f.modes["palisade"].median, 5.0);
         assert!((f.modes["palisade"].ratio_to_bare - 5.0 / 11.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_missing_sample_is_reported_until_a_later_test_host_takes_it() {
+        use super::super::testhost::Measured;
+        let missing = |round: usize, error: &str| MissingSample {
+            round,
+            workload: "start-parallel-5".into(),
+            mode: "palisade".into(),
+            error: error.into(),
+        };
+        let mut measured = Measured::default();
+        measured.take(Event::Missing(missing(0, "first")));
+        measured.take(Event::Missing(missing(0, "again")));
+        measured.take(Event::Missing(missing(1, "round 2")));
+        assert_eq!(measured.missing, [missing(0, "again"), missing(1, "round 2")]);
+        measured.take(Event::Sample(Sample {
+            round: 0,
+            workload: "start-parallel-5".into(),
+            about: "".into(),
+            sandboxes: Some(5),
+            mode: "palisade".into(),
+            metrics: vec![metric("all_ready", 1.0)],
+        }));
+        assert_eq!(measured.missing, [missing(1, "round 2")]);
+        let machine = super::super::machine::describe();
+        let report = assemble(1, 2.0, "full".into(), 2, 0, machine, BTreeMap::new(), &measured.samples, &measured.missing);
+        assert_eq!(report.missing, [missing(1, "round 2")]);
+        let table = report::table(&report);
+        assert!(table.contains("missing samples") && table.contains("start-parallel-5 in palisade, round 2: round 2"), "{table}");
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["missing"][0]["error"], "round 2");
     }
 }

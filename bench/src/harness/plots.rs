@@ -124,18 +124,19 @@ fn legend_label(about: &str) -> String {
     about.split(':').next().unwrap_or(about).to_string()
 }
 
-/// A line per mode: a figure of `workload_prefix`-N's median against N.
+/// A line per mode: the median of metric `metric` of `workload_prefix`-N against N.
 struct Curve<'a> {
     workload_prefix: &'a str,
+    metric: &'a str,
     title: &'a str,
     y_desc: &'a str,
 }
 
-fn points(report: &Report, prefix: &str, mode: &str) -> Vec<(f64, f64)> {
+fn points(report: &Report, curve: &Curve, mode: &str) -> Vec<(f64, f64)> {
     let mut pts: Vec<(f64, f64)> = report
         .figures
         .iter()
-        .filter(|f| f.workload.starts_with(prefix))
+        .filter(|f| f.workload.starts_with(curve.workload_prefix) && f.metric == curve.metric)
         .filter_map(|f| Some((f.sandboxes? as f64, f.modes.get(mode)?.median)))
         .filter(|(_, y)| y.is_finite())
         .collect();
@@ -149,7 +150,7 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e:?}");
     root.fill(&WHITE).map_err(err)?;
-    let all: Vec<(f64, f64)> = report.modes.keys().flat_map(|m| points(report, curve.workload_prefix, m)).collect();
+    let all: Vec<(f64, f64)> = report.modes.keys().flat_map(|m| points(report, curve, m)).collect();
     let x_max = all.iter().map(|p| p.0).fold(1.0f64, f64::max);
     let y_max = all.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
     let mut title = curve.title.to_string();
@@ -166,7 +167,7 @@ where
     chart.configure_mesh().x_desc("sandboxes").y_desc(curve.y_desc).label_style(("sans-serif", 13)).draw().map_err(err)?;
     for (j, (mode, about)) in report.modes.iter().enumerate() {
         let colour = COLOURS[j % COLOURS.len()];
-        let pts = points(report, curve.workload_prefix, mode);
+        let pts = points(report, curve, mode);
         chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
             .map_err(err)?
@@ -212,6 +213,7 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             "start-parallel",
             Curve {
                 workload_prefix: "start-parallel-",
+                metric: "all_ready",
                 title: "N sandboxes started at once: time until all are ready",
                 y_desc: "ms (median)",
             },
@@ -220,6 +222,7 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             "footprint",
             Curve {
                 workload_prefix: "footprint-",
+                metric: "pss",
                 title: "Host memory per idle sandbox (PSS of its host processes)",
                 y_desc: "MiB per sandbox",
             },

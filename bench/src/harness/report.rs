@@ -66,6 +66,10 @@ pub struct Report {
     /// Mode name → what it is.
     pub modes: BTreeMap<String, String>,
     pub figures: Vec<Figure>,
+    /// Samples that could not be taken (a run that failed in every attempt), and why; the
+    /// figures summarize the samples that were.
+    #[serde(default)]
+    pub missing: Vec<super::measure::MissingSample>,
 }
 
 pub fn median(samples: &[f64]) -> f64 {
@@ -154,6 +158,12 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
         if i == 0 {
             let _ = writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+        }
+    }
+    if !report.missing.is_empty() {
+        let _ = writeln!(out, "\nmissing samples (every attempt failed; the figures above summarize the samples taken):");
+        for m in &report.missing {
+            let _ = writeln!(out, "  {} in {}, round {}: {}", m.workload, m.mode, m.round + 1, m.error);
         }
     }
     out

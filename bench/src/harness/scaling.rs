@@ -105,12 +105,51 @@ fn wait_until(child: &mut Child, timeout: Duration) -> Result<std::process::Exit
 
 /// A process's proportional set size, KiB.
 fn pss_kib(pid: u32) -> u64 {
+    smaps_rollup_kib(pid, "Pss:")
+}
+
+/// A process's resident set size, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    smaps_rollup_kib(pid, "Rss:")
+}
+
+/// One KiB figure of `/proc/PID/smaps_rollup` (`field` with its colon); 0 when unreadable.
+fn smaps_rollup_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A process's name (`/proc/PID/comm`).
+fn comm(pid: u32) -> Option<String> {
+    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim_end().to_string())
+}
+
+/// The resident KiB of a VMM's guest memory (its mappings of the `palisade-guest-ram`
+/// memfd), or `None` when it maps none.
+fn guest_ram_rss_kib(pid: u32) -> Option<u64> {
+    guest_ram_rss_in_smaps(&std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?)
+}
+
+/// [`guest_ram_rss_kib`] from the text of `/proc/PID/smaps`.
+fn guest_ram_rss_in_smaps(smaps: &str) -> Option<u64> {
+    let mut in_guest_ram = false;
+    let mut total = None;
+    for line in smaps.lines() {
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_guest_ram = line.contains("/memfd:palisade-guest-ram");
+        } else if in_guest_ram {
+            if let Some(kib) = line.strip_prefix("Rss:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()) {
+                *total.get_or_insert(0) += kib;
+            }
+        }
+    }
+    total
 }
 
 /// `roots` and every process below them (by parent pid, from `/proc/PID/stat`).
@@ -170,6 +209,39 @@ impl Sandboxes {
         Ok(pids.iter().map(|&p| pss_kib(p)).sum::<u64>() as f64 / 1024.0 / count as f64)
     }
 
+    /// Memory the inside of a sandbox touched, MiB per sandbox: the resident memory of the
+    /// workload's own processes for bare metal and crun; for a micro-VM, the guest RAM the
+    /// guest touched (the resident part of the VMM's guest memory, the `palisade-guest-ram`
+    /// memfd). The difference is what the guest kernel and agent hold.
+    pub fn touched_per_sandbox_mib(&self, setup: &Setup) -> Result<f64> {
+        let kib: u64 = match self.mode {
+            Mode::Bare => self.children.iter().map(|c| rss_kib(c.id())).sum(),
+            Mode::Crun => self.ids.iter().filter_map(|id| setup.container_pid(Mode::Crun, id)).map(rss_kib).sum(),
+            Mode::Palisade | Mode::Vmrun => {
+                let pids = if self.mode == Mode::Palisade {
+                    pids_naming(&setup.root(Mode::Palisade).display().to_string())
+                } else {
+                    self.vmrun_processes()
+                };
+                let vmms: Vec<u32> = pids.into_iter().filter(|&p| comm(p).as_deref() == Some("palisade-vmm")).collect();
+                let kib: Vec<u64> = vmms.iter().filter_map(|&p| guest_ram_rss_kib(p)).collect();
+                if kib.is_empty() {
+                    bail!(
+                        "no guest memory (a palisade-guest-ram mapping) found in the {} VMMs of the {} sandboxes",
+                        vmms.len(),
+                        self.mode.name()
+                    );
+                }
+                kib.iter().sum()
+            }
+        };
+        let count = self.children.len() + self.ids.len();
+        if kib == 0 || count == 0 {
+            bail!("no resident memory found in the {} sandboxes", self.mode.name());
+        }
+        Ok(kib as f64 / 1024.0 / count as f64)
+    }
+
     /// The vmruns and every process below them.
     fn vmrun_processes(&self) -> Vec<u32> {
         descendants(&self.children.iter().map(Child::id).collect::<Vec<_>>())
@@ -203,5 +275,28 @@ impl Sandboxes {
 impl Drop for Sandboxes {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_memory_is_the_resident_part_of_the_guest_ram_memfd() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 08:01 1234    /usr/bin/palisade-vmm
+Size:               1024 kB
+Rss:                 900 kB
+7f0000000000-7f0008000000 rw-s 00000000 00:01 5678    /memfd:palisade-guest-ram (deleted)
+Size:             131072 kB
+Rss:               40960 kB
+Pss:               40960 kB
+7f0010000000-7f0010021000 rw-p 00000000 00:00 0
+Size:                132 kB
+Rss:                  12 kB
+";
+        assert_eq!(guest_ram_rss_in_smaps(smaps), Some(40960));
+        assert_eq!(guest_ram_rss_in_smaps("7f0010000000-7f0010021000 rw-p 00000000 00:00 0\nRss: 12 kB\n"), None);
     }
 }

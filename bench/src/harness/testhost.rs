@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use super::measure::{Event, Sample, SampleKey};
+use super::measure::{Event, MissingSample, Sample, SampleKey};
 use super::report::Machine;
 
 /// Most test hosts one run may use.
@@ -24,6 +24,8 @@ pub struct Measured {
     pub modes: BTreeMap<String, String>,
     pub sizes: String,
     pub samples: Vec<Sample>,
+    /// Samples that could not be taken (the last word on each, if a later test host took it).
+    pub missing: Vec<MissingSample>,
     /// Warm-up runs made.
     pub warmed_up: usize,
     /// [`Event::Done`] came.
@@ -40,9 +42,14 @@ impl Measured {
                 self.sizes = sizes;
             }
             Event::Sample(s) => {
+                self.missing.retain(|m| (m.round, &m.workload, &m.mode) != (s.round, &s.workload, &s.mode));
                 if !self.samples.iter().any(|t| t.key() == s.key()) {
                     self.samples.push(s);
                 }
+            }
+            Event::Missing(m) => {
+                self.missing.retain(|n| (n.round, &n.workload, &n.mode) != (m.round, &m.workload, &m.mode));
+                self.missing.push(m);
             }
             Event::WarmedUp { .. } => self.warmed_up += 1,
             Event::Done => self.finished = true,

@@ -100,6 +100,13 @@ pub fn all(size: Size, cpus: usize, starts: &[usize], footprints: &[usize]) -> V
             &["getppid", "--count", size("1000000", "200000", "10000")],
         ),
         workload("spawn", "fork + exec + wait", Kind::Measured, None, &["spawn", "--count", size("200", "20", "10")]),
+        workload(
+            "tcp-loopback",
+            "TCP on the sandbox's own 127.0.0.1: bulk, then 1-byte round trips",
+            Kind::Measured,
+            None,
+            &["tcp-loopback", "--mib", size("256", "32", "4"), "--pings", size("10000", "1000", "100")],
+        ),
     ];
     for (place, suffix) in [(Place::Root, "root"), (Place::Volume, "volume")] {
         list.push(workload(

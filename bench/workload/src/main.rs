@@ -40,6 +40,9 @@ workloads (defaults in brackets):
   spawn --count N [200]                   fork+exec this program with `noop` N times (us each)
   seqio --dir D --mib M [256]             write+fsync then read back M MiB in D (MiB/s)
   smallfiles --dir D --count N [2000]     create, stat and delete N 100-byte files in D (ops/s)
+  tcp-loopback --mib M [64] --pings N [2000]
+                                          over TCP on 127.0.0.1 in this sandbox: send M MiB
+                                          (MiB/s), then N one-byte round trips (median us)
 
 Each workload but hello and noop prints one JSON line. Exit code 1: the work failed;
 2: an unknown workload or a bad argument.";
@@ -57,6 +60,7 @@ const MAX_THREADS: u64 = 1024;
 const MAX_ROUNDS: u64 = 1 << 20;
 const MAX_COUNT: u64 = 1 << 40;
 const MAX_FILES: u64 = 1 << 24;
+const MAX_PINGS: u64 = 1 << 24;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,6 +106,7 @@ enum Workload {
     Spawn { count: u64 },
     Seqio { dir: PathBuf, mib: u64 },
     Smallfiles { dir: PathBuf, count: u64 },
+    TcpLoopback { mib: u64, pings: u64 },
 }
 
 impl Workload {
@@ -117,6 +122,7 @@ impl Workload {
             Workload::Spawn { .. } => "spawn",
             Workload::Seqio { .. } => "seqio",
             Workload::Smallfiles { .. } => "smallfiles",
+            Workload::TcpLoopback { .. } => "tcp-loopback",
         }
     }
 }
@@ -170,6 +176,10 @@ fn parse_command_line(args: &[String]) -> Result<Invocation, String> {
         "smallfiles" => {
             let flags = Flags::parse("smallfiles", rest, &["--dir", "--count"])?;
             Workload::Smallfiles { dir: flags.required_path("--dir")?, count: flags.number("--count", 2000, MAX_FILES)? }
+        }
+        "tcp-loopback" => {
+            let flags = Flags::parse("tcp-loopback", rest, &["--mib", "--pings"])?;
+            Workload::TcpLoopback { mib: flags.number("--mib", 64, MAX_MIB)?, pings: flags.number("--pings", 2000, MAX_PINGS)? }
         }
         other => return Err(format!("unknown workload {other:?}")),
     };
@@ -272,6 +282,7 @@ fn run(workload: &Workload) -> Result<(), String> {
         Workload::Spawn { count } => spawn(*count)?,
         Workload::Seqio { dir, mib } => seqio(dir, *mib)?,
         Workload::Smallfiles { dir, count } => smallfiles(dir, *count)?,
+        Workload::TcpLoopback { mib, pings } => tcp_loopback(*mib, *pings)?,
     };
     print_line(&json_line(workload.name(), &report))
 }
@@ -580,6 +591,88 @@ fn own_executable() -> Result<PathBuf, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// tcp-loopback
+// ---------------------------------------------------------------------------------------------
+
+/// TCP over the sandbox's own loopback: a server thread and this one, two connections. The
+/// first carries `mib` MiB one way (the server answers with the count it received, so the
+/// time covers every byte arriving); the second `pings` one-byte round trips with Nagle off.
+fn tcp_loopback(mib: u64, pings: u64) -> Result<Report, String> {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listening on 127.0.0.1 (is the loopback interface up?): {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("the listener's address: {e}"))?;
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let (mut bulk, _) = listener.accept().map_err(|e| format!("accepting the bulk connection: {e}"))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut received: u64 = 0;
+        loop {
+            match bulk.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("receiving the bulk data: {e}")),
+            }
+        }
+        bulk.write_all(&received.to_le_bytes()).map_err(|e| format!("answering the bulk count: {e}"))?;
+        let (mut ping, _) = listener.accept().map_err(|e| format!("accepting the ping connection: {e}"))?;
+        ping.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+        let mut byte = [0u8; 1];
+        loop {
+            match ping.read(&mut byte) {
+                Ok(0) => return Ok(()),
+                Ok(_) => ping.write_all(&byte).map_err(|e| format!("echoing a ping: {e}"))?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading a ping: {e}")),
+            }
+        }
+    });
+    let total = mib * MIB as u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    fill_pattern(&mut chunk, PATTERN_SEED);
+    let start = Instant::now();
+    let mut bulk = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let mut sent: u64 = 0;
+    while sent < total {
+        let n = chunk.len().min(usize::try_from(total - sent).unwrap_or(usize::MAX));
+        bulk.write_all(&chunk[..n]).map_err(|e| format!("sending bulk data to {addr}: {e}"))?;
+        sent += n as u64;
+    }
+    bulk.shutdown(Shutdown::Write).map_err(|e| format!("ending the bulk data: {e}"))?;
+    let mut count = [0u8; 8];
+    bulk.read_exact(&mut count).map_err(|e| format!("reading the bulk count: {e}"))?;
+    let elapsed = start.elapsed();
+    let received = u64::from_le_bytes(count);
+    if received != total {
+        return Err(format!("the server received {received} bytes of {total}"));
+    }
+    let mut ping = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    ping.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let mut rtts = Vec::with_capacity(usize::try_from(pings).unwrap_or(0));
+    let mut byte = [0u8; 1];
+    for i in 0..pings {
+        byte[0] = i as u8;
+        let sent_at = Instant::now();
+        ping.write_all(&byte).map_err(|e| format!("sending ping {i}: {e}"))?;
+        ping.read_exact(&mut byte).map_err(|e| format!("reading pong {i}: {e}"))?;
+        rtts.push(sent_at.elapsed());
+        if byte[0] != i as u8 {
+            return Err(format!("pong {i} came back as {}", byte[0]));
+        }
+    }
+    drop(ping);
+    server.join().map_err(|_| "the server thread panicked".to_string())??;
+    rtts.sort_unstable();
+    let median = rtts[rtts.len() / 2];
+    Ok(Report {
+        metrics: vec![
+            Metric::higher_is_better("throughput", total as f64 / MIB as f64 / elapsed.as_secs_f64(), "MiB/s"),
+            Metric::lower_is_better("rtt", median.as_secs_f64() * 1e6, "us"),
+        ],
+        check: Some(format!("{received} bytes, {pings} round trips")),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // seqio, smallfiles
 // ---------------------------------------------------------------------------------------------
 
@@ -809,6 +902,16 @@ mod tests {
             parse(&["smallfiles", "--dir", "/tmp"]),
             Ok(Invocation::Run(Workload::Smallfiles { dir: PathBuf::from("/tmp"), count: 2000 }))
         );
+        assert_eq!(parse(&["tcp-loopback", "--pings", "10"]), Ok(Invocation::Run(Workload::TcpLoopback { mib: 64, pings: 10 })));
+    }
+
+    #[test]
+    fn tcp_loopback_carries_every_byte_and_times_round_trips() {
+        let report = tcp_loopback(2, 20).unwrap();
+        let names: Vec<&str> = report.metrics.iter().map(|m| m.name).collect();
+        assert_eq!(names, ["throughput", "rtt"]);
+        assert!(report.metrics.iter().all(|m| m.value.is_finite() && m.value > 0.0));
+        assert_eq!(report.check.as_deref(), Some("2097152 bytes, 20 round trips"));
     }
 
     #[test]

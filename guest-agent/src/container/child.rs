@@ -120,6 +120,9 @@ pub enum Action {
     Unshare {
         flags: libc::c_int,
     },
+    /// In a new network namespace: bring its loopback interface up, as runc and crun do
+    /// (a new namespace's `lo` is down, and 127.0.0.1 unreachable, until then).
+    LoopbackUp,
     /// Write `content` to `path` (time namespace offsets, sysctls).
     WriteFile {
         path: CString,
@@ -213,6 +216,7 @@ impl Action {
             Action::BecomeNamespaceRoot => "becoming root of the new user namespace".into(),
             Action::SetNs { nstype, .. } => format!("joining namespace (type {nstype:#x})"),
             Action::Unshare { flags } => format!("creating namespaces (flags {flags:#x})"),
+            Action::LoopbackUp => "bringing the loopback interface lo up".into(),
             Action::WriteFile { path, .. } => format!("writing {}", s(path)),
             Action::ForkAgain => "forking into the new namespaces".into(),
             Action::Stdio { controlling_tty: true, .. } => "setting up the terminal".into(),
@@ -562,6 +566,30 @@ fn do_read_only(path: &CString) -> Result<(), Errno> {
     remount(path.as_ptr(), libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY)
 }
 
+/// SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP, on `lo` of this process's network
+/// namespace (the ifreq on the stack: nothing allocated).
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: a datagram socket used only for two interface ioctls on a zeroed ifreq whose
+    // name fits IFNAMSIZ with its NUL; the socket is closed on every path.
+    unsafe {
+        let sock = check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) as libc::c_long)? as RawFd;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut r = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+        if r >= 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+        }
+        let e = Errno::last();
+        libc::close(sock);
+        if r < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 fn write_file(path: &CString, content: &[u8]) -> Result<(), Errno> {
     // SAFETY: open/write/close with a valid path and a live buffer.
     unsafe {
@@ -641,6 +669,7 @@ fn run_one(st: &mut State, action: &Action) -> Result<(), Errno> {
             }
             Action::SetNs { fd, nstype } => check(libc::setns(*fd, *nstype) as libc::c_long).map(drop),
             Action::Unshare { flags } => check(libc::unshare(*flags) as libc::c_long).map(drop),
+            Action::LoopbackUp => loopback_up(),
             Action::WriteFile { path, content } => write_file(path, content),
             Action::ForkAgain => {
                 // CLONE_PARENT: the new process is the agent's child, not ours, so the agent

@@ -144,6 +144,9 @@ pub fn plan(spec: &Spec, opts: &CreateOptions<'_>, joined: &[JoinFd], seccomp: O
     if ns.unshare_flags() != 0 {
         a.push(Action::Unshare { flags: ns.unshare_flags() });
     }
+    if ns.is_new(Kind::Network) {
+        a.push(Action::LoopbackUp);
+    }
     let second_fork = ns.needs_second_fork();
     if ns.is_new(Kind::Time) {
         a.push(Action::Unshare { flags: Kind::Time.flag() });

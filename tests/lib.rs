@@ -491,6 +491,9 @@ pub fn lost_boot_fault(in_testhost: bool, boot: u32, code: i32, text: &str) -> O
     } else if text.contains("the VM ended before the container was created:") && text.contains("triple fault") {
         // palisade create: the guest died while its container was being made.
         Some("triple fault while creating the container")
+    } else if text.contains("the VM ended before the container started:") && text.contains("triple fault") {
+        // palisade start: the guest died between create and start.
+        Some("triple fault before the container started")
     } else if text.contains("the guest agent did not answer within") {
         Some("no agent answer during boot")
     } else if text.contains("the guest stopped answering") {
@@ -776,6 +779,9 @@ mod lost_boot_tests {
         let creating = "palisade: sandbox 1a2b: the VM ended before the container was created: vCPU 0: triple fault (the guest hit \
                         an exception it could not handle) (agent: agent protocol: connection closed by peer)";
         assert_eq!(lost_boot_fault(true, 1, 125, creating), Some("triple fault while creating the container"));
+        let starting = "palisade: container cycle-2-2: start: the VM ended before the container started: vCPU 0: triple fault \
+                        (the guest hit an exception it could not handle) (agent protocol: connection closed by peer)";
+        assert_eq!(lost_boot_fault(true, 1, 125, starting), Some("triple fault before the container started"));
         let panicked = "palisade: sandbox 1a2b: the VM ended before the container was created: guest kernel panic: Oops";
         assert_eq!(lost_boot_fault(true, 1, 125, panicked), None, "only the emulator's triple faults are booted again");
     }

@@ -810,7 +810,10 @@ fn cycles() -> TestResult {
                     let id = format!("cycle-{round}-{i}");
                     let pid_file = b.path().join(format!("{id}.pid"));
                     let bundle_arg = b.path().display().to_string();
-                    let created = boot_retrying("palisade create", || -> Result<Palisade, String> {
+                    // Create and start: a VM the emulator loses in either is made again.
+                    let mut step = "create";
+                    let out = boot_retrying("palisade create and start", || -> Result<Palisade, String> {
+                        step = "create";
                         let mut cmd = palisade(&[
                             "--root",
                             &root,
@@ -825,16 +828,18 @@ fn cycles() -> TestResult {
                         let out = run_to_files(cmd, &b.path().join(format!("{id}.stdout")), &b.path().join(format!("{id}.stderr")))?;
                         if out.code() != 0 {
                             let _ = pal(&root, &["delete", "--force", &id]);
+                            return Ok(Palisade(out));
+                        }
+                        step = "start";
+                        let out = pal(&root, &["start", &id])?;
+                        if out.code() != 0 {
+                            let _ = pal(&root, &["delete", "--force", &id]);
                         }
                         Ok(Palisade(out))
                     })?
                     .0;
-                    if created.code() != 0 {
-                        return Err(format!("{id}: create: {}", created.describe()));
-                    }
-                    let out = pal(&root, &["start", &id])?;
                     if out.code() != 0 {
-                        return Err(format!("{id}: start: {}", out.describe()));
+                        return Err(format!("{id}: {step}: {}", out.describe()));
                     }
                     let deadline = Instant::now() + vm_timeout();
                     while state(&root, &id)?["status"] != "stopped" {

@@ -20,7 +20,7 @@ use super::store::{write_atomic, write_json_atomic, ContainerDir, ContainerRecor
 use super::RuntimeError;
 use crate::oci::bundle;
 use crate::sandbox::control::{self, Attachment};
-use crate::sandbox::{ProcessRef, SandboxDir, SandboxId, SandboxSpec, SharedPath, Status as SandboxStatus};
+use crate::sandbox::{ProcessRef, SandboxDir, SandboxId, SandboxSpec, SharedPath};
 use crate::share::{self, SharePlan};
 use crate::vmrun::args::{vm_memory_mib, ShareTuningArgs};
 use crate::vmrun::assets::{self, AssetError};
@@ -452,17 +452,9 @@ fn explain_vm_end(root: &Path, id: &SandboxId, e: RuntimeError) -> RuntimeError 
     if !lost_contact {
         return e;
     }
-    // The supervisor records the VM's end as soon as the VMM is reaped.
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        match control::state(root, id) {
-            Ok(s) if s.status == SandboxStatus::Stopped => {
-                let reason = s.end_reason.or_else(|| s.exit.map(|x| x.message)).unwrap_or_else(|| "its supervisor is gone".into());
-                return RuntimeError::Other(format!("sandbox {id}: the VM ended before the container was created: {reason} ({e})"));
-            }
-            Ok(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => return e,
-        }
+    match super::lifecycle::vm_end(root, id) {
+        Some(reason) => RuntimeError::Other(format!("sandbox {id}: the VM ended before the container was created: {reason} ({e})")),
+        None => e,
     }
 }
 

@@ -11,7 +11,7 @@ use super::query::hook_state;
 use super::signal::parse_signal;
 use super::store::{ContainerDir, ContainerRecord, LockedContainer, Recorded, Status, StoreError};
 use super::RuntimeError;
-use crate::sandbox::{control, SandboxDir};
+use crate::sandbox::{control, SandboxDir, SandboxId, Status as SandboxStatus};
 use crate::vmrun::connect::{request_timeout, ControlClient};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +34,21 @@ pub(super) fn refused(id: &str, what: &str, response: Response) -> RuntimeError 
     }
 }
 
+/// How sandbox `id`'s VM ended, once its supervisor has recorded that (it does as soon as
+/// the VMM is reaped; waited for up to 3 s); `None` while it runs.
+pub(super) fn vm_end(sandbox_root: &Path, id: &SandboxId) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match control::state(sandbox_root, id) {
+            Ok(s) if s.status == SandboxStatus::Stopped => {
+                return Some(s.end_reason.or_else(|| s.exit.map(|x| x.message)).unwrap_or_else(|| "its supervisor is gone".into()));
+            }
+            Ok(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => return None,
+        }
+    }
+}
+
 /// `start ID`: releases the container's exec barrier.
 pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
     let locked = ContainerDir::open(root, id)?;
@@ -53,7 +68,14 @@ pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
     match agent(root, &record)?.call(&Request::StartContainer { id: id.into() }) {
         Ok(Response::Started { .. }) => {}
         Ok(other) => return Err(refused(id, "start-container", other)),
-        Err(e) => return Err(RuntimeError::Other(format!("container {id}: start: {e}"))),
+        Err(e) => {
+            // A guest that died meanwhile (a triple fault, a panic) is what failed: say so.
+            let ended = record.sandbox_id().and_then(|s| vm_end(&sandbox_root(root), &s));
+            return Err(RuntimeError::Other(match ended {
+                Some(reason) => format!("container {id}: start: the VM ended before the container started: {reason} ({e})"),
+                None => format!("container {id}: start: {e}"),
+            }));
+        }
     }
     record.recorded = Recorded::Running;
     locked.write_record(&record)?;

@@ -1,5 +1,5 @@
 //! `palisade-bench`: what the VM wall costs. The same workloads (start-up, CPU, memory,
-//! system calls, process creation, file I/O on the root and on a volume) run as a plain host
+//! system calls, process creation, TCP, file I/O on the root and on a volume) run as a plain host
 //! process, in a crun namespace container and in a Palisade micro-VM container (through
 //! `palisade run` and through `vmrun --bundle`), interleaved
 //! (every mode once per workload per round), after a warm-up; each figure is reported as a
@@ -43,7 +43,8 @@ struct Args {
     #[arg(long, default_value = "bare,crun,palisade,vmrun")]
     modes: String,
     /// Only these workloads (comma-separated names: start, cpu-1, cpu-N, memcpy, faults,
-    /// getppid, spawn, seqio-root, seqio-volume, smallfiles-root, smallfiles-volume).
+    /// getppid, spawn, tcp-loopback, tcp-host, seqio-root, seqio-volume, smallfiles-root,
+    /// smallfiles-volume, start-parallel-N, footprint-N).
     #[arg(long)]
     workloads: Option<String>,
     /// Sandboxes started at once (the start-parallel-N workloads).

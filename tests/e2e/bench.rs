@@ -72,6 +72,7 @@ fn quick_run() -> TestResult {
         "getppid",
         "spawn",
         "tcp-loopback",
+        "tcp-host",
         "seqio-root",
         "seqio-volume",
         "smallfiles-root",

@@ -150,13 +150,15 @@ pub fn measure(
 ) -> Result<()> {
     let machine = super::machine::describe();
     emit(Event::Machine { machine, modes: mode_descriptions(&plan.modes, &plan.vm), sizes: plan.size.name().to_string() })?;
-    let setup = Setup::new(workload_bin, &palisade_e2e::paths().profile_dir, &plan.vm)?;
     let runs = plan.runs(done);
+    let to_host = runs.iter().any(|(_, _, w, _)| w.kind == Kind::ToHost);
+    let setup = Setup::new(workload_bin, &palisade_e2e::paths().profile_dir, &plan.vm, to_host)?;
     let total = runs.len();
     for (i, (round, warming, w, mode)) in runs.into_iter().enumerate() {
         progress(Progress { done: i, total, round, rounds: plan.warmup + plan.rounds, warming, workload: &w.name, mode });
         let dir = w.place.map(|p| setup.dir(mode, p));
-        let argv = workloads::arguments(w, dir.as_deref());
+        let server = if w.kind == Kind::ToHost { Some(setup.server_address(mode)?) } else { None };
+        let argv = workloads::arguments(w, dir.as_deref(), server.as_deref());
         let metrics = match sample(&setup, mode, w.kind, &argv).with_context(|| format!("{} in {}", w.name, mode.name())) {
             Ok(metrics) => metrics,
             // A warm-up run that fails is only said; a measured one is reported missing.
@@ -301,9 +303,10 @@ fn sample_once(setup: &Setup, mode: Mode, kind: Kind, argv: &[String]) -> Result
             sandboxes.stop();
             return Ok(vec![metric("pss", pss, "MiB/sandbox"), metric("touched", touched, "MiB/sandbox")]);
         }
-        Kind::Start | Kind::Measured => {}
+        Kind::Start | Kind::Measured | Kind::ToHost => {}
     }
-    let out = modes::run(setup.command(mode, argv)?, timeout)?;
+    let command = if kind == Kind::ToHost { setup.command_to_host(mode, argv)? } else { setup.command(mode, argv)? };
+    let out = modes::run(command, timeout)?;
     if !out.status.success() {
         let tail: Vec<&str> = out.stderr.lines().rev().take(8).collect();
         bail!("exited with {}: {}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));

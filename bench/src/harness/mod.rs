@@ -1,6 +1,7 @@
 //! The harness's parts: the workloads, the modes that run them, the machine, the report and
 //! its plot.
 
+pub mod host_link;
 pub mod machine;
 pub mod measure;
 pub mod modes;

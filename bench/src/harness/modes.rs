@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::host_link::{HostLink, HostServer};
 use super::workloads::Place;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +84,8 @@ pub struct Setup {
     /// MiB), what a Kubernetes pod without them gets and `podFixed` has to cover.
     sandbox_config: Value,
     runs: std::cell::Cell<u64>,
+    /// The network to the host and the server on it, for workloads that talk to the host.
+    host: Option<(HostServer, HostLink)>,
     /// The config.json last written into the bundle.
     written: std::cell::RefCell<String>,
 }
@@ -96,8 +99,9 @@ pub struct VmSize {
 }
 
 impl Setup {
-    /// `bin_dir` holds palisade and vmrun.
-    pub fn new(workload: &Path, bin_dir: &Path, vm: &VmSize) -> Result<Setup> {
+    /// `bin_dir` holds palisade and vmrun. `to_host`: make the network to the host and its
+    /// server ([`HostLink`], [`HostServer`]) for the workloads that talk to the host.
+    pub fn new(workload: &Path, bin_dir: &Path, vm: &VmSize, to_host: bool) -> Result<Setup> {
         let palisade = bin_dir.join("palisade");
         let vmrun = bin_dir.join("vmrun");
         let work = tempfile::Builder::new().prefix("palisade-bench.").tempdir().context("a work directory")?;
@@ -129,7 +133,15 @@ impl Setup {
             "palisade.dev/vm-vcpus": vm.vcpus.to_string(),
             "palisade.dev/vm-memory-mib": vm.memory_mib.to_string(),
         });
+        let host = match to_host {
+            true => {
+                let link = HostLink::new().context("the network to the host (tcp-host)")?;
+                Some((HostServer::start(workload)?, link))
+            }
+            false => None,
+        };
         Ok(Setup {
+            host,
             work,
             workload: workload.into(),
             palisade,
@@ -154,7 +166,23 @@ impl Setup {
 
     /// The command that runs `palisade-workload ARGS` in `mode`, to its end.
     pub fn command(&self, mode: Mode, args: &[String]) -> Result<Command> {
-        self.runtime_run(mode, args, false).map(|(cmd, _)| cmd)
+        self.runtime_run(mode, args, false, false).map(|(cmd, _)| cmd)
+    }
+
+    /// The same with a network to the host, where [`Setup::server_address`] is reachable:
+    /// crun and palisade join [`HostLink`]'s namespace, vmrun runs with `--network nat`.
+    pub fn command_to_host(&self, mode: Mode, args: &[String]) -> Result<Command> {
+        self.runtime_run(mode, args, false, true).map(|(cmd, _)| cmd)
+    }
+
+    /// The host's server as `palisade-workload tcp --connect` takes it in `mode`: the host's
+    /// address for bare metal, the sandbox's gateway (the host's end of its link) otherwise.
+    pub fn server_address(&self, mode: Mode) -> Result<String> {
+        let (server, link) = self.host.as_ref().context("no server on the host: the setup was made without one")?;
+        Ok(match mode {
+            Mode::Bare => format!("{}:{}", link.host_ip, server.port),
+            _ => format!("gateway:{}", server.port),
+        })
     }
 
     /// The command that starts `palisade-workload ARGS` in `mode` and returns once it runs
@@ -163,10 +191,10 @@ impl Setup {
     /// no detached runs: its command, which stays in the foreground, is the sandbox (as bare
     /// metal's process is).
     pub fn detached(&self, mode: Mode, args: &[String]) -> Result<(Command, Option<String>)> {
-        self.runtime_run(mode, args, true)
+        self.runtime_run(mode, args, true, false)
     }
 
-    fn runtime_run(&self, mode: Mode, args: &[String], detach: bool) -> Result<(Command, Option<String>)> {
+    fn runtime_run(&self, mode: Mode, args: &[String], detach: bool, to_host: bool) -> Result<(Command, Option<String>)> {
         if mode == Mode::Bare {
             let mut cmd = Command::new(&self.workload);
             cmd.args(args);
@@ -179,6 +207,12 @@ impl Setup {
         let mut argv = vec![json!("/palisade-workload")];
         argv.extend(args.iter().map(|a| json!(a)));
         config["process"]["args"] = Value::Array(argv);
+        if to_host && mode != Mode::Vmrun {
+            let (_, link) = self.host.as_ref().context("no network to the host: the setup was made without one")?;
+            let namespaces = config["linux"]["namespaces"].as_array_mut().context("config.json has no linux.namespaces")?;
+            let network = namespaces.iter_mut().find(|ns| ns["type"] == "network").context("config.json has no network namespace")?;
+            network["path"] = json!(link.netns());
+        }
         let bundle = self.work.path().join("bundle");
         // Written only when it changes: a container being created may be reading it.
         let text = config.to_string();
@@ -191,6 +225,9 @@ impl Setup {
             cmd.arg("--bundle").arg(&bundle);
             if !detach {
                 cmd.args(["--cpus", &self.vm.vcpus.to_string(), "--vm-memory", &self.vm.memory_mib.to_string()]);
+            }
+            if to_host {
+                cmd.args(["--network", "nat"]);
             }
             return Ok((cmd, None));
         }

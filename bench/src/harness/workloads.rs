@@ -17,6 +17,8 @@ pub enum Kind {
     Start,
     /// The workload times itself and prints its metrics as one JSON line.
     Measured,
+    /// Measured, talking to a server on the host over the sandbox's network.
+    ToHost,
     /// N sandboxes started at once: the time until all are ready.
     StartParallel(usize),
     /// N idle sandboxes: host memory per sandbox.
@@ -32,7 +34,8 @@ pub struct Workload {
     pub kind: Kind,
     /// Its files' place, when it writes files.
     pub place: Option<Place>,
-    /// `palisade-workload` arguments; `{dir}` stands for the place's directory.
+    /// `palisade-workload` arguments; `{dir}` stands for the place's directory, `{server}`
+    /// for the host's server as the mode reaches it.
     pub args: Vec<String>,
     /// Measured in the first measured round only (a footprint does not vary as timings do,
     /// and costs N boots).
@@ -107,6 +110,13 @@ pub fn all(size: Size, cpus: usize, starts: &[usize], footprints: &[usize]) -> V
             None,
             &["tcp-loopback", "--mib", size("256", "32", "4"), "--pings", size("10000", "1000", "100")],
         ),
+        workload(
+            "tcp-host",
+            "TCP to a server on the host over the sandbox's network: bulk, then 1-byte round trips",
+            Kind::ToHost,
+            None,
+            &["tcp", "--connect", "{server}", "--mib", size("256", "32", "4"), "--pings", size("10000", "1000", "100")],
+        ),
     ];
     for (place, suffix) in [(Place::Root, "root"), (Place::Volume, "volume")] {
         list.push(workload(
@@ -156,9 +166,16 @@ pub fn counts(flag: &str, text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// The workload's arguments with its place's directory filled in.
-pub fn arguments(w: &Workload, dir: Option<&str>) -> Vec<String> {
-    w.args.iter().map(|a| if a == "{dir}" { dir.unwrap_or("/tmp").to_string() } else { a.clone() }).collect()
+/// The workload's arguments with its place's directory and the host's server filled in.
+pub fn arguments(w: &Workload, dir: Option<&str>, server: Option<&str>) -> Vec<String> {
+    w.args
+        .iter()
+        .map(|a| match a.as_str() {
+            "{dir}" => dir.unwrap_or("/tmp").to_string(),
+            "{server}" => server.unwrap_or("127.0.0.1:1").to_string(),
+            _ => a.clone(),
+        })
+        .collect()
 }
 
 /// Picks workloads by name (`--workloads a,b`); an unknown name is an error naming it.
@@ -193,7 +210,10 @@ mod tests {
         assert!(full.iter().any(|w| w.name == "cpu-4"));
         assert_eq!(all(Size::Full, 1, &[], &[]).iter().filter(|w| w.name.starts_with("cpu-")).count(), 1);
         let seq = quick.iter().find(|w| w.name == "seqio-volume").unwrap();
-        assert_eq!(arguments(seq, Some("/data")), ["seqio", "--dir", "/data", "--mib", "8"]);
+        assert_eq!(arguments(seq, Some("/data"), None), ["seqio", "--dir", "/data", "--mib", "8"]);
+        let tcp = quick.iter().find(|w| w.name == "tcp-host").unwrap();
+        assert_eq!(tcp.kind, Kind::ToHost);
+        assert_eq!(&arguments(tcp, None, Some("gateway:5201"))[..3], ["tcp", "--connect", "gateway:5201"]);
         assert_eq!(select(full.clone(), Some("start, spawn")).unwrap().len(), 2);
         assert!(select(full.clone(), Some("nope")).unwrap_err().contains("nope"));
         assert!(full.iter().any(|w| w.name == "start-parallel-5" && w.kind == Kind::StartParallel(5)));

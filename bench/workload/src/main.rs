@@ -43,8 +43,13 @@ workloads (defaults in brackets):
   tcp-loopback --mib M [64] --pings N [2000]
                                           over TCP on 127.0.0.1 in this sandbox: send M MiB
                                           (MiB/s), then N one-byte round trips (median us)
+  tcp --connect HOST:PORT --mib M [64] --pings N [2000]
+                                          the same to a `tcp-serve` at HOST:PORT (an IPv4
+                                          address, or `gateway`: the default route's gateway)
+  tcp-serve --port P [0: any]             serve tcp's connections; prints `listening PORT`
+                                          first, then runs until killed (no JSON)
 
-Each workload but hello and noop prints one JSON line. Exit code 1: the work failed;
+Each workload but hello, noop, idle and tcp-serve prints one JSON line. Exit code 1: the work failed;
 2: an unknown workload or a bad argument.";
 
 const MIB: usize = 1 << 20;
@@ -107,6 +112,8 @@ enum Workload {
     Seqio { dir: PathBuf, mib: u64 },
     Smallfiles { dir: PathBuf, count: u64 },
     TcpLoopback { mib: u64, pings: u64 },
+    Tcp { connect: String, mib: u64, pings: u64 },
+    TcpServe { port: u16 },
 }
 
 impl Workload {
@@ -123,6 +130,8 @@ impl Workload {
             Workload::Seqio { .. } => "seqio",
             Workload::Smallfiles { .. } => "smallfiles",
             Workload::TcpLoopback { .. } => "tcp-loopback",
+            Workload::Tcp { .. } => "tcp",
+            Workload::TcpServe { .. } => "tcp-serve",
         }
     }
 }
@@ -180,6 +189,19 @@ fn parse_command_line(args: &[String]) -> Result<Invocation, String> {
         "tcp-loopback" => {
             let flags = Flags::parse("tcp-loopback", rest, &["--mib", "--pings"])?;
             Workload::TcpLoopback { mib: flags.number("--mib", 64, MAX_MIB)?, pings: flags.number("--pings", 2000, MAX_PINGS)? }
+        }
+        "tcp" => {
+            let flags = Flags::parse("tcp", rest, &["--connect", "--mib", "--pings"])?;
+            let connect = flags.value("--connect").filter(|c| !c.is_empty()).ok_or("tcp needs --connect HOST:PORT")?.to_string();
+            Workload::Tcp { connect, mib: flags.number("--mib", 64, MAX_MIB)?, pings: flags.number("--pings", 2000, MAX_PINGS)? }
+        }
+        "tcp-serve" => {
+            let flags = Flags::parse("tcp-serve", rest, &["--port"])?;
+            let port = match flags.value("--port") {
+                None => 0,
+                Some(text) => text.parse::<u16>().map_err(|_| format!("--port {text:?}: must be a whole number from 0 to 65535"))?,
+            };
+            Workload::TcpServe { port }
         }
         other => return Err(format!("unknown workload {other:?}")),
     };
@@ -283,6 +305,8 @@ fn run(workload: &Workload) -> Result<(), String> {
         Workload::Seqio { dir, mib } => seqio(dir, *mib)?,
         Workload::Smallfiles { dir, count } => smallfiles(dir, *count)?,
         Workload::TcpLoopback { mib, pings } => tcp_loopback(*mib, *pings)?,
+        Workload::Tcp { connect, mib, pings } => tcp_client(resolve_tcp_address(connect)?, *mib, *pings)?,
+        Workload::TcpServe { port } => return tcp_serve(*port),
     };
     print_line(&json_line(workload.name(), &report))
 }
@@ -591,46 +615,130 @@ fn own_executable() -> Result<PathBuf, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// tcp-loopback
+// tcp-loopback, tcp, tcp-serve
 // ---------------------------------------------------------------------------------------------
 
-/// TCP over the sandbox's own loopback: a server thread and this one, two connections. The
-/// first carries `mib` MiB one way (the server answers with the count it received, so the
-/// time covers every byte arriving); the second `pings` one-byte round trips with Nagle off.
+/// The first byte of a connection to the TCP server: what the connection is for.
+const TCP_BULK: u8 = b'B';
+const TCP_PING: u8 = b'P';
+/// The most connections a `tcp-serve` serves at once (each has a thread).
+const MAX_TCP_CONNECTIONS: usize = 64;
+
+/// Serves benchmark connections on `listener` until the process ends, one thread each (at
+/// most [`MAX_TCP_CONNECTIONS`] at once; more wait in the listen queue). A bulk connection is
+/// read to its end, then answered with the count of bytes it carried (8 bytes, little-endian);
+/// a ping connection has every byte echoed.
+fn serve_tcp(listener: std::net::TcpListener) -> Result<(), String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("accepting a connection: {e}")),
+        };
+        while open.load(Ordering::Acquire) >= MAX_TCP_CONNECTIONS {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let open = Arc::clone(&open);
+        std::thread::spawn(move || {
+            if let Err(e) = serve_tcp_connection(stream) {
+                eprintln!("palisade-workload: a connection from {peer}: {e}");
+            }
+            open.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+fn serve_tcp_connection(mut stream: std::net::TcpStream) -> Result<(), String> {
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).map_err(|e| format!("reading what the connection is for: {e}"))?;
+    match first[0] {
+        TCP_BULK => {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut received: u64 = 0;
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => received += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("receiving the bulk data: {e}")),
+                }
+            }
+            stream.write_all(&received.to_le_bytes()).map_err(|e| format!("answering the bulk count: {e}"))
+        }
+        TCP_PING => {
+            stream.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            let mut byte = [0u8; 1];
+            loop {
+                match stream.read(&mut byte) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => stream.write_all(&byte).map_err(|e| format!("echoing a ping: {e}"))?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("reading a ping: {e}")),
+                }
+            }
+        }
+        other => Err(format!("a connection for {other:#04x}, neither bulk ('B') nor ping ('P')")),
+    }
+}
+
+/// TCP over the sandbox's own loopback: a server thread ([`serve_tcp`]) and this one.
 fn tcp_loopback(mib: u64, pings: u64) -> Result<Report, String> {
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listening on 127.0.0.1 (is the loopback interface up?): {e}"))?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listening on 127.0.0.1 (is the loopback interface up?): {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("the listener's address: {e}"))?;
-    let server = std::thread::spawn(move || -> Result<(), String> {
-        let (mut bulk, _) = listener.accept().map_err(|e| format!("accepting the bulk connection: {e}"))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut received: u64 = 0;
-        loop {
-            match bulk.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => received += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("receiving the bulk data: {e}")),
-            }
-        }
-        bulk.write_all(&received.to_le_bytes()).map_err(|e| format!("answering the bulk count: {e}"))?;
-        let (mut ping, _) = listener.accept().map_err(|e| format!("accepting the ping connection: {e}"))?;
-        ping.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
-        let mut byte = [0u8; 1];
-        loop {
-            match ping.read(&mut byte) {
-                Ok(0) => return Ok(()),
-                Ok(_) => ping.write_all(&byte).map_err(|e| format!("echoing a ping: {e}"))?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading a ping: {e}")),
-            }
-        }
-    });
+    std::thread::spawn(move || serve_tcp(listener));
+    tcp_client(addr, mib, pings)
+}
+
+/// `tcp-serve`: listens on every address at `port` (0: any free port), prints
+/// `listening PORT`, and serves until killed.
+fn tcp_serve(port: u16) -> Result<(), String> {
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("listening on port {port}: {e}"))?;
+    let port = listener.local_addr().map_err(|e| format!("the listener's address: {e}"))?.port();
+    print_line(&format!("listening {port}"))?;
+    serve_tcp(listener)
+}
+
+/// `tcp --connect`'s address: `HOST:PORT` with a numeric IPv4 host, or `gateway:PORT` for
+/// the default route's gateway (the host, seen from a sandbox with a veth to it).
+fn resolve_tcp_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("--connect {text:?}: must be HOST:PORT"))?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(|| format!("--connect {text:?}: the port must be 1 to 65535"))?;
+    let ip = if host == "gateway" {
+        let routes = fs::read_to_string("/proc/net/route").map_err(|e| format!("reading /proc/net/route: {e}"))?;
+        default_gateway(&routes).ok_or_else(|| format!("--connect {text:?}: there is no default route with a gateway"))?
+    } else {
+        host.parse::<std::net::Ipv4Addr>().map_err(|_| format!("--connect {text:?}: {host:?} is not an IPv4 address or `gateway`"))?
+    };
+    Ok(std::net::SocketAddr::from((ip, port)))
+}
+
+/// The gateway of the default route in `/proc/net/route`'s text (addresses in hex, in the
+/// kernel's byte order, which is the host's: little-endian here).
+fn default_gateway(routes: &str) -> Option<std::net::Ipv4Addr> {
+    routes.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (destination, gateway) = (*fields.get(1)?, *fields.get(2)?);
+        let gateway = u32::from_str_radix(gateway, 16).ok()?;
+        (destination == "00000000" && gateway != 0).then(|| std::net::Ipv4Addr::from(gateway.to_le_bytes()))
+    })
+}
+
+/// Two connections to a [`serve_tcp`] server at `addr`. The first carries `mib` MiB one way
+/// (the server answers with the count it received, so the time covers every byte arriving);
+/// the second `pings` one-byte round trips with Nagle off.
+fn tcp_client(addr: std::net::SocketAddr, mib: u64, pings: u64) -> Result<Report, String> {
+    use std::net::{Shutdown, TcpStream};
     let total = mib * MIB as u64;
     let mut chunk = vec![0u8; 64 * 1024];
     fill_pattern(&mut chunk, PATTERN_SEED);
     let start = Instant::now();
     let mut bulk = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    bulk.write_all(&[TCP_BULK]).map_err(|e| format!("starting the bulk data to {addr}: {e}"))?;
     let mut sent: u64 = 0;
     while sent < total {
         let n = chunk.len().min(usize::try_from(total - sent).unwrap_or(usize::MAX));
@@ -639,28 +747,27 @@ fn tcp_loopback(mib: u64, pings: u64) -> Result<Report, String> {
     }
     bulk.shutdown(Shutdown::Write).map_err(|e| format!("ending the bulk data: {e}"))?;
     let mut count = [0u8; 8];
-    bulk.read_exact(&mut count).map_err(|e| format!("reading the bulk count: {e}"))?;
+    bulk.read_exact(&mut count).map_err(|e| format!("reading the bulk count from {addr}: {e}"))?;
     let elapsed = start.elapsed();
     let received = u64::from_le_bytes(count);
     if received != total {
-        return Err(format!("the server received {received} bytes of {total}"));
+        return Err(format!("the server at {addr} received {received} bytes of {total}"));
     }
     let mut ping = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     ping.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    ping.write_all(&[TCP_PING]).map_err(|e| format!("starting the pings to {addr}: {e}"))?;
     let mut rtts = Vec::with_capacity(usize::try_from(pings).unwrap_or(0));
     let mut byte = [0u8; 1];
     for i in 0..pings {
         byte[0] = i as u8;
         let sent_at = Instant::now();
-        ping.write_all(&byte).map_err(|e| format!("sending ping {i}: {e}"))?;
-        ping.read_exact(&mut byte).map_err(|e| format!("reading pong {i}: {e}"))?;
+        ping.write_all(&byte).map_err(|e| format!("sending ping {i} to {addr}: {e}"))?;
+        ping.read_exact(&mut byte).map_err(|e| format!("reading pong {i} from {addr}: {e}"))?;
         rtts.push(sent_at.elapsed());
         if byte[0] != i as u8 {
             return Err(format!("pong {i} came back as {}", byte[0]));
         }
     }
-    drop(ping);
-    server.join().map_err(|_| "the server thread panicked".to_string())??;
     rtts.sort_unstable();
     let median = rtts[rtts.len() / 2];
     Ok(Report {
@@ -912,6 +1019,42 @@ mod tests {
         assert_eq!(names, ["throughput", "rtt"]);
         assert!(report.metrics.iter().all(|m| m.value.is_finite() && m.value > 0.0));
         assert_eq!(report.check.as_deref(), Some("2097152 bytes, 20 round trips"));
+    }
+
+    #[test]
+    fn tcp_reaches_a_tcp_serve_and_names_a_bad_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve_tcp(listener));
+        let report = tcp_client(resolve_tcp_address(&addr.to_string()).unwrap(), 1, 5).unwrap();
+        assert_eq!(report.check.as_deref(), Some("1048576 bytes, 5 round trips"));
+        // Two clients at once are served side by side.
+        let other = std::thread::spawn(move || tcp_client(addr, 1, 5).map(|r| r.check));
+        assert!(tcp_client(addr, 1, 5).is_ok());
+        assert_eq!(other.join().unwrap().unwrap().as_deref(), Some("1048576 bytes, 5 round trips"));
+        // A connection that is neither bulk nor ping is closed without an answer.
+        let mut odd = std::net::TcpStream::connect(addr).unwrap();
+        odd.write_all(b"X").unwrap();
+        assert_eq!(odd.read(&mut [0u8; 8]).unwrap(), 0);
+        for bad in ["10.0.0.1", "10.0.0.1:0", "host.example:80", "gateway:x"] {
+            assert!(resolve_tcp_address(bad).unwrap_err().contains(bad), "{bad}");
+        }
+        assert_eq!(
+            parse(&["tcp", "--connect", "gateway:5201"]),
+            Ok(Invocation::Run(Workload::Tcp { connect: "gateway:5201".into(), mib: 64, pings: 2000 }))
+        );
+        assert!(parse(&["tcp"]).unwrap_err().contains("--connect"));
+        assert_eq!(parse(&["tcp-serve"]), Ok(Invocation::Run(Workload::TcpServe { port: 0 })));
+        assert!(parse(&["tcp-serve", "--port", "70000"]).unwrap_err().contains("--port"));
+    }
+
+    #[test]
+    fn the_default_gateway_is_read_from_proc_net_route() {
+        let routes = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00E7A80A\t00000000\t0001\t0\t0\t0\t00FCFFFF\t0\t0\t0\n\
+            eth0\t00000000\t01E7A80A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_gateway(routes), Some(std::net::Ipv4Addr::new(10, 168, 231, 1)));
+        assert_eq!(default_gateway("Iface\tDestination\tGateway\n"), None);
     }
 
     #[test]

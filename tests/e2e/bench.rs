@@ -9,7 +9,6 @@ use libtest_mimic::Trial;
 use palisade_e2e::{inside_testhost, paths, run, vm_timeout};
 use serde_json::Value;
 
-use crate::vmrun::MACHINE;
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
@@ -31,7 +30,7 @@ fn quick_run() -> TestResult {
     // Beside other tests (not beside the leak tests, which hold the machine alone): only the
     // structure of its figures is checked here, and its sandboxes are its own (its own
     // runtime roots, its own vmrun processes), so another test's VMs do not count in them.
-    let _shared = MACHINE.read().unwrap_or_else(|e| e.into_inner());
+    let _shared = crate::vmrun::shared();
     let out_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(paths().profile_dir.join("palisade-bench"));
     cmd.arg("--quick").arg("--output").arg(out_dir.path());

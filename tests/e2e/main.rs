@@ -82,7 +82,13 @@ pub fn trial(name: &'static str, f: fn() -> TestResult) -> Trial {
         let result = f();
         palisade_e2e::note_progress();
         // Where a run's time goes, test by test (CI has a bound on the whole run).
-        eprintln!("[e2e] {name}: {:.0} s", started.elapsed().as_secs_f64());
+        let waited = vmrun::take_machine_wait();
+        let took = started.elapsed();
+        if waited >= std::time::Duration::from_secs(1) {
+            eprintln!("[e2e] {name}: {:.0} s ({:.0} s of it waiting for the machine)", took.as_secs_f64(), waited.as_secs_f64());
+        } else {
+            eprintln!("[e2e] {name}: {:.0} s", took.as_secs_f64());
+        }
         if let Err(failed) = &result {
             // Said at once too: a test host that later wedges or crashes never reaches the
             // summary at the end of the run.

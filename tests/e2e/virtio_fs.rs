@@ -9,7 +9,7 @@ use libtest_mimic::Trial;
 use palisade_e2e::{boot_retrying, paths, run, vm_timeout, Output};
 use sha2::{Digest, Sha256};
 
-use crate::vmrun::{busybox_rootfs, shared, MACHINE};
+use crate::vmrun::{busybox_rootfs, shared};
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
@@ -247,7 +247,7 @@ fn detached_sandbox() -> TestResult {
 /// and 3 whose VMM is, while the command runs. Afterwards no process (vmrun, supervisor, VMM,
 /// virtiofsd), run directory, jail or mount of theirs is left, and the shared files are intact.
 fn nothing_left_after_20_runs() -> TestResult {
-    let _exclusive = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = crate::vmrun::exclusive();
     let before = palisade_e2e::leftovers_snapshot();
     let dir = busybox_rootfs()?;
     std::fs::write(dir.path().join("keep"), "precious").map_err(|e| e.to_string())?;

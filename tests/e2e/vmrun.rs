@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use libtest_mimic::Trial;
@@ -12,10 +12,34 @@ use sha2::{Digest, Sha256};
 use crate::{ensure, trial, TestResult};
 
 /// VM tests share the machine; the leak test needs it to itself.
-pub static MACHINE: RwLock<()> = RwLock::new(());
+static MACHINE: RwLock<()> = RwLock::new(());
 
+thread_local! {
+    /// How long this thread has waited for [`MACHINE`] since [`take_machine_wait`] last ran.
+    static MACHINE_WAIT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+fn waited<G>(acquire: impl FnOnce() -> G) -> G {
+    let started = std::time::Instant::now();
+    let guard = acquire();
+    MACHINE_WAIT.with(|w| w.set(w.get() + started.elapsed()));
+    guard
+}
+
+/// The machine, shared with the other tests that share it.
 pub fn shared() -> RwLockReadGuard<'static, ()> {
-    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+    waited(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The machine to this test alone (a leak test: nothing else may start or end VMs meanwhile).
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    waited(|| MACHINE.write().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// How long this thread waited for the machine since the last call (a test's time, less it,
+/// is what the test itself took).
+pub fn take_machine_wait() -> Duration {
+    MACHINE_WAIT.with(|w| w.replace(Duration::ZERO))
 }
 
 pub fn vm(args: &[&str], stdin: Option<&[u8]>) -> Result<Output, String> {
@@ -296,7 +320,7 @@ fn missing_rootfs() -> TestResult {
 }
 
 fn no_leftovers() -> TestResult {
-    let _exclusive = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = crate::vmrun::exclusive();
     let before = leftovers_snapshot();
     // Two runs at a time, ten after another each: the same 20 VMs in half the time.
     let streams: Vec<_> = (0..2)

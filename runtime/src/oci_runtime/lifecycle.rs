@@ -49,6 +49,13 @@ pub(super) fn vm_end(sandbox_root: &Path, id: &SandboxId) -> Option<String> {
     }
 }
 
+/// How sandbox `id`'s VM ended, if its VMM has ended; `None` at once while the VMM runs.
+pub(super) fn vm_end_if_ended(sandbox_root: &Path, id: &SandboxId) -> Option<String> {
+    let state = control::state(sandbox_root, id).ok()?;
+    let ended = state.status == SandboxStatus::Stopped || state.vmm.is_some_and(|vmm| !vmm.is_alive());
+    ended.then(|| vm_end(sandbox_root, id)).flatten()
+}
+
 /// `start ID`: releases the container's exec barrier.
 pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
     let locked = ContainerDir::open(root, id)?;

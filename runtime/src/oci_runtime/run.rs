@@ -3,8 +3,8 @@
 
 use std::sync::mpsc::Receiver;
 
-use super::create::{create, CreateOptions};
-use super::lifecycle::{delete, start};
+use super::create::{create, sandbox_root, CreateOptions};
+use super::lifecycle::{delete, start, vm_end_if_ended};
 use super::monitor::wait_forwarding;
 use super::store::ContainerDir;
 use super::RuntimeError;
@@ -19,13 +19,21 @@ pub fn run(o: &CreateOptions<'_>, detach: bool, keep: bool, signals: &Receiver<i
     if detach {
         return Ok(0);
     }
-    let monitor = ContainerDir::open(o.root, o.id)?.read_record()?.monitor;
-    let code = match monitor {
+    let record = ContainerDir::open(o.root, o.id)?.read_record()?;
+    let code = match &record.monitor {
         // The monitor is our child (create started it): its status is the container's.
         // Signals to `run` are for the container: its monitor passes them on.
         Some(m) => wait_forwarding(m.pid, signals).map_err(RuntimeError::Other)?,
         None => 255,
     };
+    // A process that ended with its VM is reported killed (137), as the VM's end killed it:
+    // say how the VM ended, which the status alone does not (a process SIGKILLed in a VM that
+    // still runs is what 137 usually means, and costs a look at the sandbox's state).
+    if code == 128 + libc::SIGKILL && record.owns_sandbox {
+        if let Some(reason) = record.sandbox_id().and_then(|s| vm_end_if_ended(&sandbox_root(o.root), &s)) {
+            tracing::warn!("container {}: its VM ended ({reason}), and its process with it: exit status 137", o.id);
+        }
+    }
     if !keep {
         delete(o.root, o.id, true)?;
     }

@@ -25,7 +25,7 @@ use self::node::{image, Node, BUSYBOX};
 use crate::containerd::processes_naming;
 use crate::oci_runtime::mounts_naming;
 use crate::podman::cgroups_named;
-use crate::vmrun::{shared, MACHINE};
+use crate::vmrun::shared;
 use crate::{ensure, trial, TestResult};
 
 pub fn tests() -> Vec<Trial> {
@@ -574,7 +574,7 @@ fn one_pod(node: &Node, name: &str) -> Result<Vec<String>, String> {
 /// Ten pods, each with a container, created, checked and removed, two at a time; nothing of
 /// any of them is left.
 fn ten_pods() -> TestResult {
-    let _exclusive = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = crate::vmrun::exclusive();
     let node = Node::start()?;
     let lefts = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..2)

@@ -37,7 +37,7 @@ const LOST_BATCHES: usize = 4;
 /// Starts `n` sandboxes, `batch` at a time, and returns once every one has printed `ready`,
 /// with how long that took.
 pub fn start(setup: &Setup, mode: Mode, n: usize, batch: usize, timeout: Duration) -> Result<(Duration, Sandboxes)> {
-    let mut sandboxes = Sandboxes { mode, runtime: setup.runtime(mode), root: setup.root(mode), children: Vec::new(), ids: Vec::new() };
+    let mut sandboxes = Sandboxes::new(setup, mode);
     let began = Instant::now();
     let mut started = 0;
     while started < n {
@@ -98,7 +98,7 @@ pub fn start(setup: &Setup, mode: Mode, n: usize, batch: usize, timeout: Duratio
 /// a batch of micro-VMs that fails to start is started again (at most [`LOST_BATCHES`] times):
 /// only their number matters here, and one lost VM should not cost the 29 others.
 pub fn start_idle(setup: &Setup, mode: Mode, n: usize, timeout: Duration) -> Result<Sandboxes> {
-    let mut all = Sandboxes { mode, runtime: setup.runtime(mode), root: setup.root(mode), children: Vec::new(), ids: Vec::new() };
+    let mut all = Sandboxes::new(setup, mode);
     let mut lost = 0;
     while all.len() < n {
         let now = START_BATCH.min(n - all.len());
@@ -230,7 +230,7 @@ impl Sandboxes {
             // vmrun and what it started: its supervisor, which started the VMM and virtiofsd.
             Mode::Vmrun => self.vmrun_processes(),
         };
-        let count = self.children.len() + self.ids.len();
+        let count = self.len();
         if pids.is_empty() || count == 0 {
             bail!("no process of the {} sandboxes found", self.mode.name());
         }
@@ -263,11 +263,15 @@ impl Sandboxes {
                 kib.iter().sum()
             }
         };
-        let count = self.children.len() + self.ids.len();
+        let count = self.len();
         if kib == 0 || count == 0 {
             bail!("no resident memory found in the {} sandboxes", self.mode.name());
         }
         Ok(kib as f64 / 1024.0 / count as f64)
+    }
+
+    fn new(setup: &Setup, mode: Mode) -> Sandboxes {
+        Sandboxes { mode, runtime: setup.runtime(mode), root: setup.root(mode), children: Vec::new(), ids: Vec::new() }
     }
 
     fn len(&self) -> usize {

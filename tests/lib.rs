@@ -211,7 +211,8 @@ fn run_in_testhosts_with_retries(run: &TestHostRun) -> i32 {
     // progress fails the run instead of eating it (PALISADE_TESTHOST_TIMEOUT overrides); the
     // whole suite takes 30 to 45 minutes in one test host. A test host that stops making
     // progress altogether (QEMU's emulation has wedged it) is noticed by its missing
-    // heartbeat within about a minute (scripts/testhost, PALISADE_TESTHOST_WEDGE_SECS).
+    // heartbeat within about a minute (scripts/testhost, PALISADE_TESTHOST_WEDGE_SECS), and
+    // one with a stalled CPU by its kernel's RCU stall reports within about 90 s.
     let timeout = std::env::var("PALISADE_TESTHOST_TIMEOUT").unwrap_or_else(|_| "3000".into());
     let label = &run.label;
     let mut passed: Vec<String> = Vec::new();
@@ -291,10 +292,10 @@ pub fn without_already_passed(tests: Vec<libtest_mimic::Trial>) -> Vec<libtest_m
 }
 
 /// What scripts/testhost's exit status says about the test host itself, when it failed:
-/// 123 wedged (no heartbeat), 124 timed out, 125 crashed (or could not start).
+/// 123 wedged (no heartbeat, or a CPU stalled), 124 timed out, 125 crashed (or could not start).
 pub fn testhost_failure(code: Option<i32>) -> Option<&'static str> {
     match code {
-        Some(123) => Some("wedged (no heartbeat)"),
+        Some(123) => Some("wedged"),
         Some(124) => Some("timed out"),
         Some(125) => Some("crashed"),
         _ => None,

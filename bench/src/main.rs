@@ -70,6 +70,10 @@ struct Args {
     /// The static palisade-workload binary (default: the one scripts/setup builds).
     #[arg(long)]
     workload_bin: Option<PathBuf>,
+    /// Measure nothing: make the table and plots of an earlier run's report.json again, into
+    /// --output (after a change to how they are drawn, say).
+    #[arg(long, value_name = "REPORT_JSON")]
+    from_report: Option<PathBuf>,
     /// Measure, and print only the run's events on stdout, one JSON line each (how a run
     /// inside the test host hands its samples out as it takes them).
     #[arg(long, hide = true)]
@@ -96,6 +100,15 @@ fn main() -> Result<()> {
     }
     if args.rounds == 0 {
         bail!("--rounds 0: at least one round is needed");
+    }
+    if let Some(path) = &args.from_report {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--from-report {}", path.display()))?;
+        let report: Report =
+            serde_json::from_str(&text).with_context(|| format!("--from-report {}: not a palisade-bench report", path.display()))?;
+        if report.schema != report::SCHEMA {
+            bail!("--from-report {}: schema {:?}, this palisade-bench writes {:?}", path.display(), report.schema, report::SCHEMA);
+        }
+        return finish(&report, &args.output);
     }
     let started = Instant::now();
     let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -134,8 +147,13 @@ fn main() -> Result<()> {
         &measured.samples,
         &measured.missing,
     );
-    let written = write_outputs(&report, &args.output)?;
-    print!("{}", report::table(&report));
+    finish(&report, &args.output)
+}
+
+/// Writes the report's files into `dir` and prints its table.
+fn finish(report: &Report, dir: &Path) -> Result<()> {
+    let written = write_outputs(report, dir)?;
+    print!("{}", report::table(report));
     for path in written {
         eprintln!("[bench] wrote {}", path.display());
     }

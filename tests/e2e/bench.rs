@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::Duration;
 
 use libtest_mimic::Trial;
 use palisade_e2e::{inside_testhost, paths, run, vm_timeout};
@@ -106,6 +107,20 @@ fn quick_run() -> TestResult {
         let svg = std::fs::read_to_string(out_dir.path().join(format!("{stem}.svg"))).map_err(|e| format!("{stem}.svg: {e}"))?;
         ensure!(svg.contains("<svg") && svg.contains(names), "{stem}.svg is not the plot (no {names:?} in it)");
         ensure!(label.is_none_or(|l| svg.contains(l)), "{stem}.svg lacks the label {label:?}");
+    }
+
+    // --from-report makes the same table and plots again from report.json, measuring nothing.
+    let again = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(paths().profile_dir.join("palisade-bench"));
+    cmd.arg("--from-report").arg(out_dir.path().join("report.json")).arg("--output").arg(again.path());
+    let out = run(cmd, None, Duration::from_secs(120)).map_err(|e| e.to_string())?;
+    ensure!(out.code() == 0, "palisade-bench --from-report: {}", out.describe());
+    let table_again = std::fs::read_to_string(again.path().join("table.txt")).map_err(|e| format!("table.txt again: {e}"))?;
+    ensure!(table_again == table, "--from-report's table differs:\n{table_again}\n--- the run's:\n{table}");
+    for stem in ["ratios", "start-parallel", "footprint"] {
+        let svg = std::fs::read(again.path().join(format!("{stem}.svg"))).map_err(|e| format!("{stem}.svg again: {e}"))?;
+        let first = std::fs::read(out_dir.path().join(format!("{stem}.svg"))).map_err(|e| format!("{stem}.svg: {e}"))?;
+        ensure!(svg == first, "--from-report's {stem}.svg differs from the run's");
     }
     Ok(())
 }

@@ -71,6 +71,13 @@ pub enum Event {
     /// A run that failed in every attempt ([`sample`]): its sample is missing from the report,
     /// which says so, and the run goes on.
     Missing(MissingSample),
+    /// A measured run begins (so that, when the test host fails during it, the runner outside
+    /// knows which sample it was taking).
+    Taking {
+        round: usize,
+        workload: String,
+        mode: String,
+    },
     /// A warm-up run made (progress, though not a sample).
     WarmedUp {
         workload: String,
@@ -93,24 +100,31 @@ pub struct Plan {
 impl Plan {
     /// The runs still to make: (round, warming up, workload, mode), rounds counted from the
     /// first warm-up; a warm-up run only for a workload and mode with samples left to take.
+    /// What is measured once (a footprint: N boots, and it does not vary as timings do) is
+    /// neither warmed up nor measured in the rounds, but after the last of them (as measured
+    /// round 0): it is the heaviest load of a run, which the emulated test host fails under
+    /// most often, and a test host that fails there costs only that.
     fn runs<'a>(&'a self, done: &HashSet<SampleKey>) -> Vec<(usize, bool, &'a Workload, Mode)> {
-        let wanted = |w: &Workload, measured: usize, mode: Mode| {
-            !done.contains(&(measured, w.name.clone(), mode.name().to_string())) && (!w.once || measured == 0)
-        };
+        let wanted = |w: &Workload, measured: usize, mode: Mode| !done.contains(&(measured, w.name.clone(), mode.name().to_string()));
         let mut runs = Vec::new();
         for round in 0..self.warmup + self.rounds {
-            for w in &self.list {
+            for w in self.list.iter().filter(|w| !w.once) {
                 for &mode in &self.modes {
                     let needed = if round < self.warmup {
-                        // Warm up what is still to be measured (not what is measured once: a
-                        // footprint costs N boots and does not vary as timings do).
-                        !w.once && (0..self.rounds).any(|m| wanted(w, m, mode))
+                        (0..self.rounds).any(|m| wanted(w, m, mode))
                     } else {
                         wanted(w, round - self.warmup, mode)
                     };
                     if needed {
                         runs.push((round, round < self.warmup, w, mode));
                     }
+                }
+            }
+        }
+        for w in self.list.iter().filter(|w| w.once) {
+            for &mode in &self.modes {
+                if wanted(w, 0, mode) {
+                    runs.push((self.warmup, false, w, mode));
                 }
             }
         }
@@ -156,6 +170,9 @@ pub fn measure(
     let total = runs.len();
     for (i, (round, warming, w, mode)) in runs.into_iter().enumerate() {
         progress(Progress { done: i, total, round, rounds: plan.warmup + plan.rounds, warming, workload: &w.name, mode });
+        if !warming {
+            emit(Event::Taking { round: round - plan.warmup, workload: w.name.clone(), mode: mode.name().to_string() })?;
+        }
         let dir = w.place.map(|p| setup.dir(mode, p));
         let server = if w.kind == Kind::ToHost { Some(setup.server_address(mode)?) } else { None };
         let argv = workloads::arguments(w, dir.as_deref(), server.as_deref());
@@ -378,10 +395,14 @@ mod tests {
     fn a_resumed_run_measures_only_what_is_left_and_warms_up_only_that() {
         let plan = plan();
         let all = plan.runs(&HashSet::new());
-        // cpu-1: 1 warm-up + 3 measured rounds, footprint-1 once (measured round 0, no warm-up),
-        // in both modes.
+        // cpu-1: 1 warm-up + 3 measured rounds, footprint-1 once (measured round 0, no warm-up)
+        // after the last round, in both modes.
         assert_eq!(all.len(), 2 * 4 + 2);
         assert!(all.iter().all(|(round, warming, _, _)| *warming == (*round == 0)));
+        let last: Vec<(usize, &str, &str)> = all[8..].iter().map(|(r, _, w, m)| (*r, w.name.as_str(), m.name())).collect();
+        assert_eq!(last, [(1, "footprint-1", "bare"), (1, "footprint-1", "palisade")]);
+        assert_eq!(all[7].2.name, "cpu-1");
+        assert_eq!(all[7].0, 3);
         // Everything of cpu-1 in bare metal and the footprint in both modes done: what is left
         // is cpu-1 in palisade, warmed up first.
         let mut done: HashSet<SampleKey> = (0..3).map(|r| (r, "cpu-1".to_string(), "bare".to_string())).collect();

@@ -152,19 +152,29 @@ where
     root.fill(&WHITE).map_err(err)?;
     let all: Vec<(f64, f64)> = report.modes.keys().flat_map(|m| points(report, curve, m)).collect();
     let x_max = all.iter().map(|p| p.0).fold(1.0f64, f64::max);
-    let y_max = all.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
+    // Headroom above the highest point for the legend, which sits in the upper left.
+    let y_max = all.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.4;
     let mut title = curve.title.to_string();
     if let Some(label) = &report.machine.label {
         title = format!("{title} — {label}");
     }
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, ("sans-serif", 17))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..x_max * 1.05, 0f64..y_max)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("sandboxes").y_desc(curve.y_desc).label_style(("sans-serif", 13)).draw().map_err(err)?;
+    let y_decimals = if y_max >= 100.0 { 0 } else { 1 };
+    chart
+        .configure_mesh()
+        .x_desc("sandboxes")
+        .y_desc(curve.y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
     for (j, (mode, about)) in report.modes.iter().enumerate() {
         let colour = COLOURS[j % COLOURS.len()];
         let pts = points(report, curve, mode);
@@ -230,7 +240,7 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     ];
     for (stem, curve) in curves {
         if report.figures.iter().any(|f| f.workload.starts_with(curve.workload_prefix)) {
-            written.extend(both(dir, stem, (900, 560), |a| draw_curve(a, report, &curve), |a| draw_curve(a, report, &curve))?);
+            written.extend(both(dir, stem, (1000, 560), |a| draw_curve(a, report, &curve), |a| draw_curve(a, report, &curve))?);
         }
     }
     Ok(written)

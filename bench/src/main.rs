@@ -71,7 +71,7 @@ struct Args {
     #[arg(long)]
     workload_bin: Option<PathBuf>,
     /// Measure nothing: make the table and plots of an earlier run's report.json again, into
-    /// --output (after a change to how they are drawn, say).
+    /// --output (after a change to how they are drawn, say); the report itself is left as it is.
     #[arg(long, value_name = "REPORT_JSON")]
     from_report: Option<PathBuf>,
     /// Measure, and print only the run's events on stdout, one JSON line each (how a run
@@ -108,7 +108,7 @@ fn main() -> Result<()> {
         if report.schema != report::SCHEMA {
             bail!("--from-report {}: schema {:?}, this palisade-bench writes {:?}", path.display(), report.schema, report::SCHEMA);
         }
-        return finish(&report, &args.output);
+        return finish(&report, &args.output, false);
     }
     let started = Instant::now();
     let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -147,12 +147,12 @@ fn main() -> Result<()> {
         &measured.samples,
         &measured.missing,
     );
-    finish(&report, &args.output)
+    finish(&report, &args.output, true)
 }
 
-/// Writes the report's files into `dir` and prints its table.
-fn finish(report: &Report, dir: &Path) -> Result<()> {
-    let written = write_outputs(report, dir)?;
+/// Writes the report's files into `dir` (report.json too when `with_json`) and prints its table.
+fn finish(report: &Report, dir: &Path, with_json: bool) -> Result<()> {
+    let written = write_outputs(report, dir, with_json)?;
     print!("{}", report::table(report));
     for path in written {
         eprintln!("[bench] wrote {}", path.display());
@@ -247,14 +247,18 @@ impl ProgressBar {
     }
 }
 
-/// report.json, table.txt and the plots in `dir`.
-fn write_outputs(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+/// report.json (when `with_json`), table.txt and the plots in `dir`.
+fn write_outputs(report: &Report, dir: &Path, with_json: bool) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    let json = dir.join("report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(report)?).with_context(|| format!("{}", json.display()))?;
+    let mut written = Vec::new();
+    if with_json {
+        let json = dir.join("report.json");
+        std::fs::write(&json, serde_json::to_string_pretty(report)?).with_context(|| format!("{}", json.display()))?;
+        written.push(json);
+    }
     let table = dir.join("table.txt");
     std::fs::write(&table, report::table(report)).with_context(|| format!("{}", table.display()))?;
-    let mut written = vec![json, table];
+    written.push(table);
     written.extend(plots::write(report, dir)?);
     Ok(written)
 }

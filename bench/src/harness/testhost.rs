@@ -191,11 +191,11 @@ mod tests {
         let mut measured = Measured::default();
         let mut given_up = GivenUp::default();
         let key = (0, "footprint-30".to_string(), "palisade".to_string());
-        for (event, failure) in [("crashed", "crashed"), ("wedged", "wedged")] {
+        for failure in ["crashed", "wedged"] {
             measured.take(Event::Taking { round: 0, workload: "footprint-30".into(), mode: "palisade".into() });
-            assert_eq!(measured.taking.as_ref(), Some(&key), "after {event}");
+            assert_eq!(measured.taking.as_ref(), Some(&key), "before the test host {failure}");
             let missing = measured.taking.take().and_then(|k| given_up.test_host_failed(k, failure));
-            if event == "crashed" {
+            if failure == "crashed" {
                 assert_eq!(missing, None, "one failure is the emulator's chance, not the sample's");
             } else {
                 let missing = missing.expect("the second failure gives it up");

@@ -235,6 +235,10 @@ pub struct RunOptions {
     /// The virtio-net devices' taps, one per `VmConfig::net` entry, opened by the caller
     /// (the jail opens them in their namespaces); empty: open them here.
     pub taps: Vec<OwnedFd>,
+    /// The file for guest RAM when a vhost-user backend maps it too, made by the caller
+    /// (the jail makes it on a tmpfs that backs it with huge pages: [`crate::jail::guest_ram`]);
+    /// `None`: a memfd.
+    pub guest_ram: Option<std::fs::File>,
     /// Seccomp filters: each vCPU thread installs its own as it starts, this thread the
     /// event loop's once the vCPU threads are started; only then does any vCPU enter the
     /// guest.
@@ -260,7 +264,11 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     // A vhost-user backend maps guest memory itself: it must be a file then.
-    let backing = if config.fs.is_empty() { memory::Backing::Anonymous } else { memory::Backing::Memfd };
+    let backing = match (config.fs.is_empty(), options.guest_ram) {
+        (true, _) => memory::Backing::Anonymous,
+        (false, Some(file)) => memory::Backing::File(file),
+        (false, None) => memory::Backing::Memfd,
+    };
     let mem = memory::create_guest_memory(config.memory_mib, backing)?;
 
     // Guest memory first. Each of these steps waits for an SRCU grace period in KVM (new

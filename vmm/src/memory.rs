@@ -1,7 +1,8 @@
 //! Guest RAM laid out by [`crate::arch::x86_64::layout`], registered with KVM as memory
 //! slots: anonymous mappings, or — when another process must map it too (a vhost-user
-//! backend such as virtiofsd) — shared mappings of one memfd ([`Backing::Memfd`]), whose
-//! descriptor and offsets are then handed to that process.
+//! backend such as virtiofsd) — shared mappings of one file, a memfd ([`Backing::Memfd`])
+//! or the jail's ([`Backing::File`]), whose descriptor and offsets are then handed to that
+//! process.
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -26,15 +27,20 @@ pub enum MemoryError {
     Register { slot: u32, addr: u64, source: kvm_ioctls::Error },
     #[error("guest memory: creating a {mib} MiB memfd: {source}")]
     Memfd { mib: u32, source: std::io::Error },
+    #[error("guest memory: sizing its file to {mib} MiB: {source}")]
+    File { mib: u32, source: std::io::Error },
 }
 
 /// What guest RAM is made of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Backing {
     /// Private anonymous memory: nothing outside the VMM maps it.
     Anonymous,
     /// One memfd, mapped shared: a vhost-user backend can map it too.
     Memfd,
+    /// This empty file (made by the jail: [`crate::jail::guest_ram`]), sized and mapped
+    /// shared, as a memfd is.
+    File(File),
 }
 
 /// Maps `mib` MiB of guest RAM.
@@ -48,6 +54,10 @@ pub fn create_guest_memory(mib: u32, backing: Backing) -> Result<GuestMemory, Me
     let file = match backing {
         Backing::Anonymous => None,
         Backing::Memfd => Some(guest_memfd(mib, size)?),
+        Backing::File(file) => {
+            file.set_len(size).map_err(|source| MemoryError::File { mib, source })?;
+            Some(file)
+        }
     };
     let mut offset = 0u64;
     let mut ranges = Vec::with_capacity(regions.len());
@@ -129,7 +139,7 @@ mod tests {
 
     #[test]
     fn maps_the_requested_size() {
-        for backing in [Backing::Anonymous, Backing::Memfd] {
+        for backing in [Backing::Anonymous, Backing::Memfd, Backing::File(tempfile::tempfile().unwrap())] {
             let mem = create_guest_memory(128, backing).unwrap();
             assert_eq!(mem.num_regions(), 1);
             assert_eq!(mem.last_addr().0, (128 << 20) - 1);
@@ -173,10 +183,11 @@ mod tests {
     #[test]
     fn guest_ram_is_advised_to_use_huge_pages() {
         for backing in [Backing::Anonymous, Backing::Memfd] {
+            let name = format!("{backing:?}");
             let mem = create_guest_memory(64, backing).unwrap();
             let region = mem.iter().next().unwrap();
             let flags = vm_flags_of_mapping_at(region.as_ptr() as u64);
-            assert!(flags.split(' ').any(|f| f == "hg"), "{backing:?} guest RAM has VmFlags {flags:?}, without hg (MADV_HUGEPAGE)");
+            assert!(flags.split(' ').any(|f| f == "hg"), "{name} guest RAM has VmFlags {flags:?}, without hg (MADV_HUGEPAGE)");
         }
     }
 

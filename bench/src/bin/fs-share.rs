@@ -386,12 +386,13 @@ impl std::fmt::Display for Tuning {
     }
 }
 
-/// The workload in a Palisade container on a virtio-fs volume of `dir` (emptied first),
-/// its virtiofsd set up as `tuning` says.
+/// The workload in a Palisade container on a virtio-fs volume of `dir` (emptied first,
+/// also before a second try: a lost VM leaves what it had written), its virtiofsd set up as
+/// `tuning` says.
 fn vm_workload(p: &palisade_e2e::Paths, dir: &Path, args: &Args, tuning: &Tuning) -> Result<palisade_e2e::Output> {
-    prepare_io_dir(dir, args.seq_mib)?;
     let volume = format!("{}:/data", dir.display());
     sample("the workload in a Palisade container", || {
+        prepare_io_dir(dir, args.seq_mib)?;
         let mut c = Command::new(&p.vmrun);
         c.args(["--vm-memory", "512", "-v", &volume, "-e", "D=/data"]);
         c.args(["--share-cache", &tuning.cache, "--share-threads", &tuning.threads.to_string()]);
@@ -497,8 +498,9 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    // The VMM advises huge pages for guest RAM; whether the host follows decides what a
-    // guest's first touch of its memory costs (memfd RAM: shmem_enabled).
+    // Whether the host backs guest RAM with huge pages decides what a first touch of it
+    // costs: anonymous RAM follows `enabled`, a memfd `shmem_enabled`; the jailed VMM's
+    // tmpfs file gets them in any case short of `deny`.
     let thp = |file: &str| {
         let text = std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{file}")).unwrap_or_default();
         text.split_whitespace()

@@ -157,7 +157,7 @@ fn comm(pid: u32) -> Option<String> {
 }
 
 /// The resident KiB of a VMM's guest memory (its mappings of the `palisade-guest-ram`
-/// memfd), or `None` when it maps none.
+/// file: a memfd, or the jail's tmpfs file), or `None` when it maps none.
 fn guest_ram_rss_kib(pid: u32) -> Option<u64> {
     guest_ram_rss_in_smaps(&std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?)
 }
@@ -170,7 +170,11 @@ fn guest_ram_rss_in_smaps(smaps: &str) -> Option<u64> {
         // A mapping's header: "start-end perms offset dev inode [path]".
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_guest_ram = line.contains("/memfd:palisade-guest-ram");
+            // `/memfd:palisade-guest-ram`, or `/palisade-guest-ram` on the jail's tmpfs.
+            in_guest_ram = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|path| path.trim_start_matches("/memfd:").trim_start_matches('/') == "palisade-guest-ram");
         } else if in_guest_ram {
             if let Some(kib) = line.strip_prefix("Rss:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()) {
                 *total.get_or_insert(0) += kib;
@@ -351,5 +355,7 @@ Rss:                  12 kB
 ";
         assert_eq!(guest_ram_rss_in_smaps(smaps), Some(40960));
         assert_eq!(guest_ram_rss_in_smaps("7f0010000000-7f0010021000 rw-p 00000000 00:00 0\nRss: 12 kB\n"), None);
+        let on_the_jails_tmpfs = "7f0000000000-7f0008000000 rw-s 00000000 00:2a 2    /palisade-guest-ram (deleted)\nRss: 4096 kB\n";
+        assert_eq!(guest_ram_rss_in_smaps(on_the_jails_tmpfs), Some(4096));
     }
 }

@@ -13,8 +13,9 @@ static MARKS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 /// Guest memory mappings are anonymous and at least this large; the VMM's own heap
 /// and stacks are far smaller, so this splits "guest RAM" from "VMM overhead".
 const GUEST_RAM_MAPPING_MIN_KIB: u64 = 32 * 1024;
-/// How smaps names the VMM's memfd guest RAM (`palisade_vmm::memory`).
-const GUEST_RAM_MEMFD_PATH: &str = "/memfd:palisade-guest-ram";
+/// How smaps names the VMM's file-backed guest RAM: `/memfd:palisade-guest-ram (deleted)`,
+/// or `/palisade-guest-ram (deleted)` on the jail's tmpfs (`palisade_vmm::jail::guest_ram`).
+const GUEST_RAM_FILE_NAME: &str = "palisade-guest-ram";
 
 /// Records vmrun's start; call first thing in `main`.
 pub fn start() {
@@ -58,11 +59,11 @@ pub fn mark_vmm_memory(pid: u32) {
 }
 
 /// (total Rss, Rss outside guest RAM) in KiB, from `/proc/PID/smaps`. Guest RAM is a large
-/// anonymous mapping, or the VMM's memfd (when a vhost-user backend shares it).
+/// anonymous mapping, or the VMM's guest RAM file (when a vhost-user backend shares it).
 pub fn rss_split(smaps: &str) -> (u64, u64) {
     let (mut total, mut overhead) = (0, 0);
     let (mut size, mut anonymous) = (0u64, false);
-    let guest_ram_file = |path: &str| path.starts_with(GUEST_RAM_MEMFD_PATH);
+    let guest_ram_file = |path: &str| path.trim_start_matches("/memfd:").trim_start_matches('/') == GUEST_RAM_FILE_NAME;
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
@@ -121,5 +122,11 @@ Size:              65536 kB
 Rss:                 700 kB
 ";
         assert_eq!(rss_split(memfd), (100700, 700));
+        // So is guest RAM on the jail's tmpfs.
+        let file = "7f00-7f10 rw-s 00000000 00:2a 2 /palisade-guest-ram (deleted)
+Size:             262144 kB
+Rss:              100000 kB
+";
+        assert_eq!(rss_split(file), (100000, 0));
     }
 }

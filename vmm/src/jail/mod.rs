@@ -40,6 +40,7 @@
 
 pub mod cgroup;
 pub mod fds;
+pub mod guest_ram;
 pub mod mount;
 pub mod namespaces;
 pub mod rlimits;
@@ -600,9 +601,10 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             let mut keep = vec![report_write.as_raw_fd()];
             keep.extend(fs_streams.iter().map(|s| s.as_raw_fd()));
             keep.extend(taps.iter().map(|t| t.as_raw_fd()));
-            let setup = ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, listener_fd, keep: &keep };
-            let cgroup_gate = match in_child(setup) {
-                Ok(gate) => gate,
+            let guest_ram_size = (!config.fs.is_empty()).then_some(u64::from(config.memory_mib) << 20);
+            let setup = ChildSetup { old_mask, go_read, root, entries, uid, gid, rlimits, guest_ram_size, listener_fd, keep: &keep };
+            let (cgroup_gate, guest_ram) = match in_child(setup) {
+                Ok(done) => done,
                 Err(e) => {
                     // The child ends here: its caller must not take it for the supervisor.
                     let message = paths.host_text(&e.to_string());
@@ -611,7 +613,8 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
                     std::process::exit(1);
                 }
             };
-            let options = RunOptions { vsock_listener, fs_streams, taps, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
+            let options =
+                RunOptions { vsock_listener, fs_streams, taps, guest_ram, seccomp: Some(filters), cgroup_gate: Some(cgroup_gate) };
             Ok(Role::Jailed(Jailed { config, options, paths, report: report_write }))
         }
         ForkResult::Parent { child } => {
@@ -660,14 +663,18 @@ struct ChildSetup<'a> {
     uid: u32,
     gid: u32,
     rlimits: rlimits::Limits,
+    /// Bytes of guest RAM a vhost-user backend will map too ([`guest_ram`]); `None`: the
+    /// VMM maps its guest RAM itself.
+    guest_ram_size: Option<u64>,
     listener_fd: Option<RawFd>,
     /// Other descriptors the jailed VMM keeps.
     keep: &'a [RawFd],
 }
 
-/// The jailed VMM's side, from the fork to an unprivileged process in its jail. It does not
-/// wait for its cgroups here: see [`CgroupGate`].
-fn in_child(setup: ChildSetup<'_>) -> Result<CgroupGate, JailError> {
+/// The jailed VMM's side, from the fork to an unprivileged process in its jail; returns
+/// the gate to its cgroups (it does not wait for them here: see [`CgroupGate`]) and the
+/// file for its guest RAM when it was asked for one.
+fn in_child(setup: ChildSetup<'_>) -> Result<(CgroupGate, Option<std::fs::File>), JailError> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(JailError::Sys { what: "prctl(PR_SET_PDEATHSIG)".into(), source: io::Error::last_os_error() });
@@ -679,6 +686,12 @@ fn in_child(setup: ChildSetup<'_>) -> Result<CgroupGate, JailError> {
     fds::close_all_except(&keep)?;
     let env_area = env_area();
     namespaces::unshare_own()?;
+    mount::make_private()?;
+    // Made on the root's mount point before the root is mounted there.
+    let guest_ram = match setup.guest_ram_size {
+        Some(size) => guest_ram::create(&setup.root, size)?,
+        None => None,
+    };
     mount::enter_root(&setup.root, &setup.entries, setup.uid, setup.gid)?;
     clear_environment(env_area);
     // One malloc arena: glibc's per-thread arenas, when they shrink, open
@@ -687,7 +700,7 @@ fn in_child(setup: ChildSetup<'_>) -> Result<CgroupGate, JailError> {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     rlimits::apply(&setup.rlimits)?;
     user::drop_privileges(setup.uid, setup.gid)?;
-    Ok(CgroupGate { go_read: setup.go_read })
+    Ok((CgroupGate { go_read: setup.go_read }, guest_ram))
 }
 
 /// The jailed VMM's wait for its supervisor to have put it in its cgroups

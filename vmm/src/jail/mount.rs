@@ -49,11 +49,16 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> JailError {
     move |source| JailError::Sys { what, source }
 }
 
-/// Builds the root at `root` (an empty directory) and makes it the process's `/`.
-pub fn enter_root(root: &Path, entries: &[Entry], uid: u32, gid: u32) -> Result<(), JailError> {
-    // Nothing mounted from here on may reach the host's mount namespace.
+/// Makes every mount of the new mount namespace private: nothing mounted from then on
+/// reaches the host's mount namespace.
+pub fn make_private() -> Result<(), JailError> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(sys("making / private in the new mount namespace".into()))?;
+        .map_err(sys("making / private in the new mount namespace".into()))
+}
+
+/// Builds the root at `root` (an empty directory) and makes it the process's `/`; after
+/// [`make_private`].
+pub fn enter_root(root: &Path, entries: &[Entry], uid: u32, gid: u32) -> Result<(), JailError> {
     mount(Some("palisade-jail"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=256k,nr_inodes=64"))
         .map_err(sys(format!("mounting the jail's tmpfs on {}", root.display())))?;
 

@@ -36,6 +36,7 @@ fn spec(dir: &Path, shared: Vec<SharedPath>) -> SandboxSpec {
         ephemeral: false,
         remove_empty_root: false,
         console: false,
+        cgroup_parent: None,
     }
 }
 

@@ -156,6 +156,54 @@ fn wait_until_gone(pid: u32) {
     }
 }
 
+/// What a runtime does for a Kubernetes pod: the VM's cgroup goes under the pod's cgroup
+/// (`--jail-cgroup-parent`), in every hierarchy the VMM is limited in, so that the pod's
+/// cgroup counts the VM and holds it to the pod's limits; nothing of the VM is left in it
+/// afterwards, so that kubelet can remove it. A parent that does not exist is refused.
+#[test]
+fn the_vms_cgroup_goes_under_the_parent_it_is_given() {
+    if !can_jail() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let parent = format!("/palisade-test-pod-{}", std::process::id());
+    let hierarchies = palisade_vmm::jail::cgroup::detect();
+    assert!(!hierarchies.is_empty(), "no cgroup hierarchy with the memory, pids or cpu controller");
+    let pod_dirs: Vec<PathBuf> = hierarchies.iter().map(|h| h.mount.join(parent.trim_start_matches('/'))).collect();
+
+    // Not made yet: refused, and the message names it.
+    let guest = write_guest(dir.path(), "noop", &Code::new().reset());
+    let out = Command::new(VMM).args(["--kernel", guest.to_str().unwrap(), "--jail-cgroup-parent", &parent]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&format!("cgroup parent {parent}")), "{:?}: {stderr}", out.status);
+
+    for pod in &pod_dirs {
+        std::fs::create_dir(pod).unwrap();
+    }
+    let vm = RunningVm::start(dir.path(), &["--memory", "64", "--jail-cgroup-parent", &parent]);
+    let pid = vm.vmm_pid();
+    for controller in ["memory", "pids", "cpu"] {
+        let Some(cgroup) = cgroup_dir(pid, controller) else { continue };
+        let in_pod = pod_dirs.iter().any(|pod| cgroup.parent().and_then(Path::parent) == Some(pod.as_path()));
+        assert!(in_pod, "the VMM's {controller} cgroup {} is not under the pod's ({pod_dirs:?})", cgroup.display());
+        assert_eq!(cgroup.parent().and_then(Path::file_name).and_then(|n| n.to_str()), Some("palisade"));
+    }
+    let memory = cgroup_dir(pid, "memory").expect("a memory cgroup");
+    let memory_limit =
+        ["memory.limit_in_bytes", "memory.max"].iter().map(|f| memory.join(f)).find(|p| p.exists()).map(|p| read_trimmed(&p)).unwrap();
+    assert_eq!(memory_limit, ((64u64 + 128) << 20).to_string(), "guest RAM + the default overhead");
+    vm.signal(libc::SIGTERM);
+    let (status, stderr) = vm.wait();
+    assert!(status.code().is_some(), "{status:?}: {stderr}");
+    wait_until_gone(pid);
+    // Empty again, as kubelet needs it to remove the pod's cgroup.
+    for pod in &pod_dirs {
+        let left: Vec<String> = listing(pod).into_iter().filter(|n| std::fs::metadata(pod.join(n)).is_ok_and(|m| m.is_dir())).collect();
+        assert!(left.is_empty(), "left in the pod's cgroup {}: {left:?}", pod.display());
+        std::fs::remove_dir(pod).unwrap();
+    }
+}
+
 #[test]
 fn the_running_vmm_is_confined() {
     if !can_jail() {

@@ -192,6 +192,7 @@ fn run(cli: Cli, signals: &std::sync::mpsc::Receiver<i32>) -> anyhow::Result<u8>
                 ephemeral: false,
                 remove_empty_root: false,
                 console: false,
+                cgroup_parent: None,
             };
             control::start(&root, &id, &spec, &exe, Attachment::Detached, Duration::from_secs(30))?;
             let boot_secs = boot_timeout

@@ -177,10 +177,16 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let config: Value = serde_json::from_str(&b.config).unwrap_or_default();
     let annotations: std::collections::BTreeMap<String, String> = serde_json::from_value(config["annotations"].clone()).unwrap_or_default();
     let cgroups_path = config.pointer("/linux/cgroupsPath").and_then(Value::as_str);
+    // The VM of a pod goes under the pod's cgroup (on the host, next to its sandbox
+    // container's), so that the pod's cgroup counts the VM and holds it to the pod's limits.
+    let mut vm_cgroup_parent = None;
     let host_cgroup = match Hierarchy::detect() {
         Some(h) => {
             let relative = host_cgroup::relative_path(cgroups_path, o.id, o.systemd_cgroup, &host_cgroup::own_cgroup(h))
                 .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+            if pod::is_sandbox(&annotations) {
+                vm_cgroup_parent = pod::vm_cgroup_parent(&relative);
+            }
             Some(HostCgroup::new(h, &relative))
         }
         None => {
@@ -217,7 +223,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
     let exe = std::env::current_exe().map_err(|e| RuntimeError::Other(format!("finding palisade itself: {e}")))?;
     // A VM of its own (not a pod's): its parts are checked before anything is made.
     let own_vm = match pod_vm {
-        None => Some(own_vm_spec(&exe, &b, &plan, network.as_ref(), &annotations)?),
+        None => Some(SandboxSpec { cgroup_parent: vm_cgroup_parent, ..own_vm_spec(&exe, &b, &plan, network.as_ref(), &annotations)? }),
         Some(_) => None,
     };
 
@@ -255,6 +261,9 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
                     return Err(RuntimeError::Other("internal error: a container with neither a pod nor a VM".into()));
                 };
                 timings.checked = began.elapsed();
+                if let Some(parent) = &spec.cgroup_parent {
+                    make_cgroup_parent(parent)?;
+                }
                 control::start(&sroot, &sandbox_id, spec, &exe, Attachment::Detached, SUPERVISOR_START_TIMEOUT)?;
                 timings.vm_started = began.elapsed();
                 if let Some(network) = &network {
@@ -390,6 +399,16 @@ fn vm_size(annotations: &std::collections::BTreeMap<String, String>, limit_mib: 
     Ok((vcpus, memory_mib))
 }
 
+/// Makes the cgroup `parent` (a pod's) in every hierarchy the VM's jail uses, with its
+/// missing ancestors, as runc makes a container's cgroup path; kubelet has made it already.
+fn make_cgroup_parent(parent: &Path) -> Result<(), RuntimeError> {
+    for h in palisade_vmm::jail::cgroup::detect() {
+        let dir = h.mount.join(parent.strip_prefix("/").unwrap_or(parent));
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Other(format!("the pod's cgroup {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
 /// The VM of a container that is not a pod's: the kernel, initramfs, VMM and virtiofsd
 /// found (a clear error naming what is missing), its size from its annotations or the
 /// container's limit.
@@ -440,6 +459,7 @@ fn own_vm_spec(
         ephemeral: false,
         remove_empty_root: false,
         console: false,
+        cgroup_parent: None,
     })
 }
 

@@ -34,6 +34,23 @@ pub enum Placement {
     Join { sandbox: String },
 }
 
+/// Whether the container is a pod's sandbox (CRI's or CRI-O's annotation): its VM is the
+/// pod's.
+pub fn is_sandbox(annotations: &BTreeMap<String, String>) -> bool {
+    ["io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"]
+        .iter()
+        .any(|key| annotations.get(*key).map(String::as_str) == Some("sandbox"))
+}
+
+/// The cgroup a pod's VM goes under: the pod's, which holds its sandbox container's
+/// cgroup `container_cgroup` (a path from the hierarchy's root, as kubelet's
+/// `cgroup_parent` and the sandbox's ID make it: `kubepods/burstable/pod<uid>/<id>`).
+/// `None` when the container's cgroup is directly under the root.
+pub fn vm_cgroup_parent(container_cgroup: &Path) -> Option<PathBuf> {
+    let parent = container_cgroup.parent().filter(|p| !p.as_os_str().is_empty())?;
+    Some(Path::new("/").join(parent))
+}
+
 /// The container's placement: CRI's annotations (containerd), else CRI-O's (and podman's).
 pub fn placement(annotations: &BTreeMap<String, String>) -> Result<Placement, RuntimeError> {
     let pairs = [
@@ -216,6 +233,18 @@ mod tests {
         let missing = placement(&annotations(&[("io.kubernetes.cri.container-type", "container")])).unwrap_err().to_string();
         assert!(missing.contains("io.kubernetes.cri.sandbox-id"), "{missing}");
         assert!(placement(&annotations(&[("io.kubernetes.cri.container-type", "vm")])).is_err());
+    }
+
+    #[test]
+    fn a_pods_vm_goes_under_the_pods_cgroup() {
+        assert!(is_sandbox(&annotations(&[("io.kubernetes.cri.container-type", "sandbox")])));
+        assert!(is_sandbox(&annotations(&[("io.kubernetes.cri-o.ContainerType", "sandbox")])));
+        assert!(!is_sandbox(&annotations(&[("io.kubernetes.cri.container-type", "container")])));
+        assert!(!is_sandbox(&annotations(&[])));
+        let sandbox = Path::new("kubepods/burstable/pod1234/5678abcd");
+        assert_eq!(vm_cgroup_parent(sandbox).as_deref(), Some(Path::new("/kubepods/burstable/pod1234")));
+        // A container cgroup right under the root has no pod's to go under.
+        assert_eq!(vm_cgroup_parent(Path::new("5678abcd")), None);
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct SandboxSpec {
     /// --console`) instead of files in the sandbox's directory.
     #[serde(default)]
     pub console: bool,
+    /// The cgroup the VM's cgroup goes under (a path from the hierarchies' roots: a
+    /// Kubernetes pod's, so that the pod's cgroup counts the VM); `None`: under the
+    /// supervisor's own.
+    #[serde(default)]
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 /// Largest `sandbox.json` read (the file is ours, but a bound keeps a damaged one harmless).
@@ -97,6 +102,7 @@ mod tests {
             ephemeral: true,
             remove_empty_root: false,
             console: false,
+            cgroup_parent: None,
         };
         spec.write_to(&path).unwrap();
         assert_eq!(SandboxSpec::read_from(&path).unwrap(), spec);

@@ -220,6 +220,7 @@ pub fn run(args: &VmrunArgs, signals: &Receiver<i32>) -> Result<i32, VmrunError>
         ephemeral: true,
         remove_empty_root: run_dir.own_base(),
         console: args.console,
+        cgroup_parent: None,
     };
     control::start_in(lock, &sandbox_spec, &sandbox_binary, Attachment::Tied { inherit_stderr: args.console }, SUPERVISOR_START_TIMEOUT)
         .map_err(VmrunError::Sandbox)?;

@@ -119,7 +119,7 @@ impl VmmConfig<'_> {
 
     /// The VMM's arguments.
     pub fn args(&self) -> Vec<String> {
-        VmmArgs { binary: self.binary, config_file: self.config_file, exit_record: self.exit_record }.args()
+        VmmArgs { binary: self.binary, config_file: self.config_file, exit_record: self.exit_record, cgroup_parent: None }.args()
     }
 }
 
@@ -131,17 +131,25 @@ pub struct VmmFiles<'a> {
     pub exit_record: &'a Path,
     /// Where the VMM's own stderr goes (`None`: inherited).
     pub stderr_file: Option<&'a Path>,
+    /// The cgroup the VM's cgroup goes under (`--jail-cgroup-parent`); `None`: the VMM's own.
+    pub cgroup_parent: Option<&'a Path>,
 }
 
 struct VmmArgs<'a> {
     binary: &'a Path,
     config_file: &'a Path,
     exit_record: &'a Path,
+    cgroup_parent: Option<&'a Path>,
 }
 
 impl VmmArgs<'_> {
     fn args(&self) -> Vec<String> {
-        vec!["--config".into(), self.config_file.display().to_string(), "--exit-record".into(), self.exit_record.display().to_string()]
+        let mut args =
+            vec!["--config".into(), self.config_file.display().to_string(), "--exit-record".into(), self.exit_record.display().to_string()];
+        if let Some(parent) = self.cgroup_parent {
+            args.extend(["--jail-cgroup-parent".into(), parent.display().to_string()]);
+        }
+        args
     }
 }
 
@@ -156,14 +164,19 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     pub fn spawn(config: &VmmConfig<'_>) -> Result<VmmProcess, VmmError> {
-        let files = VmmFiles { config_file: config.config_file, exit_record: config.exit_record, stderr_file: config.stderr_file };
+        let files = VmmFiles {
+            config_file: config.config_file,
+            exit_record: config.exit_record,
+            stderr_file: config.stderr_file,
+            cgroup_parent: None,
+        };
         VmmProcess::start(config.binary, &config.vm_config(), &files)
     }
 
     /// Starts `binary` on the VM `vm`, written to `files.config_file`.
     pub fn start(binary: &Path, vm: &VmConfig, files: &VmmFiles<'_>) -> Result<VmmProcess, VmmError> {
         std::fs::write(files.config_file, vm.to_json()).map_err(|source| VmmError::Config { path: files.config_file.into(), source })?;
-        let config = VmmArgs { binary, config_file: files.config_file, exit_record: files.exit_record };
+        let config = VmmArgs { binary, config_file: files.config_file, exit_record: files.exit_record, cgroup_parent: files.cgroup_parent };
         let serial_log = vm.serial.log_file.clone();
         // A record left by an earlier VM in the same place must not explain this one.
         let _ = std::fs::remove_file(config.exit_record);

@@ -363,6 +363,18 @@ fn pod_of_two_containers() -> TestResult {
     let pod = Pod::run_annotated(&node, "web", &[("palisade.dev/vm-memory-mib", "256"), ("palisade.dev/vm-vcpus", "2")])?;
     let ip = pod.ip()?;
     ensure!(ip.starts_with(&format!("{}.", node.subnet)), "the pod's IP {ip:?} is not from the CNI network's {}.0/24", node.subnet);
+    // The pod's VM counts in the pod's cgroup, as kubelet's overhead.podFixed assumes: its
+    // jail's cgroup is under it, with the VM's processes and its memory limit.
+    let pod_cgroup = Path::new("/sys/fs/cgroup").join(pod.cgroup.trim_start_matches('/'));
+    let vm_cgroups = cgroups_named(&pod_cgroup.join("palisade"), "", 1);
+    let [vm_cgroup] = &vm_cgroups[..] else {
+        return Err(format!("not one VM cgroup under the pod's cgroup {}/palisade: {vm_cgroups:?}", pod_cgroup.display()).into());
+    };
+    let read = |file: &str| std::fs::read_to_string(vm_cgroup.join(file)).map_err(|e| format!("{}/{file}: {e}", vm_cgroup.display()));
+    let procs = read("cgroup.procs")?;
+    ensure!(procs.lines().count() == 1, "the VM's cgroup {} holds {procs:?}, not its VMM", vm_cgroup.display());
+    let max = read("memory.max")?;
+    ensure!(max.trim() == ((256u64 + 128) << 20).to_string(), "the VM's memory.max {max:?}: not its 256 MiB + 128 MiB of overhead");
 
     // Volumes and files, made as kubelet makes them under the pod's directory.
     let volumes = pod.dir.join("volumes");

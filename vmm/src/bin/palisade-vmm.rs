@@ -102,6 +102,11 @@ struct Args {
     /// The jailed VMM's CPU time limit, in CPUs [default: one more than --cpus].
     #[arg(long, value_name = "CPUS", conflicts_with = "no_jail")]
     jail_cpus: Option<f64>,
+    /// Put the VM's cgroup (`palisade/<id>`) under this cgroup, a path from the hierarchies'
+    /// roots that exists in each (a Kubernetes pod's, so that the VM counts in the pod and is
+    /// held to its limits) [default: under palisade-vmm's own cgroup].
+    #[arg(long, value_name = "CGROUP", conflicts_with = "no_jail")]
+    jail_cgroup_parent: Option<PathBuf>,
 }
 
 /// The flags that describe the VM, which `--config` replaces.
@@ -248,6 +253,7 @@ impl Args {
             gid: self.jail_gid,
             memory_overhead_mib: self.jail_memory_overhead,
             cpus: self.jail_cpus,
+            cgroup_parent: self.jail_cgroup_parent.clone(),
             seccomp_selftest: seccomp_selftest_requested(),
         })
     }

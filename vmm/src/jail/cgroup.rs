@@ -53,6 +53,9 @@ pub struct Hierarchy {
     pub own: PathBuf,
     /// The controllers used from it.
     pub controllers: Vec<&'static str>,
+    /// `own` is a cgroup the caller named ([`under_parent`]), not the supervisor's: the
+    /// VM's cgroup goes under it or nowhere.
+    pub named: bool,
 }
 
 /// One cgroup mount from `/proc/self/mountinfo`.
@@ -123,7 +126,7 @@ fn plan(mountinfo: &str, proc_cgroup: &str, v2_available: impl Fn(&Path) -> Vec<
     let mut add = |version, mount: &CgroupMount, own: PathBuf, controller: &'static str| match hierarchies.iter_mut().find(|h| h.own == own)
     {
         Some(h) => h.controllers.push(controller),
-        None => hierarchies.push(Hierarchy { version, mount: mount.mount_point.clone(), own, controllers: vec![controller] }),
+        None => hierarchies.push(Hierarchy { version, mount: mount.mount_point.clone(), own, controllers: vec![controller], named: false }),
     };
     let v2 = mounts.iter().find(|m| m.version == Version::V2);
     let v2_own = v2.and_then(|m| {
@@ -153,6 +156,34 @@ pub fn detect() -> Vec<Hierarchy> {
     plan(&mountinfo, &proc_cgroup, |dir| {
         std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default().split_whitespace().map(str::to_string).collect()
     })
+}
+
+/// `hierarchies` with the VM's cgroups to go under the cgroup `parent` (a path from each
+/// hierarchy's root, such as a Kubernetes pod's `/kubepods/burstable/pod<uid>`: the VM then
+/// counts in the pod's cgroup and is held to its limits) instead of under the supervisor's
+/// own. `parent` must exist in every hierarchy.
+pub fn under_parent(hierarchies: Vec<Hierarchy>, parent: &Path) -> Result<Vec<Hierarchy>, JailError> {
+    let relative = parent
+        .strip_prefix("/")
+        .ok()
+        .filter(|r| !r.as_os_str().is_empty() && r.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+    let Some(relative) = relative else {
+        let problem = "not an absolute cgroup path below the root, without . or ..".into();
+        return Err(JailError::CgroupParent { parent: parent.to_owned(), problem });
+    };
+    hierarchies
+        .into_iter()
+        .map(|mut h| {
+            let own = h.mount.join(relative);
+            if !own.is_dir() {
+                let problem = format!("{} does not exist", own.display());
+                return Err(JailError::CgroupParent { parent: parent.to_owned(), problem });
+            }
+            h.own = own;
+            h.named = true;
+            Ok(h)
+        })
+        .collect()
 }
 
 fn write(path: &Path, value: &str) -> Result<(), JailError> {
@@ -304,6 +335,17 @@ fn tolerate_parent_quota(result: Result<(), JailError>) -> Result<(), JailError>
 fn enable_v2_controllers(h: &Hierarchy) -> Result<PathBuf, JailError> {
     let wanted: Vec<String> = h.controllers.iter().map(|c| format!("+{c}")).collect();
     let wanted = wanted.join(" ");
+    if h.named {
+        // A named parent (a pod's cgroup) holds no processes of its own: the controllers are
+        // enabled from the root down to it, and the VM goes there or nowhere.
+        let mut dir = h.mount.clone();
+        for part in h.own.strip_prefix(&h.mount).unwrap_or(Path::new("")).components() {
+            write(&dir.join("cgroup.subtree_control"), &wanted)?;
+            dir.push(part);
+        }
+        write(&h.own.join("cgroup.subtree_control"), &wanted)?;
+        return Ok(h.own.clone());
+    }
     let own = h.own.join("cgroup.subtree_control");
     match std::fs::write(&own, &wanted) {
         Ok(()) => Ok(h.own.clone()),
@@ -391,21 +433,47 @@ mod tests {
                     mount: "/sys/fs/cgroup/memory".into(),
                     own: "/sys/fs/cgroup/memory/process_api/7d59".into(),
                     controllers: vec!["memory"],
+                    named: false,
                 },
                 Hierarchy {
                     version: Version::V1,
                     mount: "/sys/fs/cgroup/pids".into(),
                     own: "/sys/fs/cgroup/pids".into(),
                     controllers: vec!["pids"],
+                    named: false,
                 },
                 Hierarchy {
                     version: Version::V1,
                     mount: "/sys/fs/cgroup/cpu".into(),
                     own: "/sys/fs/cgroup/cpu".into(),
                     controllers: vec!["cpu"],
+                    named: false,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_named_parent_must_exist_and_stay_below_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let h = Hierarchy {
+            version: Version::V2,
+            mount: root.path().into(),
+            own: root.path().join("user.slice"),
+            controllers: vec!["memory"],
+            named: false,
+        };
+        let refused = |parent: &str| match under_parent(vec![h.clone()], Path::new(parent)) {
+            Err(e) => e.to_string(),
+            Ok(h) => panic!("{parent} taken: {h:?}"),
+        };
+        assert!(refused("/kubepods/pod1").contains("does not exist"), "{}", refused("/kubepods/pod1"));
+        std::fs::create_dir_all(root.path().join("kubepods/pod1")).unwrap();
+        for bad in ["kubepods/pod1", "/kubepods/../kubepods/pod1", "/"] {
+            assert!(refused(bad).contains("not an absolute cgroup path"), "{bad}: {}", refused(bad));
+        }
+        let placed = under_parent(vec![h.clone()], Path::new("/kubepods/pod1")).unwrap();
+        assert_eq!(placed, vec![Hierarchy { own: root.path().join("kubepods/pod1"), named: true, ..h }]);
     }
 
     #[test]
@@ -422,6 +490,7 @@ mod tests {
                 mount: "/sys/fs/cgroup".into(),
                 own: "/sys/fs/cgroup/user.slice/session-1.scope".into(),
                 controllers: vec!["memory", "pids", "cpu"],
+                named: false,
             }]
         );
     }

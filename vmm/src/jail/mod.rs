@@ -87,6 +87,9 @@ pub struct JailConfig {
     pub memory_overhead_mib: u32,
     /// CPU time limit, in CPUs; `None`: one more than the vCPUs.
     pub cpus: Option<f64>,
+    /// The cgroup the VM's cgroup goes under, as a path from the hierarchies' roots (a
+    /// Kubernetes pod's, say); `None`: under the supervisor's own cgroup.
+    pub cgroup_parent: Option<PathBuf>,
     /// Debug builds: vCPU 0 makes a forbidden system call once filtered (see
     /// [`seccomp::ThreadFilters::with_selftest`]).
     pub seccomp_selftest: bool,
@@ -100,6 +103,7 @@ impl Default for JailConfig {
             gid: None,
             memory_overhead_mib: DEFAULT_MEMORY_OVERHEAD_MIB,
             cpus: None,
+            cgroup_parent: None,
             seccomp_selftest: false,
         }
     }
@@ -120,6 +124,8 @@ pub enum JailError {
     Sys { what: String, source: io::Error },
     #[error("jail: cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: io::Error },
+    #[error("jail: cgroup parent {parent}: {problem}")]
+    CgroupParent { parent: PathBuf, problem: String },
     #[error("jail: {0}: not a character device")]
     NotADevice(PathBuf),
     #[error("jail: refusing uid {uid} gid {gid}: the VMM must not run as root (0)")]
@@ -552,8 +558,11 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
         return Err(JailError::Threaded(threads));
     }
     let filters = ThreadFilters::compile()?.with_selftest(jail.seccomp_selftest);
-    let hierarchies = cgroup::detect();
+    let mut hierarchies = cgroup::detect();
     sweep(&jail.base_dir, &hierarchies);
+    if let Some(parent) = &jail.cgroup_parent {
+        hierarchies = cgroup::under_parent(hierarchies, parent)?;
+    }
 
     let id = JailId::of_self()?;
     let uid = jail.uid.unwrap_or_else(|| user::default_id(id.pid));

@@ -56,7 +56,7 @@ fn a_volume_carries_files() -> TestResult {
     // submount of its own when the volume is another filesystem on the host.
     let out = vm(&["--vm-memory", "256", "--privileged", "-v", &volume, "--", "sh", "-c", script], None)?;
     ensure!(out.code() == 0 && out.stdout_str().ends_with("done\n"), "{}", out.describe());
-    ensure!(out.stdout_str().contains("\nreadahead=1024\n"), "the share's read-ahead is not 1024 KiB: {}", out.describe());
+    ensure!(out.stdout_str().contains("\nreadahead=4096\n"), "the share's read-ahead is not 4096 KiB: {}", out.describe());
     let theirs = out.stdout_str().split_whitespace().next().unwrap_or_default().to_string();
     let big = std::fs::read(host.path().join("big")).map_err(|e| format!("the host has no /data/big: {e}"))?;
     ensure!(big.len() == 64 << 20, "the host sees {} bytes of the 64 MiB file", big.len());

@@ -14,6 +14,19 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion}
 use crate::arch::x86_64::layout::{self, HIMEM_START};
 use crate::devices::virtio::GuestMemory;
 
+/// The name of a guest RAM file (a memfd's, or the jail's tmpfs file:
+/// [`crate::jail::guest_ram`]), which `/proc/PID/maps` shows.
+pub const GUEST_RAM_NAME: &str = "palisade-guest-ram";
+/// [`GUEST_RAM_NAME`] for `memfd_create`.
+const GUEST_RAM_CNAME: &std::ffi::CStr = c"palisade-guest-ram";
+
+/// Whether `path`, a mapping's path in `/proc/PID/maps` or `smaps`, is guest RAM's file:
+/// `/memfd:palisade-guest-ram` or `/palisade-guest-ram` (either with " (deleted)" after it,
+/// which the caller has split off with the rest of the line).
+pub fn is_guest_ram_path(path: &str) -> bool {
+    path.trim_start_matches("/memfd:").trim_start_matches('/') == GUEST_RAM_NAME
+}
+
 /// Smallest guest the layout supports: boot structures, MP table and some high memory.
 pub const MIN_MEMORY_MIB: u32 = 16;
 
@@ -102,7 +115,7 @@ fn guest_memfd(mib: u32, size: u64) -> Result<File, MemoryError> {
     let err = |source| MemoryError::Memfd { mib, source };
     // SAFETY: memfd_create takes a NUL-terminated name and flags, and returns a new
     // descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"palisade-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(GUEST_RAM_CNAME.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
@@ -189,6 +202,15 @@ mod tests {
             let flags = vm_flags_of_mapping_at(region.as_ptr() as u64);
             assert!(flags.split(' ').any(|f| f == "hg"), "{name} guest RAM has VmFlags {flags:?}, without hg (MADV_HUGEPAGE)");
         }
+    }
+
+    #[test]
+    fn guest_ram_files_are_known_by_their_name() {
+        assert_eq!(GUEST_RAM_CNAME.to_str(), Ok(GUEST_RAM_NAME));
+        assert!(is_guest_ram_path("/memfd:palisade-guest-ram"));
+        assert!(is_guest_ram_path("/palisade-guest-ram"));
+        assert!(!is_guest_ram_path("/memfd:something-else"));
+        assert!(!is_guest_ram_path("/usr/bin/palisade-vmm"));
     }
 
     #[test]

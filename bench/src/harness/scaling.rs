@@ -170,11 +170,7 @@ fn guest_ram_rss_in_smaps(smaps: &str) -> Option<u64> {
         // A mapping's header: "start-end perms offset dev inode [path]".
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            // `/memfd:palisade-guest-ram`, or `/palisade-guest-ram` on the jail's tmpfs.
-            in_guest_ram = line
-                .split_whitespace()
-                .nth(5)
-                .is_some_and(|path| path.trim_start_matches("/memfd:").trim_start_matches('/') == "palisade-guest-ram");
+            in_guest_ram = line.split_whitespace().nth(5).is_some_and(palisade_vmm::memory::is_guest_ram_path);
         } else if in_guest_ram {
             if let Some(kib) = line.strip_prefix("Rss:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()) {
                 *total.get_or_insert(0) += kib;

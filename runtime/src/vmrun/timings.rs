@@ -13,9 +13,6 @@ static MARKS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 /// Guest memory mappings are anonymous and at least this large; the VMM's own heap
 /// and stacks are far smaller, so this splits "guest RAM" from "VMM overhead".
 const GUEST_RAM_MAPPING_MIN_KIB: u64 = 32 * 1024;
-/// How smaps names the VMM's file-backed guest RAM: `/memfd:palisade-guest-ram (deleted)`,
-/// or `/palisade-guest-ram (deleted)` on the jail's tmpfs (`palisade_vmm::jail::guest_ram`).
-const GUEST_RAM_FILE_NAME: &str = "palisade-guest-ram";
 
 /// Records vmrun's start; call first thing in `main`.
 pub fn start() {
@@ -63,7 +60,6 @@ pub fn mark_vmm_memory(pid: u32) {
 pub fn rss_split(smaps: &str) -> (u64, u64) {
     let (mut total, mut overhead) = (0, 0);
     let (mut size, mut anonymous) = (0u64, false);
-    let guest_ram_file = |path: &str| path.trim_start_matches("/memfd:").trim_start_matches('/') == GUEST_RAM_FILE_NAME;
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
@@ -77,7 +73,7 @@ pub fn rss_split(smaps: &str) -> (u64, u64) {
             }
             Some(first) if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) => {
                 // A mapping header: "start-end perms offset dev inode [path]".
-                anonymous = line.split_whitespace().nth(5).is_none_or(guest_ram_file);
+                anonymous = line.split_whitespace().nth(5).is_none_or(palisade_vmm::memory::is_guest_ram_path);
             }
             _ => {}
         }

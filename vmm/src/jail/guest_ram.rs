@@ -16,9 +16,7 @@ use std::path::Path;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::JailError;
-
-/// The guest RAM file's name, which `/proc/PID/maps` shows (with " (deleted)").
-pub const GUEST_RAM_FILE_NAME: &str = "palisade-guest-ram";
+use crate::memory::GUEST_RAM_NAME;
 
 /// A transparent huge page of x86-64 (the tmpfs is sized in whole ones).
 const HUGE_PAGE: u64 = 2 << 20;
@@ -32,7 +30,7 @@ pub fn create(mount_point: &Path, size: u64) -> Result<Option<File>, JailError> 
     let limit = size.div_ceil(HUGE_PAGE) * HUGE_PAGE;
     let options = format!("huge=always,size={limit},nr_inodes=2,mode=0700");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    match mount(Some("palisade-guest-ram"), mount_point, Some("tmpfs"), flags, Some(options.as_str())) {
+    match mount(Some(GUEST_RAM_NAME), mount_point, Some("tmpfs"), flags, Some(options.as_str())) {
         Ok(()) => {}
         Err(nix::Error::EINVAL) => {
             tracing::debug!("guest RAM: this kernel's tmpfs has no huge pages (mount -o huge=always: EINVAL): a memfd instead");
@@ -40,7 +38,7 @@ pub fn create(mount_point: &Path, size: u64) -> Result<Option<File>, JailError> 
         }
         Err(e) => return Err(JailError::sys(format!("mounting the guest RAM's tmpfs ({options}) on {}", mount_point.display()), e)),
     }
-    let path = mount_point.join(GUEST_RAM_FILE_NAME);
+    let path = mount_point.join(GUEST_RAM_NAME);
     let made = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path);
     let unlinked = match &made {
         Ok(_) => std::fs::remove_file(&path),

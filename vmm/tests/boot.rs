@@ -80,6 +80,30 @@ fn virtio_device_registers_are_reachable_over_mmio() {
 }
 
 #[test]
+fn kvm_completes_the_drivers_used_buffer_acknowledgments_itself() {
+    if !common::have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The driver acknowledges a used-buffer interrupt (1), then a configuration change (2),
+    // on the first virtio device's InterruptACK register.
+    let code = Code::new().write_mmio(0xd000_0064, 1).write_mmio(0xd000_0064, 2).print("K\n").reset().halt();
+    let guest = write_guest(dir.path(), "ack", &code);
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade-vmm"))
+        .args(["--kernel", guest.to_str().unwrap(), "--rng", "--no-jail"])
+        .env("RUST_LOG", "palisade_vmm=trace")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "status {:?}, stderr: {stderr}", out.status);
+    assert_eq!(text(&out.stdout), "K\n", "stderr: {stderr}");
+    let acks: Vec<&str> = stderr.lines().filter(|l| l.contains("InterruptACK")).collect();
+    // The first never left the kernel; the second, which only the VMM can act on, did.
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert!(acks[0].trim_end().ends_with('2'), "{acks:?}");
+}
+
+#[test]
 fn a_crashing_guest_fails_with_one_clear_line() {
     if !common::have_kvm() {
         return;

@@ -47,7 +47,9 @@ const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
 const REG_QUEUE_NOTIFY: u64 = QUEUE_NOTIFY_OFFSET;
 const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
+/// `InterruptACK`, where the driver acknowledges the `InterruptStatus` bits it has seen.
+pub const INTERRUPT_ACK_OFFSET: u64 = 0x064;
+const REG_INTERRUPT_ACK: u64 = INTERRUPT_ACK_OFFSET;
 const REG_STATUS: u64 = 0x070;
 const REG_QUEUE_DESC_LOW: u64 = 0x080;
 const REG_QUEUE_DESC_HIGH: u64 = 0x084;
@@ -251,6 +253,7 @@ impl MmioTransport {
             }),
             REG_QUEUE_NOTIFY => self.notify_queue(value),
             REG_INTERRUPT_ACK => {
+                tracing::trace!(device = self.name(), bits = value, "virtio-mmio: InterruptACK");
                 self.irq.acknowledge(value);
             }
             REG_STATUS => self.write_status(value),

@@ -25,7 +25,7 @@ use super::host_cgroup::HostCgroup;
 use super::store::{read_json, write_json_atomic, ContainerDir};
 use super::RuntimeError;
 use crate::sandbox::ProcessRef;
-use crate::vmrun::connect::{attach_stream, request_timeout, ControlClient};
+use crate::vmrun::connect::{attach_stream, request_timeout, ConnectError, ControlClient};
 use crate::vmrun::session::{copy_output, relay_input};
 use crate::vmrun::terminal::window_size;
 
@@ -170,8 +170,8 @@ pub fn run(files: &MonitorFiles, signals: &Receiver<i32>) -> ! {
     // SAFETY: `create` or `exec` started us with the report pipe's write end as fd 3, and
     // nothing else in this process owns that descriptor.
     let mut report = unsafe { File::from(OwnedFd::from_raw_fd(REPORT_FD)) };
-    let status = match monitor(files, &mut report, signals) {
-        Ok(status) => status,
+    let (status, lost) = match monitor(files, &mut report, signals) {
+        Ok(ended) => ended,
         Err(message) => {
             tracing::error!("{message}");
             let _ = writeln!(report, "{}", serde_json::to_string(&MonitorReport::Failed { message }).unwrap_or_default());
@@ -186,14 +186,18 @@ pub fn run(files: &MonitorFiles, signals: &Receiver<i32>) -> ! {
         }
         None => {
             let _ = std::fs::remove_file(&files.request);
-            let _ = std::fs::remove_file(&files.log);
+            // A status made up here (the wait failed) keeps the log that says why.
+            if !lost {
+                let _ = std::fs::remove_file(&files.log);
+            }
         }
     }
     tracing::info!(?status, "the guest process ended");
     end_like(&status)
 }
 
-fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> Result<ExitStatus, String> {
+/// The guest process's status, and whether it was lost (the wait failed: SIGKILL is assumed).
+fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> Result<(ExitStatus, bool), String> {
     let request: MonitorRequest = read_json(&files.request).map_err(|e| format!("reading {}: {e:?}", files.request.display()))?;
     // In the container's host cgroup before its PID reaches the caller, who looks there.
     let oom = request.host_cgroup.clone().filter(|cg| match cg.join(std::process::id()) {
@@ -280,30 +284,31 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
     drop(done_tx);
 
     let (exit_tx, exit_rx) = channel();
-    let wait_id = id.clone();
+    let (wait_id, wait_socket) = (id.clone(), socket.to_path_buf());
     std::thread::Builder::new()
         .name("wait".into())
         .spawn(move || {
-            let _ = exit_tx.send(control.call(&Request::Wait { id: wait_id }));
+            let _ = exit_tx.send(wait_for_exit(control, &wait_socket, &wait_id));
         })
         .map_err(|e| format!("starting the wait thread: {e}"))?;
     // Its own thread: a slow agent delays the count, never a signal or a resize.
     let oom = oom.map(|cg| OomWatch::spawn(cg, socket.to_path_buf(), id.clone()));
-    let status = loop {
+    let (status, lost) = loop {
         match exit_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Ok(Response::Exited(status))) => {
                 if let Some(watch) = oom {
                     watch.finish(&status);
                 }
-                break status;
+                break (status, false);
             }
             Ok(other) => {
                 // The VM ended (or its agent failed): the process is gone with it.
                 tracing::warn!("waiting for the guest process: {other:?}; it ended with its VM");
-                break ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false };
+                break (ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false }, true);
             }
             Err(RecvTimeoutError::Disconnected) => {
-                break ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false };
+                tracing::warn!("the wait thread ended without a status; the guest process counts as killed");
+                break (ExitStatus { code: None, signal: Some(libc::SIGKILL), oom_killed: false }, true);
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -345,7 +350,30 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
             }
         }
     }
-    Ok(status)
+    Ok((status, lost))
+}
+
+/// How many times a broken `Wait` connection is replaced before the VM counts as gone.
+const WAIT_RECONNECTS: u32 = 3;
+/// How long each replacement may take (a VMM that is gone refuses at once).
+const WAIT_RECONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// `Wait` for process `id`. The agent keeps every exit status and answers every waiter, so
+/// asking again is safe: when the connection breaks before the agent answers, the question
+/// is asked again on a new connection, and the error stands only when none can be made
+/// (the VM is gone).
+fn wait_for_exit(mut control: ControlClient, socket: &Path, id: &str) -> Result<Response, ConnectError> {
+    let mut reconnects = 0;
+    loop {
+        match control.call(&Request::Wait { id: id.to_string() }) {
+            Err(ConnectError::Protocol(e)) if reconnects < WAIT_RECONNECTS => {
+                reconnects += 1;
+                tracing::warn!("waiting for the guest process: {e}; asking again on a new connection");
+                control = ControlClient::connect_ready_within(socket, HANDSHAKE_TIMEOUT, request_timeout(), WAIT_RECONNECT_PATIENCE)?;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// How often a container's monitor asks the guest how many OOM kills its cgroup counted.
@@ -504,4 +532,76 @@ pub fn end_like(status: &ExitStatus) -> ! {
         std::process::exit(128 + sig);
     }
     std::process::exit(status.code.filter(|c| (0..=255).contains(c)).unwrap_or(255))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_protocol::{read_frame, write_frame, PROTOCOL_VERSION};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    /// A fake VMM socket whose agent says hello on every connection, then answers `Wait` on
+    /// connection `n` with `answers[n]`, or breaks the connection when that is `None`.
+    /// Returns how many connections it served.
+    fn fake_agent(listener: UnixListener, answers: Vec<Option<Response>>) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            let mut served = 0;
+            for answer in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                served += 1;
+                let mut line = [0u8; 13];
+                conn.read_exact(&mut line).unwrap();
+                assert_eq!(&line, b"CONNECT 1024\n");
+                conn.write_all(b"OK 1073741824\n").unwrap();
+                let _: Request = read_frame(&mut conn).unwrap();
+                write_frame(&mut conn, &Response::Hello { version: PROTOCOL_VERSION, agent_version: "test".into() }).unwrap();
+                let wait: Request = read_frame(&mut conn).unwrap();
+                assert_eq!(wait, Request::Wait { id: "exec-1".into() });
+                match answer {
+                    Some(response) => write_frame(&mut conn, &response).unwrap(),
+                    None => drop(conn),
+                }
+            }
+            served
+        })
+    }
+
+    fn client(socket: &Path) -> ControlClient {
+        ControlClient::connect_ready(socket, Duration::from_secs(5), Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn a_wait_whose_connection_breaks_is_asked_again_and_gets_the_real_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vsock.sock");
+        let exited = Response::Exited(ExitStatus { code: Some(0), signal: None, oom_killed: false });
+        let agent = fake_agent(UnixListener::bind(&socket).unwrap(), vec![None, None, Some(exited.clone())]);
+        let answer = wait_for_exit(client(&socket), &socket, "exec-1").unwrap();
+        assert_eq!(answer, exited);
+        assert_eq!(agent.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_wait_gives_up_when_no_new_connection_can_be_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let agent = fake_agent(listener, vec![None]);
+        let control = client(&socket);
+        // The VMM is gone once the first connection breaks: its socket refuses from then on.
+        let gone = std::thread::spawn({
+            let socket = socket.clone();
+            move || {
+                let served = agent.join().unwrap();
+                std::fs::remove_file(&socket).unwrap();
+                UnixStream::connect(&socket).unwrap_err();
+                served
+            }
+        });
+        let start = Instant::now();
+        let err = wait_for_exit(control, &socket, "exec-1").unwrap_err();
+        assert_eq!(gone.join().unwrap(), 1);
+        assert!(matches!(err, ConnectError::NotYet { .. }), "{err:?}");
+        assert!(start.elapsed() < WAIT_RECONNECT_PATIENCE * 2, "took {:?}", start.elapsed());
+    }
 }

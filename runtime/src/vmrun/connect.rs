@@ -115,7 +115,17 @@ impl ControlClient {
 
     /// A further control connection to an agent that already answered.
     pub fn connect_ready(socket: &Path, handshake_timeout: Duration, timeout: Duration) -> Result<ControlClient, ConnectError> {
-        Self::hello(connect_ready_port(socket, AGENT_CONTROL_PORT, handshake_timeout, READY_PATIENCE)?, timeout)
+        Self::connect_ready_within(socket, handshake_timeout, timeout, READY_PATIENCE)
+    }
+
+    /// [`ControlClient::connect_ready`], trying for `patience` instead of [`READY_PATIENCE`].
+    pub fn connect_ready_within(
+        socket: &Path,
+        handshake_timeout: Duration,
+        timeout: Duration,
+        patience: Duration,
+    ) -> Result<ControlClient, ConnectError> {
+        Self::hello(connect_ready_port(socket, AGENT_CONTROL_PORT, handshake_timeout, patience)?, timeout)
     }
 
     fn hello(stream: UnixStream, timeout: Duration) -> Result<ControlClient, ConnectError> {

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod termination;
+pub use termination::{forward_termination, termination_signal, ForwardedChild};
+
 /// Where things are, from the running test binary (`target/<profile>/deps/<test>-<hash>`).
 pub struct Paths {
     pub repo: PathBuf,
@@ -234,6 +237,7 @@ fn run_in_testhosts_with_retries(run: &TestHostRun) -> i32 {
             cmd.env(ONLY, only.join("\n"));
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", p.testhost.display()));
+        let forwarded = forward_termination(&child);
         // Relay the report line by line, noting which tests passed.
         let stdout = child.stdout.take().expect("stdout piped");
         for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
@@ -243,6 +247,11 @@ fn run_in_testhosts_with_retries(run: &TestHostRun) -> i32 {
             }
         }
         let status = child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", p.testhost.display()));
+        drop(forwarded);
+        if let Some(signal) = termination_signal() {
+            eprintln!("[e2e] stopped by signal {signal}: the test host{label} was told to end, and no other starts");
+            return 128 + signal;
+        }
         let code = status.code().unwrap_or(125);
         let Some(failure) = testhost_failure(status.code()) else { return code };
         let stuck = testhosts_stuck(&passed_at_start, passed.len());

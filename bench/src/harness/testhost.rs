@@ -94,6 +94,7 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting scripts/testhost")?;
+        let forwarded = palisade_e2e::forward_termination(&child);
         let stdout = child.stdout.take().context("the test host's stdout")?;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // Only the events; anything else on stdout is the test host's own noise.
@@ -102,6 +103,13 @@ pub fn measure(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Mea
             }
         }
         let status = child.wait().context("waiting for scripts/testhost")?;
+        drop(forwarded);
+        if let Some(signal) = palisade_e2e::termination_signal() {
+            // The test host was told to end too (and took its own run directory with it).
+            eprintln!("[bench] stopped by signal {signal} after {} samples; nothing is reported", measured.samples.len());
+            drop(work);
+            std::process::exit(128 + signal);
+        }
         if measured.finished && status.success() {
             return Ok(measured);
         }

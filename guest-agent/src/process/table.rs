@@ -4,7 +4,10 @@
 //! Race-free registration: [`ProcessTable::spawn_registered`] holds the table lock from
 //! fork to registration, and the reaper takes the same lock to record an exit, so an
 //! exit is never recorded for a pid the table does not know yet. Exits of pids that are
-//! not ours (orphans reparented to PID 1) are kept, bounded, as unclaimed.
+//! not ours (orphans reparented to PID 1) are kept, bounded, as unclaimed. So are the
+//! exited processes that are not a container's init (`exec`s: a pod's exec probes make
+//! thousands a day), the oldest forgotten first: a caller waits for an exit as soon as it
+//! starts the process, long before [`MAX_EXITED_KEPT`] others have ended.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
@@ -15,6 +18,8 @@ use palisade_protocol::ExitStatus;
 
 /// How many unclaimed exit statuses are kept.
 const MAX_UNCLAIMED: usize = 1024;
+/// How many exited processes other than containers' inits are remembered.
+pub const MAX_EXITED_KEPT: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -41,6 +46,8 @@ struct Inner {
     by_id: HashMap<String, Entry>,
     by_pid: HashMap<i32, String>,
     unclaimed: VecDeque<(i32, ExitStatus)>,
+    /// The exited processes that are not a container's init, oldest exit first.
+    exited: VecDeque<String>,
     /// Pids of children whose start failed: their exit is of no interest.
     discard: HashSet<i32>,
 }
@@ -121,6 +128,14 @@ impl ProcessTable {
                     }
                     entry.status = Some(status);
                     entry.pty_master = None;
+                    if entry.cgroup.is_none() {
+                        inner.exited.push_back(id);
+                        if inner.exited.len() > MAX_EXITED_KEPT {
+                            if let Some(oldest) = inner.exited.pop_front() {
+                                inner.by_id.remove(&oldest);
+                            }
+                        }
+                    }
                 }
             }
             None => {
@@ -178,6 +193,40 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exited_processes_are_forgotten_oldest_first_past_the_bound_but_containers_are_not() {
+        let table = ProcessTable::new();
+        let exit = ExitStatus { code: Some(0), signal: None, oom_killed: false };
+        table
+            .spawn_registered("container", || {
+                Ok::<_, (Option<i32>, String)>(Spawned { pid: 10, pty_master: None, cgroup: Some("/sys/fs/cgroup/c".into()) })
+            })
+            .unwrap()
+            .unwrap();
+        table.record_exit(10, exit);
+        let total = MAX_EXITED_KEPT + 5;
+        for n in 0..total {
+            let pid = 100 + n as i32;
+            table.spawn_registered(&format!("exec-{n}"), || ok(pid)).unwrap().unwrap();
+            table.record_exit(pid, exit);
+        }
+        for n in 0..5 {
+            assert!(!table.contains(&format!("exec-{n}")), "exec-{n} is forgotten");
+        }
+        for n in 5..total {
+            assert_eq!(table.wait(&format!("exec-{n}")).unwrap(), exit, "exec-{n} is remembered");
+        }
+        assert_eq!(table.wait("container").unwrap(), exit, "a container's init is never forgotten");
+        // A process still running is never forgotten either, however many end around it.
+        table.spawn_registered("running", || ok(50)).unwrap().unwrap();
+        for n in total..total + MAX_EXITED_KEPT {
+            let pid = 100 + n as i32;
+            table.spawn_registered(&format!("exec-{n}"), || ok(pid)).unwrap().unwrap();
+            table.record_exit(pid, exit);
+        }
+        assert_eq!(table.running_pid("running").unwrap(), Some(50));
+    }
 
     fn ok(pid: i32) -> Result<Spawned, (Option<i32>, String)> {
         Ok(Spawned { pid, pty_master: None, cgroup: None })

@@ -18,10 +18,11 @@ fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// A VMM stand-in: runs until killed, like a VM that never ends on its own.
+/// A VMM stand-in: runs until killed, like a VM that never ends on its own, and leaves its
+/// arguments in `fake-vmm.args` beside it.
 fn fake_vmm(dir: &Path) -> PathBuf {
     let path = dir.join("fake-vmm");
-    std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::write(&path, format!("#!/bin/sh\necho \"$*\" > {}.args\nexec sleep 600\n", path.display())).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
 }
@@ -112,6 +113,9 @@ fn a_detached_sandbox_is_found_by_its_id_and_stopped_and_leaves_nothing() {
     let argv = std::fs::read(format!("/proc/{}/cmdline", virtiofsd.pid)).unwrap();
     let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
     assert!(argv.contains(" --cache never --thread-pool-size 2 "), "{argv}");
+    // The VMM is told to take virtiofsd into the VM's cgroup.
+    let vmm_args = std::fs::read_to_string(dir.path().join("fake-vmm.args")).unwrap();
+    assert!(vmm_args.contains(&format!("--jail-cgroup-companion {}", virtiofsd.pid)), "{vmm_args}");
 
     // Another command finds it by its ID.
     let found = control::state(&sandboxes, &s1).unwrap();

@@ -205,6 +205,64 @@ fn the_vms_cgroup_goes_under_the_parent_it_is_given() {
 }
 
 #[test]
+fn a_companion_joins_the_vms_cgroup_with_its_children_before_the_guest_runs() {
+    if !can_jail() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for virtiofsd: a process with a child of its own.
+    let mut companion = Command::new("sh").args(["-c", "sleep 60 & wait"]).spawn().unwrap();
+    let companion_pid = companion.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let grandchild = loop {
+        if let Some(&child) = children_of(companion_pid).first() {
+            break child;
+        }
+        assert!(std::time::Instant::now() < deadline, "the companion's child did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let before = cgroup_dir(companion_pid, "memory");
+    let vm = RunningVm::start(dir.path(), &["--memory", "64", "--jail-cgroup-companion", &companion_pid.to_string()]);
+    let vmm = vm.vmm_pid();
+    let mut checked = 0;
+    for controller in ["memory", "pids", "cpu"] {
+        let Some(cgroup) = cgroup_dir(vmm, controller) else { continue };
+        assert_eq!(cgroup.parent().and_then(Path::file_name).and_then(|n| n.to_str()), Some("palisade"));
+        assert_eq!(cgroup_dir(companion_pid, controller).as_ref(), Some(&cgroup), "the companion's {controller} cgroup");
+        assert_eq!(cgroup_dir(grandchild, controller).as_ref(), Some(&cgroup), "its child's {controller} cgroup");
+        if controller == "pids" {
+            // One vCPU, the VMM's own allowance, and the companion's.
+            assert_eq!(read_trimmed(&cgroup.join("pids.max")), (1 + 8 + 64).to_string());
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no memory, pids or cpu cgroup to check");
+    assert_ne!(before, cgroup_dir(companion_pid, "memory"), "the companion moved");
+    // The companion ends with its VM, as virtiofsd does; then nothing is left.
+    let vm_cgroup = cgroup_dir(vmm, "memory").or_else(|| cgroup_dir(vmm, "pids")).unwrap();
+    // SAFETY: signalling our own children.
+    unsafe {
+        libc::kill(grandchild as i32, libc::SIGKILL);
+        libc::kill(companion_pid as i32, libc::SIGKILL);
+    }
+    companion.wait().unwrap();
+    vm.signal(libc::SIGTERM);
+    let (status, stderr) = vm.wait();
+    assert!(status.code().is_some(), "{status:?}: {stderr}");
+    wait_until_gone(vmm);
+    assert!(!vm_cgroup.exists(), "{} is left", vm_cgroup.display());
+
+    // A companion that is not there is refused, by its pid.
+    let out = Command::new(VMM)
+        .args(["--kernel", write_guest(dir.path(), "noop", &Code::new().reset()).to_str().unwrap(), "--jail-cgroup-companion"])
+        .arg(companion_pid.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&format!("cgroup companion {companion_pid}")), "{:?}: {stderr}", out.status);
+}
+
+#[test]
 fn the_running_vmm_is_confined() {
     if !can_jail() {
         return;

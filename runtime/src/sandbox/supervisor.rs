@@ -160,11 +160,14 @@ fn start(locked: &LockedSandbox, spec: &SandboxSpec) -> Result<Running, Supervis
         (Some(dir), Some(fsd))
     };
     let (config_file, exit_record, stderr_file) = (locked.vm_config(), locked.exit_record(), locked.vmm_stderr());
+    // virtiofsd works for the guest: it goes into the VM's cgroup, held to the VM's limits.
+    let companions: Vec<u32> = virtiofsd.iter().map(Virtiofsd::pid).collect();
     let files = VmmFiles {
         config_file: &config_file,
         exit_record: &exit_record,
         stderr_file: (!spec.console).then_some(stderr_file.as_path()),
         cgroup_parent: spec.cgroup_parent.as_deref(),
+        cgroup_companions: &companions,
     };
     let vmm = VmmProcess::start(&spec.vmm_binary, &vm, &files).map_err(|source| SupervisorError::Vmm { id: id.clone(), source })?;
     Ok(Running { _share: share, virtiofsd, vmm })

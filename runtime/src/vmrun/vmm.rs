@@ -119,7 +119,14 @@ impl VmmConfig<'_> {
 
     /// The VMM's arguments.
     pub fn args(&self) -> Vec<String> {
-        VmmArgs { binary: self.binary, config_file: self.config_file, exit_record: self.exit_record, cgroup_parent: None }.args()
+        VmmArgs {
+            binary: self.binary,
+            config_file: self.config_file,
+            exit_record: self.exit_record,
+            cgroup_parent: None,
+            cgroup_companions: &[],
+        }
+        .args()
     }
 }
 
@@ -133,6 +140,8 @@ pub struct VmmFiles<'a> {
     pub stderr_file: Option<&'a Path>,
     /// The cgroup the VM's cgroup goes under (`--jail-cgroup-parent`); `None`: the VMM's own.
     pub cgroup_parent: Option<&'a Path>,
+    /// Processes that join the VM's cgroup (`--jail-cgroup-companion`): its virtiofsd.
+    pub cgroup_companions: &'a [u32],
 }
 
 struct VmmArgs<'a> {
@@ -140,6 +149,7 @@ struct VmmArgs<'a> {
     config_file: &'a Path,
     exit_record: &'a Path,
     cgroup_parent: Option<&'a Path>,
+    cgroup_companions: &'a [u32],
 }
 
 impl VmmArgs<'_> {
@@ -148,6 +158,9 @@ impl VmmArgs<'_> {
             vec!["--config".into(), self.config_file.display().to_string(), "--exit-record".into(), self.exit_record.display().to_string()];
         if let Some(parent) = self.cgroup_parent {
             args.extend(["--jail-cgroup-parent".into(), parent.display().to_string()]);
+        }
+        for pid in self.cgroup_companions {
+            args.extend(["--jail-cgroup-companion".into(), pid.to_string()]);
         }
         args
     }
@@ -169,6 +182,7 @@ impl VmmProcess {
             exit_record: config.exit_record,
             stderr_file: config.stderr_file,
             cgroup_parent: None,
+            cgroup_companions: &[],
         };
         VmmProcess::start(config.binary, &config.vm_config(), &files)
     }
@@ -176,7 +190,13 @@ impl VmmProcess {
     /// Starts `binary` on the VM `vm`, written to `files.config_file`.
     pub fn start(binary: &Path, vm: &VmConfig, files: &VmmFiles<'_>) -> Result<VmmProcess, VmmError> {
         std::fs::write(files.config_file, vm.to_json()).map_err(|source| VmmError::Config { path: files.config_file.into(), source })?;
-        let config = VmmArgs { binary, config_file: files.config_file, exit_record: files.exit_record, cgroup_parent: files.cgroup_parent };
+        let config = VmmArgs {
+            binary,
+            config_file: files.config_file,
+            exit_record: files.exit_record,
+            cgroup_parent: files.cgroup_parent,
+            cgroup_companions: files.cgroup_companions,
+        };
         let serial_log = vm.serial.log_file.clone();
         // A record left by an earlier VM in the same place must not explain this one.
         let _ = std::fs::remove_file(config.exit_record);

@@ -376,9 +376,11 @@ fn pod_of_two_containers() -> TestResult {
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string())
         .collect();
     ensure!(
-        // (KVM puts the VM's own kernel worker, kvm-nx-lpage-recovery, in its VMM's cgroup.)
-        comms.iter().any(|c| c == "palisade-vmm") && comms.iter().all(|c| c == "palisade-vmm" || c.starts_with("kvm-")),
-        "the VM's cgroup {} holds {comms:?}, not its VMM",
+        // The VMM and the VM's virtiofsd (its sandbox's parent and child); KVM puts the VM's
+        // own kernel worker, kvm-nx-lpage-recovery, in its VMM's cgroup.
+        ["palisade-vmm", "virtiofsd"].iter().all(|want| comms.iter().any(|c| c == want))
+            && comms.iter().all(|c| c == "palisade-vmm" || c == "virtiofsd" || c.starts_with("kvm-")),
+        "the VM's cgroup {} holds {comms:?}, not its VMM and its virtiofsd",
         vm_cgroup.display()
     );
     let max = read("memory.max")?;

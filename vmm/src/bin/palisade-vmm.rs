@@ -107,6 +107,11 @@ struct Args {
     /// held to its limits) [default: under palisade-vmm's own cgroup].
     #[arg(long, value_name = "CGROUP", conflicts_with = "no_jail")]
     jail_cgroup_parent: Option<PathBuf>,
+    /// A process (the VM's virtiofsd, say) that joins the VM's cgroup, with its threads and
+    /// children, before the guest runs: what it does for the guest counts against the VM's
+    /// limits. Repeatable.
+    #[arg(long, value_name = "PID", conflicts_with = "no_jail")]
+    jail_cgroup_companion: Vec<i32>,
 }
 
 /// The flags that describe the VM, which `--config` replaces.
@@ -254,6 +259,7 @@ impl Args {
             memory_overhead_mib: self.jail_memory_overhead,
             cpus: self.jail_cpus,
             cgroup_parent: self.jail_cgroup_parent.clone(),
+            cgroup_companions: self.jail_cgroup_companion.clone(),
             seccomp_selftest: seccomp_selftest_requested(),
         })
     }

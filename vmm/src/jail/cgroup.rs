@@ -15,7 +15,7 @@
 //! the cgroup once the VMM has been reaped. A cgroup left by a SIGKILLed supervisor is
 //! removed by the next jailed run's sweep ([`super::sweep_stale`]).
 
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -233,6 +233,32 @@ impl VmCgroups {
         Ok(())
     }
 
+    /// Moves process `pid`, every thread of it and every process below it into every one
+    /// of the VM's cgroups (a companion: `JailConfig::cgroup_companions`). Nothing to do
+    /// without cgroups; an error names the process.
+    pub fn add_companion(&self, pid: i32) -> Result<(), JailError> {
+        if self.dirs.is_empty() {
+            return Ok(());
+        }
+        let err = |problem: String| JailError::CgroupCompanion { pid, problem };
+        if pid <= 1 {
+            return Err(err("not a process that can be moved".into()));
+        }
+        let tree = process_tree(pid).map_err(|e| err(format!("reading its threads and children: {e}")))?;
+        for member in tree {
+            for (_, dir) in &self.dirs {
+                let procs = dir.join("cgroup.procs");
+                match std::fs::write(&procs, member.to_string()) {
+                    Ok(()) => {}
+                    // A child that ended since it was listed.
+                    Err(e) if member != pid && e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(err(format!("moving process {member} into {}: {e}", procs.display()))),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How many times the kernel's OOM killer struck in the VM's memory cgroup.
     pub fn oom_kills(&self) -> u64 {
         self.dirs
@@ -261,6 +287,41 @@ impl VmCgroups {
         left
     }
 }
+
+/// Tasks the VM's pids limit allows each companion (virtiofsd: its sandbox's parent and
+/// child, their threads, and a thread pool).
+pub const COMPANION_TASKS: u64 = 64;
+
+/// `pid` and every process below it, parents first, from `/proc/PID/task/TID/children`.
+fn process_tree(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        next += 1;
+        let tasks = match std::fs::read_dir(format!("/proc/{parent}/task")) {
+            Ok(tasks) => tasks,
+            // A child that ended since it was listed has no children left to find.
+            Err(e) if parent != pid && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if !tree.contains(&child) {
+                    tree.push(child);
+                }
+            }
+            if tree.len() > MAX_COMPANION_PROCESSES {
+                return Err(io::Error::other(format!("more than {MAX_COMPANION_PROCESSES} processes below it")));
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// A bound on the processes a companion may bring along.
+const MAX_COMPANION_PROCESSES: usize = 64;
 
 fn create_in(h: &Hierarchy, id: &str, limits: &CgroupLimits, created: &mut VmCgroups) -> Result<(), JailError> {
     let base = match h.version {
@@ -403,6 +464,29 @@ pub fn parent_dirs(hierarchies: &[Hierarchy]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_companions_tree_is_the_process_and_every_process_below_it() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & (sleep 30 & wait) & wait"]).spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let tree = loop {
+            let tree = process_tree(pid).unwrap();
+            if tree.len() == 4 || Instant::now() > deadline {
+                break tree;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // sh, its sleep, the subshell and the subshell's sleep.
+        assert_eq!(tree.len(), 4, "{tree:?}");
+        assert_eq!(tree[0], pid);
+        for &p in tree.iter().rev() {
+            // SAFETY: kill has no memory-safety preconditions; the pids are our children's.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        child.wait().unwrap();
+        assert!(process_tree(pid).is_err(), "a process that is gone has no tree");
+    }
 
     const HYBRID_MOUNTINFO: &str = "\
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw

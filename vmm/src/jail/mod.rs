@@ -90,6 +90,10 @@ pub struct JailConfig {
     /// The cgroup the VM's cgroup goes under, as a path from the hierarchies' roots (a
     /// Kubernetes pod's, say); `None`: under the supervisor's own cgroup.
     pub cgroup_parent: Option<PathBuf>,
+    /// Processes that join the VM's cgroup with the VMM, with their threads and children,
+    /// before the guest runs (the VM's virtiofsd): what they do for the guest then counts
+    /// against the VM's limits, and the guest pages they touch first are charged there.
+    pub cgroup_companions: Vec<i32>,
     /// Debug builds: vCPU 0 makes a forbidden system call once filtered (see
     /// [`seccomp::ThreadFilters::with_selftest`]).
     pub seccomp_selftest: bool,
@@ -104,6 +108,7 @@ impl Default for JailConfig {
             memory_overhead_mib: DEFAULT_MEMORY_OVERHEAD_MIB,
             cpus: None,
             cgroup_parent: None,
+            cgroup_companions: Vec::new(),
             seccomp_selftest: false,
         }
     }
@@ -126,6 +131,8 @@ pub enum JailError {
     Cgroup { path: PathBuf, source: io::Error },
     #[error("jail: cgroup parent {parent}: {problem}")]
     CgroupParent { parent: PathBuf, problem: String },
+    #[error("jail: cgroup companion {pid}: {problem}")]
+    CgroupCompanion { pid: i32, problem: String },
     #[error("jail: {0}: not a character device")]
     NotADevice(PathBuf),
     #[error("jail: refusing uid {uid} gid {gid}: the VMM must not run as root (0)")]
@@ -578,7 +585,9 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
 
     let limits = CgroupLimits {
         memory_bytes: (u64::from(config.memory_mib) + u64::from(jail.memory_overhead_mib)) << 20,
-        pids: u64::from(config.vcpus) + rlimits::EXTRA_TASKS,
+        pids: u64::from(config.vcpus)
+            + rlimits::EXTRA_TASKS
+            + cgroup::COMPANION_TASKS * u64::try_from(jail.cgroup_companions.len()).unwrap_or(u64::MAX / 2),
         cpu_quota_us: Some(cpu_quota(jail.cpus, config.vcpus)),
     };
     if hierarchies.is_empty() {
@@ -635,7 +644,11 @@ pub fn enter(config: VmConfig, jail: &JailConfig) -> Result<Role, JailError> {
             // nor a tap made for the VM.
             drop(plan.fs_streams);
             drop(plan.taps);
-            if let Err(e) = cleanup.cgroups.add(child.as_raw()) {
+            let placed = cleanup
+                .cgroups
+                .add(child.as_raw())
+                .and_then(|()| jail.cgroup_companions.iter().try_for_each(|&companion| cleanup.cgroups.add_companion(companion)));
+            if let Err(e) = placed {
                 let _ = kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
                 return Err(e);

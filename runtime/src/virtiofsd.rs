@@ -86,6 +86,10 @@ pub struct Tuning {
 /// The largest worker pool a VM's virtiofsd may be given.
 pub const MAX_THREAD_POOL_SIZE: u32 = 64;
 
+// virtiofsd runs in the VM's cgroup, whose pids limit allows it this many tasks: its largest
+// thread pool must fit, with its sandbox's two processes and their own threads beside it.
+const _: () = assert!(MAX_THREAD_POOL_SIZE as u64 + 16 <= palisade_vmm::jail::cgroup::COMPANION_TASKS);
+
 /// One virtiofsd to start.
 #[derive(Debug, Clone)]
 pub struct VirtiofsdConfig {

@@ -232,7 +232,7 @@ fn a_companion_joins_the_vms_cgroup_with_its_children_before_the_guest_runs() {
         assert_eq!(cgroup_dir(grandchild, controller).as_ref(), Some(&cgroup), "its child's {controller} cgroup");
         if controller == "pids" {
             // One vCPU, the VMM's own allowance, and the companion's.
-            assert_eq!(read_trimmed(&cgroup.join("pids.max")), (1 + 8 + 64).to_string());
+            assert_eq!(read_trimmed(&cgroup.join("pids.max")), (1 + 8 + 128).to_string());
         }
         checked += 1;
     }

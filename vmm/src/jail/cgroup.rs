@@ -289,8 +289,8 @@ impl VmCgroups {
 }
 
 /// Tasks the VM's pids limit allows each companion (virtiofsd: its sandbox's parent and
-/// child, their threads, and a thread pool).
-pub const COMPANION_TASKS: u64 = 64;
+/// child, their few threads, and a thread pool of up to 64, the most the runtime asks for).
+pub const COMPANION_TASKS: u64 = 128;
 
 /// `pid` and every process below it, parents first, from `/proc/PID/task/TID/children`.
 fn process_tree(pid: i32) -> io::Result<Vec<i32>> {

@@ -18,7 +18,7 @@ use k8s_cri::v1::{
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
-use libtest_mimic::Trial;
+use libtest_mimic::{Failed, Trial};
 use palisade_e2e::{inside_testhost, leftovers_snapshot, lost_boot_fault, vm_timeout, MAX_BOOTS};
 
 use self::node::{image, Node, BUSYBOX};
@@ -273,6 +273,31 @@ impl<'a> Pod<'a> {
         left
     }
 
+    /// What the pod's VMs left to explain a failure: each VM's exit record, the last lines
+    /// of its VMM's stderr, its supervisor's, virtiofsd's and its console's logs, and its
+    /// cgroup's memory and pids events while it still has one.
+    fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for vm in &self.vms {
+            let dir = self.node.palisade_root().join("@vm").join(vm);
+            for file in ["state.json", "exit.json", "vmm.stderr", "supervisor.log", "virtiofsd.log", "serial.log"] {
+                let Ok(text) = std::fs::read_to_string(dir.join(file)) else { continue };
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                out.push_str(&format!("--- VM {vm}: {file}, last lines:\n{tail}\n"));
+            }
+        }
+        let pod_cgroup = Path::new("/sys/fs/cgroup").join(self.cgroup.trim_start_matches('/'));
+        for cgroup in cgroups_named(&pod_cgroup.join("palisade"), "", 1) {
+            for file in ["memory.events", "memory.peak", "memory.current", "pids.events", "pids.peak"] {
+                if let Ok(text) = std::fs::read_to_string(cgroup.join(file)) {
+                    out.push_str(&format!("--- {}: {}\n", cgroup.join(file).display(), text.trim().replace('\n', ", ")));
+                }
+            }
+        }
+        out
+    }
+
     fn ip_seen(&self) -> Option<String> {
         std::fs::read_to_string(self.dir.join("ip")).ok()
     }
@@ -361,178 +386,183 @@ fn pod_of_two_containers() -> TestResult {
     let node = Node::start()?;
     // The pod asks for a VM of 2 vCPUs and 256 MiB (palisade's annotations, passed through).
     let pod = Pod::run_annotated(&node, "web", &[("palisade.dev/vm-memory-mib", "256"), ("palisade.dev/vm-vcpus", "2")])?;
-    let ip = pod.ip()?;
-    ensure!(ip.starts_with(&format!("{}.", node.subnet)), "the pod's IP {ip:?} is not from the CNI network's {}.0/24", node.subnet);
-    // The pod's VM counts in the pod's cgroup, as kubelet's overhead.podFixed assumes: its
-    // jail's cgroup is under it, with the VM's processes and its memory limit.
-    let pod_cgroup = Path::new("/sys/fs/cgroup").join(pod.cgroup.trim_start_matches('/'));
-    let vm_cgroups = cgroups_named(&pod_cgroup.join("palisade"), "", 1);
-    let [vm_cgroup] = &vm_cgroups[..] else {
-        return Err(format!("not one VM cgroup under the pod's cgroup {}/palisade: {vm_cgroups:?}", pod_cgroup.display()).into());
+    // A failure says what the VM left: it may have ended under the test.
+    let checks = || -> TestResult {
+        let ip = pod.ip()?;
+        ensure!(ip.starts_with(&format!("{}.", node.subnet)), "the pod's IP {ip:?} is not from the CNI network's {}.0/24", node.subnet);
+        // The pod's VM counts in the pod's cgroup, as kubelet's overhead.podFixed assumes: its
+        // jail's cgroup is under it, with the VM's processes and its memory limit.
+        let pod_cgroup = Path::new("/sys/fs/cgroup").join(pod.cgroup.trim_start_matches('/'));
+        let vm_cgroups = cgroups_named(&pod_cgroup.join("palisade"), "", 1);
+        let [vm_cgroup] = &vm_cgroups[..] else {
+            return Err(format!("not one VM cgroup under the pod's cgroup {}/palisade: {vm_cgroups:?}", pod_cgroup.display()).into());
+        };
+        let read = |file: &str| std::fs::read_to_string(vm_cgroup.join(file)).map_err(|e| format!("{}/{file}: {e}", vm_cgroup.display()));
+        let comms: Vec<String> = read("cgroup.procs")?
+            .lines()
+            .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string())
+            .collect();
+        ensure!(
+            // The VMM and the VM's virtiofsd (its sandbox's parent and child); KVM puts the VM's
+            // own kernel worker, kvm-nx-lpage-recovery, in its VMM's cgroup.
+            ["palisade-vmm", "virtiofsd"].iter().all(|want| comms.iter().any(|c| c == want))
+                && comms.iter().all(|c| c == "palisade-vmm" || c == "virtiofsd" || c.starts_with("kvm-")),
+            "the VM's cgroup {} holds {comms:?}, not its VMM and its virtiofsd",
+            vm_cgroup.display()
+        );
+        let max = read("memory.max")?;
+        ensure!(max.trim() == ((256u64 + 128) << 20).to_string(), "the VM's memory.max {max:?}: not its 256 MiB + 128 MiB of overhead");
+
+        // Volumes and files, made as kubelet makes them under the pod's directory.
+        let volumes = pod.dir.join("volumes");
+        let cache = volumes.join("kubernetes.io~empty-dir/cache");
+        std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
+        let settings = volumes.join("kubernetes.io~configmap/settings");
+        atomic_volume(&settings, &[("greeting", "hello from a configMap\n")])?;
+        let token = volumes.join("kubernetes.io~projected/kube-api-access-e2e");
+        atomic_volume(
+            &token,
+            &[("token", "eyJhbGciOiJSUzI1NiJ9.e2e.token"), ("namespace", "e2e"), ("ca.crt", "-----BEGIN CERTIFICATE-----\n")],
+        )?;
+        let hosts = pod.dir.join("etc-hosts");
+        std::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n{ip}\tweb\n")).map_err(|e| e.to_string())?;
+        let termination_log = pod.dir.join("containers/server/termination-log");
+        std::fs::create_dir_all(termination_log.parent().expect("a parent")).map_err(|e| e.to_string())?;
+        std::fs::write(&termination_log, "").map_err(|e| e.to_string())?;
+        let server_mounts = vec![
+            mount(&cache, "/cache", false),
+            mount(&settings, "/etc/config", true),
+            mount(&token, "/var/run/secrets/kubernetes.io/serviceaccount", true),
+            mount(&hosts, "/etc/hosts", false),
+            mount(&termination_log, "/dev/termination-log", false),
+        ];
+        let limits = LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            oom_score_adj: 900,
+            ..Default::default()
+        };
+        let serve = "mkdir -p /www && echo served-by-the-pod > /www/index.html && exec httpd -f -p 8080 -h /www";
+        let server = pod.container("server", &["sh", "-c", serve], server_mounts, Some(limits))?;
+        let client_script = "until wget -q -O /tmp/page http://127.0.0.1:8080/; do sleep 0.2; done; echo \"fetched: $(cat /tmp/page)\"; \
+                             trap 'exit 0' TERM; while :; do sleep 1; done";
+        let client = pod.container("client", &["sh", "-c", client_script], vec![mount(&cache, "/cache", false)], None)?;
+
+        // Status, listing, the pod's IP.
+        for (name, id) in [("server", &server), ("client", &client)] {
+            let status = pod.status(id)?;
+            ensure!(status.state == ContainerState::ContainerRunning as i32, "ContainerStatus of the {name}: {status:?}");
+        }
+        let filter = ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() };
+        let listed = node.call("ListContainers", node.runtime().list_containers(ListContainersRequest { filter: Some(filter) }))?;
+        let mut ids: Vec<&str> = listed.containers.iter().map(|c| c.id.as_str()).collect();
+        ids.sort();
+        let mut want = vec![server.as_str(), client.as_str()];
+        want.sort();
+        ensure!(ids == want, "ListContainers of the pod: {ids:?}, not {want:?}");
+
+        // The client reached the server over localhost, and said so in its log.
+        let fetched = wait_for("the client's log line", vm_timeout(), || {
+            Ok(log_lines(&pod, "client").into_iter().find(|l| l.starts_with("fetched: ")))
+        })?;
+        ensure!(fetched == "fetched: served-by-the-pod", "the client's log: {fetched:?}");
+        // The host reaches the server at the pod's IP, over CNI's bridge.
+        let body = fetch(&format!("http://{ip}:8080/"), vm_timeout())?;
+        ensure!(body == "served-by-the-pod\n", "http://{ip}:8080/ from the host gave {body:?}");
+
+        // One VM: both containers see the same guest boot id, not the host's.
+        let server_boot = pod.output(&server, BOOT_ID)?;
+        let client_boot = pod.output(&client, BOOT_ID)?;
+        let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        ensure!(
+            server_boot == client_boot && server_boot.trim().len() == 36 && server_boot != host_boot,
+            "boot ids: server {server_boot:?}, client {client_boot:?}, host {host_boot:?}"
+        );
+        // The VM has the size the pod's annotations asked for.
+        let size = pod.output(&server, "nproc; grep MemTotal /proc/meminfo")?;
+        let mem_kib: u64 = size.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0);
+        ensure!(
+            size.starts_with("2\n") && (200 << 10..=256 << 10).contains(&mem_kib),
+            "the VM's vCPUs and memory (asked: 2, 256 MiB): {size:?}"
+        );
+        // The pod's address is on the guest's eth0.
+        let addresses = pod.output(&server, "ip -4 addr show")?;
+        ensure!(addresses.contains(&format!("inet {ip}/")), "the guest's addresses do not include the pod's IP {ip}: {addresses}");
+
+        // ExecSync: output, error output and exit code; a streamed Exec likewise.
+        let out = pod.exec_sync(&server, "echo out; echo err >&2; exit 3")?;
+        ensure!(
+            out.exit_code == 3 && out.stdout == b"out\n" && out.stderr == b"err\n",
+            "ExecSync: code {}, stdout {:?}, stderr {:?}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let request = ExecRequest {
+            container_id: client.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo streamed; echo to-stderr >&2; cat /cache/from-host; exit 5".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        std::fs::write(cache.join("from-host"), "written on the host during the run\n").map_err(|e| e.to_string())?;
+        let url = node.call("Exec", node.runtime().exec(request))?.url;
+        let streamed = exec_stream::exec(&url, vm_timeout())?;
+        ensure!(
+            streamed.exit_code == 5
+                && streamed.stdout == b"streamed\nwritten on the host during the run\n"
+                && streamed.stderr == b"to-stderr\n",
+            "Exec through the streaming server: {streamed:?}"
+        );
+
+        // The limits kubelet set are the container's cgroup in the guest.
+        let cgroup = pod.output(&server, "p=$(cut -d: -f3 /proc/self/cgroup); cat /sys/fs/cgroup$p/memory.max /sys/fs/cgroup$p/cpu.max")?;
+        ensure!(cgroup == format!("{}\n50000 100000\n", 64 << 20), "the server's memory.max and cpu.max in the guest: {cgroup:?}");
+
+        // Volumes: the emptyDir is shared with the host and between the containers, the
+        // configMap and the token are read-only and read through kubelet's symlinks, the
+        // single files are kubelet's.
+        let volumes_out = pod.output(
+            &server,
+            "echo from-the-pod > /cache/note; cat /etc/config/greeting /var/run/secrets/kubernetes.io/serviceaccount/token; echo; \
+             touch /etc/config/new 2>/dev/null && echo writable || echo read-only; grep -c web /etc/hosts; \
+             echo ended-as-expected > /dev/termination-log",
+        )?;
+        ensure!(
+            volumes_out == "hello from a configMap\neyJhbGciOiJSUzI1NiJ9.e2e.token\nread-only\n1\n",
+            "the server's volumes (configMap, token, read-only, /etc/hosts): {volumes_out:?}"
+        );
+        let note = std::fs::read_to_string(cache.join("note")).map_err(|e| format!("the emptyDir's note on the host: {e}"))?;
+        ensure!(note == "from-the-pod\n", "the emptyDir on the host: {note:?}");
+        let seen = pod.output(&client, "cat /cache/note")?;
+        ensure!(seen == "from-the-pod\n", "the emptyDir from the other container: {seen:?}");
+        let log = std::fs::read_to_string(&termination_log).map_err(|e| e.to_string())?;
+        ensure!(log == "ended-as-expected\n", "the termination-log file on the host: {log:?}");
+
+        // Stats: CPU time and memory in use.
+        let stats = node.call("ContainerStats", node.runtime().container_stats(ContainerStatsRequest { container_id: server.clone() }))?;
+        let stats = stats.stats.ok_or("ContainerStats: no stats")?;
+        let cpu = stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
+        let memory = stats.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
+        ensure!(cpu > 0 && memory > 0, "ContainerStats of the server: cpu {cpu} ns, memory working set {memory} bytes: {stats:?}");
+
+        // Stop and remove as kubelet does: containers (SIGTERM, then the grace period), then the pod.
+        node.call("StopContainer", node.runtime().stop_container(StopContainerRequest { container_id: client.clone(), timeout: 30 }))?;
+        let status = pod.exited(&client, vm_timeout())?;
+        ensure!(status.exit_code == 0, "the client's exit after StopContainer (its TERM trap exits 0): {status:?}");
+        node.call("StopContainer", node.runtime().stop_container(StopContainerRequest { container_id: server.clone(), timeout: 2 }))?;
+        pod.exited(&server, vm_timeout())?;
+        for id in [&client, &server] {
+            node.call("RemoveContainer", node.runtime().remove_container(RemoveContainerRequest { container_id: id.clone() }))?;
+        }
+        let mut left = pod.remove(true)?;
+        left.extend(node.everything_left());
+        ensure!(left.is_empty(), "left after RemovePodSandbox: {left:#?}");
+        Ok(())
     };
-    let read = |file: &str| std::fs::read_to_string(vm_cgroup.join(file)).map_err(|e| format!("{}/{file}: {e}", vm_cgroup.display()));
-    let comms: Vec<String> = read("cgroup.procs")?
-        .lines()
-        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string())
-        .collect();
-    ensure!(
-        // The VMM and the VM's virtiofsd (its sandbox's parent and child); KVM puts the VM's
-        // own kernel worker, kvm-nx-lpage-recovery, in its VMM's cgroup.
-        ["palisade-vmm", "virtiofsd"].iter().all(|want| comms.iter().any(|c| c == want))
-            && comms.iter().all(|c| c == "palisade-vmm" || c == "virtiofsd" || c.starts_with("kvm-")),
-        "the VM's cgroup {} holds {comms:?}, not its VMM and its virtiofsd",
-        vm_cgroup.display()
-    );
-    let max = read("memory.max")?;
-    ensure!(max.trim() == ((256u64 + 128) << 20).to_string(), "the VM's memory.max {max:?}: not its 256 MiB + 128 MiB of overhead");
-
-    // Volumes and files, made as kubelet makes them under the pod's directory.
-    let volumes = pod.dir.join("volumes");
-    let cache = volumes.join("kubernetes.io~empty-dir/cache");
-    std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
-    let settings = volumes.join("kubernetes.io~configmap/settings");
-    atomic_volume(&settings, &[("greeting", "hello from a configMap\n")])?;
-    let token = volumes.join("kubernetes.io~projected/kube-api-access-e2e");
-    atomic_volume(
-        &token,
-        &[("token", "eyJhbGciOiJSUzI1NiJ9.e2e.token"), ("namespace", "e2e"), ("ca.crt", "-----BEGIN CERTIFICATE-----\n")],
-    )?;
-    let hosts = pod.dir.join("etc-hosts");
-    std::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n{ip}\tweb\n")).map_err(|e| e.to_string())?;
-    let termination_log = pod.dir.join("containers/server/termination-log");
-    std::fs::create_dir_all(termination_log.parent().expect("a parent")).map_err(|e| e.to_string())?;
-    std::fs::write(&termination_log, "").map_err(|e| e.to_string())?;
-    let server_mounts = vec![
-        mount(&cache, "/cache", false),
-        mount(&settings, "/etc/config", true),
-        mount(&token, "/var/run/secrets/kubernetes.io/serviceaccount", true),
-        mount(&hosts, "/etc/hosts", false),
-        mount(&termination_log, "/dev/termination-log", false),
-    ];
-    let limits = LinuxContainerResources {
-        cpu_period: 100_000,
-        cpu_quota: 50_000,
-        cpu_shares: 512,
-        memory_limit_in_bytes: 64 << 20,
-        oom_score_adj: 900,
-        ..Default::default()
-    };
-    let serve = "mkdir -p /www && echo served-by-the-pod > /www/index.html && exec httpd -f -p 8080 -h /www";
-    let server = pod.container("server", &["sh", "-c", serve], server_mounts, Some(limits))?;
-    let client_script = "until wget -q -O /tmp/page http://127.0.0.1:8080/; do sleep 0.2; done; echo \"fetched: $(cat /tmp/page)\"; \
-                         trap 'exit 0' TERM; while :; do sleep 1; done";
-    let client = pod.container("client", &["sh", "-c", client_script], vec![mount(&cache, "/cache", false)], None)?;
-
-    // Status, listing, the pod's IP.
-    for (name, id) in [("server", &server), ("client", &client)] {
-        let status = pod.status(id)?;
-        ensure!(status.state == ContainerState::ContainerRunning as i32, "ContainerStatus of the {name}: {status:?}");
-    }
-    let filter = ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() };
-    let listed = node.call("ListContainers", node.runtime().list_containers(ListContainersRequest { filter: Some(filter) }))?;
-    let mut ids: Vec<&str> = listed.containers.iter().map(|c| c.id.as_str()).collect();
-    ids.sort();
-    let mut want = vec![server.as_str(), client.as_str()];
-    want.sort();
-    ensure!(ids == want, "ListContainers of the pod: {ids:?}, not {want:?}");
-
-    // The client reached the server over localhost, and said so in its log.
-    let fetched =
-        wait_for("the client's log line", vm_timeout(), || Ok(log_lines(&pod, "client").into_iter().find(|l| l.starts_with("fetched: "))))?;
-    ensure!(fetched == "fetched: served-by-the-pod", "the client's log: {fetched:?}");
-    // The host reaches the server at the pod's IP, over CNI's bridge.
-    let body = fetch(&format!("http://{ip}:8080/"), vm_timeout())?;
-    ensure!(body == "served-by-the-pod\n", "http://{ip}:8080/ from the host gave {body:?}");
-
-    // One VM: both containers see the same guest boot id, not the host's.
-    let server_boot = pod.output(&server, BOOT_ID)?;
-    let client_boot = pod.output(&client, BOOT_ID)?;
-    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    ensure!(
-        server_boot == client_boot && server_boot.trim().len() == 36 && server_boot != host_boot,
-        "boot ids: server {server_boot:?}, client {client_boot:?}, host {host_boot:?}"
-    );
-    // The VM has the size the pod's annotations asked for.
-    let size = pod.output(&server, "nproc; grep MemTotal /proc/meminfo")?;
-    let mem_kib: u64 = size.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0);
-    ensure!(
-        size.starts_with("2\n") && (200 << 10..=256 << 10).contains(&mem_kib),
-        "the VM's vCPUs and memory (asked: 2, 256 MiB): {size:?}"
-    );
-    // The pod's address is on the guest's eth0.
-    let addresses = pod.output(&server, "ip -4 addr show")?;
-    ensure!(addresses.contains(&format!("inet {ip}/")), "the guest's addresses do not include the pod's IP {ip}: {addresses}");
-
-    // ExecSync: output, error output and exit code; a streamed Exec likewise.
-    let out = pod.exec_sync(&server, "echo out; echo err >&2; exit 3")?;
-    ensure!(
-        out.exit_code == 3 && out.stdout == b"out\n" && out.stderr == b"err\n",
-        "ExecSync: code {}, stdout {:?}, stderr {:?}",
-        out.exit_code,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let request = ExecRequest {
-        container_id: client.clone(),
-        cmd: vec!["sh".into(), "-c".into(), "echo streamed; echo to-stderr >&2; cat /cache/from-host; exit 5".into()],
-        stdout: true,
-        stderr: true,
-        ..Default::default()
-    };
-    std::fs::write(cache.join("from-host"), "written on the host during the run\n").map_err(|e| e.to_string())?;
-    let url = node.call("Exec", node.runtime().exec(request))?.url;
-    let streamed = exec_stream::exec(&url, vm_timeout())?;
-    ensure!(
-        streamed.exit_code == 5
-            && streamed.stdout == b"streamed\nwritten on the host during the run\n"
-            && streamed.stderr == b"to-stderr\n",
-        "Exec through the streaming server: {streamed:?}"
-    );
-
-    // The limits kubelet set are the container's cgroup in the guest.
-    let cgroup = pod.output(&server, "p=$(cut -d: -f3 /proc/self/cgroup); cat /sys/fs/cgroup$p/memory.max /sys/fs/cgroup$p/cpu.max")?;
-    ensure!(cgroup == format!("{}\n50000 100000\n", 64 << 20), "the server's memory.max and cpu.max in the guest: {cgroup:?}");
-
-    // Volumes: the emptyDir is shared with the host and between the containers, the
-    // configMap and the token are read-only and read through kubelet's symlinks, the
-    // single files are kubelet's.
-    let volumes_out = pod.output(
-        &server,
-        "echo from-the-pod > /cache/note; cat /etc/config/greeting /var/run/secrets/kubernetes.io/serviceaccount/token; echo; \
-         touch /etc/config/new 2>/dev/null && echo writable || echo read-only; grep -c web /etc/hosts; \
-         echo ended-as-expected > /dev/termination-log",
-    )?;
-    ensure!(
-        volumes_out == "hello from a configMap\neyJhbGciOiJSUzI1NiJ9.e2e.token\nread-only\n1\n",
-        "the server's volumes (configMap, token, read-only, /etc/hosts): {volumes_out:?}"
-    );
-    let note = std::fs::read_to_string(cache.join("note")).map_err(|e| format!("the emptyDir's note on the host: {e}"))?;
-    ensure!(note == "from-the-pod\n", "the emptyDir on the host: {note:?}");
-    let seen = pod.output(&client, "cat /cache/note")?;
-    ensure!(seen == "from-the-pod\n", "the emptyDir from the other container: {seen:?}");
-    let log = std::fs::read_to_string(&termination_log).map_err(|e| e.to_string())?;
-    ensure!(log == "ended-as-expected\n", "the termination-log file on the host: {log:?}");
-
-    // Stats: CPU time and memory in use.
-    let stats = node.call("ContainerStats", node.runtime().container_stats(ContainerStatsRequest { container_id: server.clone() }))?;
-    let stats = stats.stats.ok_or("ContainerStats: no stats")?;
-    let cpu = stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
-    let memory = stats.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
-    ensure!(cpu > 0 && memory > 0, "ContainerStats of the server: cpu {cpu} ns, memory working set {memory} bytes: {stats:?}");
-
-    // Stop and remove as kubelet does: containers (SIGTERM, then the grace period), then the pod.
-    node.call("StopContainer", node.runtime().stop_container(StopContainerRequest { container_id: client.clone(), timeout: 30 }))?;
-    let status = pod.exited(&client, vm_timeout())?;
-    ensure!(status.exit_code == 0, "the client's exit after StopContainer (its TERM trap exits 0): {status:?}");
-    node.call("StopContainer", node.runtime().stop_container(StopContainerRequest { container_id: server.clone(), timeout: 2 }))?;
-    pod.exited(&server, vm_timeout())?;
-    for id in [&client, &server] {
-        node.call("RemoveContainer", node.runtime().remove_container(RemoveContainerRequest { container_id: id.clone() }))?;
-    }
-    let mut left = pod.remove(true)?;
-    left.extend(node.everything_left());
-    ensure!(left.is_empty(), "left after RemovePodSandbox: {left:#?}");
-    Ok(())
+    checks().map_err(|e| Failed::from(format!("{}\n{}", e.message().unwrap_or("failed"), pod.diagnose())))
 }
 
 /// What kubelet reports when things go wrong: a command that does not exist fails to start

@@ -84,6 +84,12 @@ pub enum Request {
     UpdateResources { id: String, resources_json: String },
     /// A container's resource usage (its cgroup's counters); answered with `Stats`.
     Stats { id: String },
+    /// Forget container `id` (runc's `delete` inside the guest): whatever of it still runs
+    /// is killed (SIGKILL to its cgroup, or to its init without one), its cgroup is
+    /// removed and its id can be used again. A container of a pod that is deleted ends
+    /// this way before it gives its root back. Answered with `Ok`, also for an id the
+    /// agent does not know (nothing to delete).
+    DeleteContainer { id: String },
     /// Set up the guest's network as the caller's network namespace had it: each interface
     /// (found by its MAC) renamed, its MTU set, brought up with its addresses; then the
     /// routes. Answered with `Ok`.
@@ -113,6 +119,7 @@ impl Request {
             Request::Freeze { .. } => "freeze",
             Request::UpdateResources { .. } => "update-resources",
             Request::Stats { .. } => "stats",
+            Request::DeleteContainer { .. } => "delete-container",
             Request::ConfigureNetwork(_) => "configure-network",
         }
     }
@@ -531,6 +538,7 @@ mod tests {
         roundtrip(Request::Freeze { id: "c1".into(), frozen: true });
         roundtrip(Request::UpdateResources { id: "c1".into(), resources_json: "{\"pids\":{\"limit\":5}}".into() });
         roundtrip(Request::Stats { id: "c1".into() });
+        roundtrip(Request::DeleteContainer { id: "c1".into() });
         roundtrip(Request::UnmountRootfs { id: "c1".into() });
         roundtrip(Request::ConfigureNetwork(NetworkSpec {
             interfaces: vec![InterfaceSpec {

@@ -957,8 +957,9 @@ fn sigkill_mid_run() -> TestResult {
 /// file over HTTP, and a container of it (its network, IPC and UTS namespaces given by path,
 /// as CRI gives the pause container's) with a read-only volume. Both run in one VM (the
 /// same guest boot id), the second reaches the first on localhost and reads its volume; its
-/// delete gives back what it held in the VM (nothing of it is left in the share), and the
-/// sandbox's delete ends the VM and leaves nothing.
+/// delete gives back what it held in the VM (nothing of it is left in the share, no cgroup
+/// of it in the guest, and its id can be used again), and the sandbox's delete ends the VM
+/// and leaves nothing.
 fn pod_shares_one_vm() -> TestResult {
     let _g = shared();
     let root_dir = tempdir()?;
@@ -1009,7 +1010,7 @@ fn pod_shares_one_vm() -> TestResult {
         {"type": "uts", "path": format!("{pause}/uts")},
     ]);
     let data = serde_json::json!({"destination": "/data", "type": "bind", "source": volume.path(), "options": ["rbind", "ro"]});
-    annotate(member.path(), "container", Some(namespaces), vec![data])?;
+    annotate(member.path(), "container", Some(namespaces.clone()), vec![data])?;
     let member_id = "e2e-pod-member";
     let out = pal(&root, &["run", "--bundle", &member.path().display().to_string(), member_id])?;
     let stdout = out.stdout_str();
@@ -1031,6 +1032,25 @@ fn pod_shares_one_vm() -> TestResult {
         .map(|e| e.path().display().to_string())
         .collect();
     ensure!(pods.is_empty(), "left in the pod's share after the member's delete: {pods:?}");
+    // Nor in the guest: no cgroup of it is left (a container of the pod without a cgroup
+    // namespace of its own lists them all), and its id can be used again, as with runc.
+    let lister_id = "e2e-pod-lister";
+    let lister = bundle(&["sh", "-c", "cd /sys/fs/cgroup/palisade && for d in *; do [ -d \"$d\" ] && echo \"$d\"; done; true"])?;
+    let without_cgroupns: Vec<Value> = namespaces.as_array().into_iter().flatten().filter(|ns| ns["type"] != "cgroup").cloned().collect();
+    annotate(lister.path(), "container", Some(Value::Array(without_cgroupns)), Vec::new())?;
+    let out = pal(&root, &["run", "--bundle", &lister.path().display().to_string(), lister_id])?;
+    let listed = out.stdout_str();
+    ensure!(
+        out.code() == 0 && listed.split_whitespace().collect::<Vec<_>>() == [lister_id, sandbox_id],
+        "the containers' cgroups in the guest after the member's delete (only the lister's and the sandbox's): {}",
+        out.describe()
+    );
+    let out = pal(&root, &["run", "--bundle", &member.path().display().to_string(), member_id])?;
+    ensure!(
+        out.code() == 0 && out.stdout_str().lines().nth(2) == Some("from the host"),
+        "the member's id used again after its delete: {}",
+        out.describe()
+    );
     let out = pal(&root, &["delete", "--force", sandbox_id])?;
     ensure!(out.code() == 0, "delete --force of the pod's sandbox: {}", out.describe());
     let left = oci_leftovers(root_dir.path());

@@ -3,7 +3,7 @@
 //! A container's init is registered in the agent's process table under the container
 //! id, so `Wait`, `Signal` and `ResizeTty` work on containers as on processes. [`exec`]
 //! (`ExecProcess`) starts further processes in a container, [`list_processes`] and
-//! [`freeze`] act on its cgroup.
+//! [`freeze`] act on its cgroup, and [`delete`] (`DeleteContainer`) frees its id.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -22,6 +22,8 @@ use crate::server::Agent;
 const MAX_ID_LEN: usize = 128;
 /// How long freezing or thawing a container may take.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `DeleteContainer` waits for what it killed to end.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The guest's cgroup v2 hierarchy.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -262,6 +264,45 @@ pub fn stats(id: &str) -> Response {
         Ok(path) => Response::Stats(cgroup::stats(&path)),
         Err(message) => error(message),
     }
+}
+
+/// Handles `DeleteContainer`: kills what is left of the container, removes its cgroup and
+/// forgets it (its entry here, its init's in the process table, its streams), so that its
+/// id is free again. An unknown id is not an error.
+pub fn delete(agent: &Agent, id: &str) -> Response {
+    let (pid, cgroup) = match containers().lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        Some(c) => (c.pid, c.cgroup.as_ref().map(|cg| cg.path.clone())),
+        None => return Response::Ok,
+    };
+    match &cgroup {
+        Some(path) => {
+            if let Err(e) = cgroup::kill_and_remove(path, DELETE_TIMEOUT) {
+                return error(format!("container {id}: {e}"));
+            }
+        }
+        None => {
+            if let Ok(Some(pid)) = agent.processes.running_pid(id) {
+                // SAFETY: kill(2) of a pid the reaper has not collected yet (the table
+                // says it is still running), so it cannot be a recycled pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    // The reaper records the init's exit; until then its entry cannot be forgotten.
+    let deadline = std::time::Instant::now() + DELETE_TIMEOUT;
+    while !agent.processes.forget(id) {
+        if !agent.processes.contains(id) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return error(format!("container {id}: its init (pid {pid}) did not end within {} s of SIGKILL", DELETE_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    containers().lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    agent.streams.discard(id);
+    tracing::debug!(id, "container deleted");
+    Response::Ok
 }
 
 /// Handles `StartContainer`.

@@ -221,6 +221,70 @@ pub fn pids(path: &Path) -> Result<Vec<i32>, CgroupError> {
     Ok(pids)
 }
 
+/// Whether `cgroup.events` text says a process is left in the cgroup or below it.
+pub fn parse_populated(events: &str) -> Option<bool> {
+    events.lines().find_map(|l| l.strip_prefix("populated ")).map(|v| v.trim() == "1")
+}
+
+/// Kills every process of the cgroup at `path` and below (`cgroup.kill`), waits until the
+/// kernel says none is left (`cgroup.events`), then removes the cgroup and the cgroups
+/// below it, deepest first. A cgroup that is gone already is fine.
+pub fn kill_and_remove(path: &Path, timeout: std::time::Duration) -> Result<(), CgroupError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let io = |what: &str, source: std::io::Error| CgroupError::Io { path: path.to_path_buf(), what: what.into(), source };
+    if path.join("cgroup.kill").exists() {
+        std::fs::write(path.join("cgroup.kill"), "1").map_err(|e| io("writing \"1\" to cgroup.kill", e))?;
+    } else {
+        // Before Linux 5.14: one by one, as `kill --all` does.
+        for pid in pids(path)?.into_iter().filter(|&p| p > 1) {
+            // SAFETY: kill(2) of a pid listed in the cgroup a moment ago; a pid that
+            // exited since and was reused would have to be in this cgroup to be listed.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let events = std::fs::read_to_string(path.join("cgroup.events")).map_err(|e| io("reading cgroup.events", e))?;
+        if parse_populated(&events) != Some(true) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let what = format!("its processes did not end within {} s of SIGKILL", timeout.as_secs());
+            return Err(io(&what, std::io::ErrorKind::TimedOut.into()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    remove_tree(path)
+}
+
+/// Removes the (empty) cgroup at `path` and the cgroups below it, deepest first.
+fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    let mut order = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if order.len() >= MAX_WALKED_CGROUPS {
+            break;
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+        order.push(dir);
+    }
+    // Every cgroup comes after its parent in `order`.
+    for dir in order.iter().rev() {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(CgroupError::Io { path: dir.clone(), what: "removing the cgroup".into(), source }),
+        }
+    }
+    Ok(())
+}
+
 /// Whether `cgroup.events` text says the cgroup is frozen.
 pub fn parse_frozen(events: &str) -> Option<bool> {
     events.lines().find_map(|l| l.strip_prefix("frozen ")).map(|v| v.trim() == "1")
@@ -380,6 +444,37 @@ mod tests {
         assert_eq!(parse_frozen("populated 1\nfrozen 1\n"), Some(true));
         assert_eq!(parse_frozen("populated 1\nfrozen 0\n"), Some(false));
         assert_eq!(parse_frozen("populated 1\n"), None);
+    }
+
+    #[test]
+    fn populated_from_cgroup_events() {
+        assert_eq!(parse_populated("populated 1\nfrozen 0\n"), Some(true));
+        assert_eq!(parse_populated("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(parse_populated("frozen 0\n"), None);
+    }
+
+    #[test]
+    fn a_cgroup_tree_is_removed_deepest_first() {
+        // Empty directories stand in for cgroups without processes (the kernel hides
+        // their interface files from rmdir).
+        let root = tempfile::tempdir().unwrap();
+        let c = root.path().join("c");
+        std::fs::create_dir_all(c.join("a/deeper/deepest")).unwrap();
+        std::fs::create_dir_all(c.join("b")).unwrap();
+        remove_tree(&c).unwrap();
+        assert!(!c.exists());
+        assert!(kill_and_remove(&c, std::time::Duration::from_millis(50)).is_ok(), "a cgroup gone already is fine");
+    }
+
+    #[test]
+    fn a_cgroup_whose_processes_stay_is_not_removed() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.kill"), "").unwrap();
+        std::fs::write(root.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let err = kill_and_remove(root.path(), std::time::Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().contains("did not end within"), "{err}");
+        assert_eq!(std::fs::read_to_string(root.path().join("cgroup.kill")).unwrap(), "1", "the cgroup was killed");
+        assert!(root.path().exists());
     }
 
     #[test]

@@ -184,6 +184,20 @@ impl ProcessTable {
         Ok(entry.pty_master.clone())
     }
 
+    /// Forgets `id` once it has exited, so that the id can be used again (a deleted
+    /// container's init). False, and nothing forgotten, while it runs or when unknown.
+    pub fn forget(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.by_id.get(id).is_none_or(|e| e.status.is_none()) {
+            return false;
+        }
+        inner.by_id.remove(id);
+        // Not left in the eviction order either, where it would later evict the id's
+        // next holder.
+        inner.exited.retain(|e| e != id);
+        true
+    }
+
     /// Exit statuses of children that were never ours (for diagnostics and tests).
     pub fn unclaimed(&self) -> Vec<(i32, ExitStatus)> {
         self.lock().unclaimed.iter().copied().collect()
@@ -193,6 +207,28 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgotten_process_frees_its_id_but_a_running_one_is_kept() {
+        let table = ProcessTable::new();
+        let exit = ExitStatus { code: Some(0), signal: None, oom_killed: false };
+        table.spawn_registered("c", || ok(10)).unwrap().unwrap();
+        assert!(!table.forget("c"), "a running process is not forgotten");
+        assert_eq!(table.running_pid("c").unwrap(), Some(10));
+        assert!(!table.forget("unknown"));
+        table.record_exit(10, exit);
+        assert!(table.forget("c"));
+        assert!(!table.contains("c"));
+        // The id is free again, and its new holder is not evicted in the old one's place.
+        table.spawn_registered("c", || ok(11)).unwrap().unwrap();
+        table.record_exit(11, exit);
+        for n in 0..MAX_EXITED_KEPT - 1 {
+            let pid = 100 + n as i32;
+            table.spawn_registered(&format!("exec-{n}"), || ok(pid)).unwrap().unwrap();
+            table.record_exit(pid, exit);
+        }
+        assert_eq!(table.wait("c").unwrap(), exit, "the id's new holder is still remembered");
+    }
 
     #[test]
     fn exited_processes_are_forgotten_oldest_first_past_the_bound_but_containers_are_not() {

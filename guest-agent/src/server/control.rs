@@ -102,6 +102,7 @@ fn answer_request(agent: &Agent, request: Request) -> Response {
         Request::Freeze { id, frozen } => crate::container::agent::freeze(&id, frozen),
         Request::UpdateResources { id, resources_json } => crate::container::agent::update_resources(&id, &resources_json),
         Request::Stats { id } => crate::container::agent::stats(&id),
+        Request::DeleteContainer { id } => crate::container::agent::delete(agent, &id),
         Request::ConfigureNetwork(spec) => crate::system::net::configure(&spec).map_or_else(|e| error(e.to_string()), |()| Response::Ok),
         Request::Wait { id } => match agent.processes.wait(&id) {
             Ok(status) => Response::Exited(status),

@@ -350,7 +350,7 @@ pub fn create(o: &CreateOptions<'_>, signals: &Receiver<i32>) -> Result<(), Runt
         Err(e) => {
             // Nothing of a container that was not created stays behind.
             if let (Some((vm, _)), Some(member)) = (&pod_vm, &record.pod) {
-                pod::leave(vm, member);
+                pod::delete_and_leave(vm, o.id, member);
             } else if record.owns_sandbox && SandboxDir::new(&sroot, &sandbox_id).path().exists() {
                 if let Err(d) = control::delete(&sroot, &sandbox_id, true, Duration::from_secs(30)) {
                     tracing::warn!("removing the sandbox of container {}: {d}", o.id);

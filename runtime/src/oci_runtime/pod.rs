@@ -158,13 +158,37 @@ pub fn join(vm: &SandboxVm, sandbox_container: &str, dir: &str, plan: &SharePlan
 /// Gives back what `member` holds in the VM: its root filesystem, its binds, its
 /// placeholders. Best effort: what is gone already (the VM ended) is skipped.
 pub fn leave(vm: &SandboxVm, member: &PodMember) {
+    give_back(vm, None, member);
+}
+
+/// Has the VM's agent delete container `id` (what is left of it is killed, its cgroup in
+/// the guest removed, its id freed), then [`leave`]s.
+pub fn delete_and_leave(vm: &SandboxVm, id: &str, member: &PodMember) {
+    give_back(vm, Some(id), member);
+}
+
+fn give_back(vm: &SandboxVm, container: Option<&str>, member: &PodMember) {
+    let mut requests = Vec::new();
+    if let Some(id) = container {
+        requests.push(("deleting the container in the VM", Request::DeleteContainer { id: id.to_string() }));
+    }
     if !member.rootfs.is_empty() {
-        let unmounted = ControlClient::connect_ready(&vm.socket, HANDSHAKE_TIMEOUT, request_timeout())
-            .and_then(|mut c| c.call_ok("unmounting the container's root", &Request::UnmountRootfs { id: member.rootfs.clone() }));
-        if let Err(e) = unmounted {
-            tracing::warn!("pod member {}: {e}", member.dir);
+        requests.push(("unmounting the container's root", Request::UnmountRootfs { id: member.rootfs.clone() }));
+    }
+    let mut agent: Option<ControlClient> = None;
+    for (what, request) in &requests {
+        let client = match agent.take() {
+            Some(c) => Ok(c),
+            None => ControlClient::connect_ready(&vm.socket, HANDSHAKE_TIMEOUT, request_timeout()),
+        };
+        // A failed request may have closed the connection (an agent older than the
+        // request does): the next one gets a new connection.
+        match client.and_then(|mut c| c.call_ok(what, request).map(|()| c)) {
+            Ok(c) => agent = Some(c),
+            Err(e) => tracing::warn!("pod member {}: {e}", member.dir),
         }
     }
+    drop(agent);
     for path in member.binds.iter().rev() {
         if let Err(e) = vm.share.detach(path) {
             tracing::warn!("pod member {}: {e}", member.dir);
@@ -177,7 +201,7 @@ pub fn leave(vm: &SandboxVm, member: &PodMember) {
 /// and they went with the sandbox's directory, or are removed here).
 pub fn leave_after(root: &Path, record: &ContainerRecord, member: &PodMember) {
     match sandbox_vm(root, &member.sandbox_container) {
-        Ok(vm) => leave(&vm, member),
+        Ok(vm) => delete_and_leave(&vm, &record.id, member),
         Err(e) => {
             tracing::info!("container {}: its pod's VM: {e}; removing what is left of it", record.id);
             if let Some(sandbox) = record.sandbox_id() {

@@ -16,7 +16,7 @@ use crate::arch::x86_64::layout::{
     self, I8042_PORT_BASE, I8042_PORT_SIZE, KVM_TSS_ADDRESS, SERIAL_GSI, SERIAL_PORT_BASE, SERIAL_PORT_SIZE, VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::mptable::{self, MptableError, MAX_VCPUS};
-use crate::arch::x86_64::{cpuid, regs};
+use crate::arch::x86_64::{cpuid, regs, reset};
 use crate::config::{MacAddr, NetConfig, VmConfig, VmExit};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{Serial, SerialError, I8042};
@@ -347,7 +347,10 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     }
     let outcome = event_loop.run_until_exit(&exit);
     running.stop();
-    let outcome = outcome?;
+    let outcome = match outcome? {
+        VmExit::Reset if reset::warm_reset_requested(&mem) => VmExit::Panic,
+        other => other,
+    };
     tracing::info!(%outcome, "VM stopped");
     Ok(outcome)
 }

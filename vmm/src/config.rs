@@ -16,7 +16,7 @@ use crate::rate_limiter::Rates;
 /// clean power-off), reboot immediately on panic.
 /// (The i8042 options tell Linux there is no keyboard to probe and no mouse port: the VMM's
 /// i8042 is a controller with a reset line and nothing behind it.)
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_warm panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
 
@@ -287,6 +287,10 @@ impl Default for SerialConfig {
 pub enum VmExit {
     /// The guest reset the machine through the i8042 (`reboot=k`): our clean power-off.
     Reset,
+    /// The guest reset the machine asking for a warm reset, which a Palisade guest kernel
+    /// does only when it panics (`reboot=k,panic_warm`): see
+    /// [`crate::arch::x86_64::reset::warm_reset_requested`].
+    Panic,
     /// The guest asked KVM for a shutdown (a clean power-off).
     PowerOff,
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
@@ -312,6 +316,10 @@ impl fmt::Display for VmExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmExit::Reset => write!(f, "the guest reset the VM (power-off)"),
+            VmExit::Panic => write!(
+                f,
+                "the guest kernel panicked (it reset the VM asking for a warm reset, as a Palisade guest kernel does only on a panic)"
+            ),
             VmExit::PowerOff => write!(f, "the guest powered off"),
             VmExit::TripleFault { vcpu } => {
                 write!(f, "vCPU {vcpu}: triple fault (the guest hit an exception it could not handle)")
@@ -349,13 +357,14 @@ mod tests {
     fn only_reset_and_power_off_are_clean() {
         assert!(VmExit::Reset.is_clean());
         assert!(VmExit::PowerOff.is_clean());
+        assert!(!VmExit::Panic.is_clean());
         assert!(!VmExit::TripleFault { vcpu: 0 }.is_clean());
         assert!(!VmExit::InternalError { vcpu: 0, reason: "emulation failure".into() }.is_clean());
     }
 
     #[test]
     fn exits_display_as_one_line() {
-        for exit in [VmExit::Reset, VmExit::TripleFault { vcpu: 1 }, VmExit::FailEntry { vcpu: 0, hardware_reason: 7 }] {
+        for exit in [VmExit::Reset, VmExit::Panic, VmExit::TripleFault { vcpu: 1 }, VmExit::FailEntry { vcpu: 0, hardware_reason: 7 }] {
             assert!(!exit.to_string().contains('\n'));
         }
     }

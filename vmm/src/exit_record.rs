@@ -3,9 +3,12 @@
 //! Whoever started the VMM reads this instead of scraping its stderr. The record says what
 //! the VMM saw (never what the guest printed): the guest reset the VM, a vCPU
 //! triple-faulted, KVM failed, the VMM could not build the VM, or the jailed VMM was killed
-//! (by seccomp, the out-of-memory killer or a signal from outside). A Palisade guest powers
-//! off, reboots and — with `panic=-1` — ends after a kernel panic all the same way, by an
-//! i8042 reset (`reboot=k`): the record cannot tell them apart, the guest's console can.
+//! (by seccomp, the out-of-memory killer or a signal from outside), or its kernel panicked.
+//! A Palisade guest powers off, reboots and — with `panic=-1` — ends after a kernel panic
+//! all the same way, by an i8042 reset (`reboot=k`); with `reboot=k,panic_warm` its
+//! kernel asks for a warm reset only on a panic, which the VMM reads from guest memory
+//! ([`crate::arch::x86_64::reset`]): a power-off and a reboot are a `reset`, a panic is a
+//! `panic`.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,9 @@ use crate::config::VmExit;
 pub enum Ending {
     /// The guest reset the VM through the i8042 (how a Palisade guest powers off).
     Reset,
+    /// The guest kernel panicked (it reset the VM asking for a warm reset:
+    /// [`crate::arch::x86_64::reset`]).
+    Panic,
     /// The guest asked KVM for a shutdown.
     PowerOff,
     /// A vCPU triple-faulted (an exception the guest could not handle).
@@ -79,6 +85,7 @@ impl ExitRecord {
     pub fn of_exit(exit: &VmExit, message: impl Into<String>) -> ExitRecord {
         let (ending, vcpu) = match exit {
             VmExit::Reset => (Ending::Reset, None),
+            VmExit::Panic => (Ending::Panic, None),
             VmExit::PowerOff => (Ending::PowerOff, None),
             VmExit::TripleFault { vcpu } => (Ending::TripleFault, Some(*vcpu)),
             VmExit::InternalError { vcpu, .. } => (Ending::KvmInternalError, Some(*vcpu)),
@@ -162,6 +169,7 @@ mod tests {
     fn every_vm_exit_has_its_ending_and_only_clean_ones_exit_0() {
         let cases = [
             (VmExit::Reset, Ending::Reset, true, None),
+            (VmExit::Panic, Ending::Panic, false, None),
             (VmExit::PowerOff, Ending::PowerOff, true, None),
             (VmExit::TripleFault { vcpu: 1 }, Ending::TripleFault, false, Some(1)),
             (VmExit::InternalError { vcpu: 0, reason: "x".into() }, Ending::KvmInternalError, false, Some(0)),

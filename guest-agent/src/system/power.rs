@@ -1,5 +1,6 @@
-//! Ending the VM. The guest kernel runs with `reboot=k`: a reboot resets through the
-//! i8042, which the VMM turns into a clean exit.
+//! Ending the VM. The guest kernel runs with `reboot=k,panic_warm`: a reboot resets
+//! through the i8042 asking for a cold reset, which the VMM turns into a clean exit (a
+//! panic asks for a warm one, which the VMM reports as the panic it is).
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use palisade_vmm::{DiskConfig, ExitRecord, FsConfig, SerialConfig, VmConfig, Vso
 use super::args::DiskRates;
 
 /// The guest kernel command line.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k,panic_warm panic=-1 quiet nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
 /// The command line, with `RUST_LOG=<filter>` for the guest agent when
 /// `PALISADE_AGENT_LOG` asks for its logs on the console (debugging, with `--console`).
 pub fn kernel_cmdline(agent_log: Option<&str>) -> String {
@@ -31,7 +31,7 @@ pub const GUEST_CID: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmEnd {
     /// The VMM exited 0: the guest reset the VM (how it powers off, `reboot=k`, and
-    /// how it reboots).
+    /// how it reboots; not a panic, which the VMM tells apart: `reboot=k,panic_warm`).
     pub clean: bool,
     /// One line saying why, for the user.
     pub reason: String,
@@ -437,6 +437,10 @@ mod tests {
         assert_eq!(end, VmEnd { clean: false, reason: "vCPU 1: triple fault".into() });
         let clean = ExitRecord::of_exit(&palisade_vmm::VmExit::Reset, "the guest reset the VM (power-off)");
         assert_eq!(explain_end(true, "exit status: 0", Some(&clean), "", "").reason, "the VM reset");
+        // A panic is the VMM's record, not only the guest's text.
+        let panic = ExitRecord::of_exit(&palisade_vmm::VmExit::Panic, palisade_vmm::VmExit::Panic.to_string());
+        let end = explain_end(false, "exit status: 1", Some(&panic), "", "Kernel panic - not syncing: sysrq triggered crash\n");
+        assert!(!end.clean && end.reason.starts_with("the guest kernel panicked"), "{end:?}");
         // The record is the VMM's, but shown to a person: no escape sequences get through.
         let odd = ExitRecord::vmm_error("disk /d\u{1b}[2J: gone");
         assert!(!explain_end(false, "exit status: 1", Some(&odd), "", "").reason.contains('\u{1b}'));
@@ -492,7 +496,7 @@ mod tests {
         assert!(vm.disks[0].read_only && vm.disks[0].read_rates.is_unlimited());
         assert_eq!(vm.vsock, Some(VsockConfig { guest_cid: 3, uds_path: "/r/vsock.sock".into() }));
         assert_eq!(vm.serial, SerialConfig { log_file: Some("/r/serial.log".into()), ..SerialConfig::none() });
-        assert!(vm.cmdline.starts_with("console=ttyS0 reboot=k panic=-1"), "{}", vm.cmdline);
+        assert!(vm.cmdline.starts_with("console=ttyS0 reboot=k,panic_warm panic=-1"), "{}", vm.cmdline);
         let limited = VmmConfig {
             disk_rates: DiskRates {
                 read: Rates { bytes_per_sec: Some(1 << 20), ops_per_sec: None },

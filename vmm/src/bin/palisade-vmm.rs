@@ -1,7 +1,8 @@
 //! `palisade-vmm`: boots one micro-VM and exits when it stops.
 //!
 //! Exit status 0 when the guest resets through the i8042 (how our guests power off:
-//! `reboot=k`); otherwise 1 (128 + N when the jailed VMM was killed by signal N), with one
+//! `reboot=k`) other than after a kernel panic (a warm reset: `reboot=k,panic_warm`);
+//! otherwise 1 (128 + N when the jailed VMM was killed by signal N), with one
 //! line `palisade-vmm: <reason>` on stderr (2 for a command-line error, also one line).
 //! `--exit-record FILE` also writes how the VM ended as JSON (`palisade_vmm::ExitRecord`).
 //! The VM is described by the flags, or by `--config FILE`: the JSON form of

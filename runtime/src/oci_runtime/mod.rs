@@ -29,6 +29,7 @@ pub mod query;
 pub mod run;
 pub mod signal;
 pub mod spec_cmd;
+mod stdio_slot;
 pub mod store;
 pub mod time;
 pub mod update;

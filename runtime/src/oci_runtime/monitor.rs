@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::console::{send_master, HostPty};
 use super::host_cgroup::HostCgroup;
+use super::stdio_slot::StdioSlot;
 use super::store::{read_json, write_json_atomic, ContainerDir};
 use super::RuntimeError;
 use crate::sandbox::ProcessRef;
@@ -272,8 +273,8 @@ fn monitor(files: &MonitorFiles, report: &mut File, signals: &Receiver<i32>) -> 
             1
         }
         (Streams::Pipes { stdin, stdout, stderr }, _) => {
-            // SAFETY: fds 0-2 are ours for the monitor's life; the relays are their only users.
-            let (out, err, inp) = unsafe { (File::from_raw_fd(1), File::from_raw_fd(2), File::from_raw_fd(0)) };
+            // SAFETY: fds 0-2 are the monitor's; the relays are their only users.
+            let (out, err, inp) = unsafe { (StdioSlot::new(1), StdioSlot::new(2), StdioSlot::new(0)) };
             copy_output(stdout, Box::new(out), progress.clone(), done(&done_tx));
             copy_output(stderr, Box::new(err), progress.clone(), done(&done_tx));
             relay_input(Box::new(inp), stdin);

@@ -141,7 +141,15 @@ fn internal_error_reason(fd: &mut VcpuFd) -> String {
         KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
         _ => "unknown suberror",
     };
-    format!("{what} (suberror {})", internal.suberror)
+    // What KVM adds (for an emulation failure: flags, the instruction's length and bytes, the
+    // hardware exit's reason and details), at most its 16 words: numbers, for a bug report.
+    let data: Vec<String> =
+        internal.data.iter().take((internal.ndata as usize).min(internal.data.len())).map(|w| format!("{w:#x}")).collect();
+    if data.is_empty() {
+        format!("{what} (suberror {})", internal.suberror)
+    } else {
+        format!("{what} (suberror {}; data {})", internal.suberror, data.join(" "))
+    }
 }
 
 impl Vcpu {

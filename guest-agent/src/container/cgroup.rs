@@ -244,19 +244,30 @@ pub fn kill_and_remove(path: &Path, timeout: std::time::Duration) -> Result<(), 
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+    wait_for_events(path, timeout, "its processes did not end after SIGKILL", |events| parse_populated(events) != Some(true))?;
+    remove_tree(path)
+}
+
+/// Waits until the text of the cgroup's `cgroup.events` satisfies `done`, reading it every
+/// 10 ms for at most `timeout`; past it, the error says `what` did not happen in time.
+fn wait_for_events(path: &Path, timeout: std::time::Duration, what: &str, done: impl Fn(&str) -> bool) -> Result<(), CgroupError> {
     let deadline = std::time::Instant::now() + timeout;
+    let events = path.join("cgroup.events");
     loop {
-        let events = std::fs::read_to_string(path.join("cgroup.events")).map_err(|e| io("reading cgroup.events", e))?;
-        if parse_populated(&events) != Some(true) {
-            break;
+        let text = std::fs::read_to_string(&events).map_err(|source| CgroupError::Io {
+            path: path.to_path_buf(),
+            what: "reading cgroup.events".into(),
+            source,
+        })?;
+        if done(&text) {
+            return Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            let what = format!("its processes did not end within {} s of SIGKILL", timeout.as_secs());
-            return Err(io(&what, std::io::ErrorKind::TimedOut.into()));
+            let what = format!("{what} within {} s", timeout.as_secs());
+            return Err(CgroupError::Io { path: path.to_path_buf(), what, source: std::io::ErrorKind::TimedOut.into() });
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    remove_tree(path)
 }
 
 /// Removes the (empty) cgroup at `path` and the cgroups below it, deepest first.
@@ -294,23 +305,8 @@ pub fn parse_frozen(events: &str) -> Option<bool> {
 /// the kernel says it is done (`cgroup.events`).
 pub fn freeze(path: &Path, frozen: bool, timeout: std::time::Duration) -> Result<(), CgroupError> {
     write(path, "cgroup.freeze", if frozen { "1" } else { "0" })?;
-    let deadline = std::time::Instant::now() + timeout;
-    let events = path.join("cgroup.events");
-    loop {
-        let text = std::fs::read_to_string(&events).map_err(|source| CgroupError::Io {
-            path: path.to_path_buf(),
-            what: "reading cgroup.events".into(),
-            source,
-        })?;
-        if parse_frozen(&text) == Some(frozen) {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            let what = format!("{} did not finish within {} s", if frozen { "freezing" } else { "thawing" }, timeout.as_secs());
-            return Err(CgroupError::Io { path: path.to_path_buf(), what, source: std::io::ErrorKind::TimedOut.into() });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let what = if frozen { "freezing did not finish" } else { "thawing did not finish" };
+    wait_for_events(path, timeout, what, |events| parse_frozen(events) == Some(frozen))
 }
 
 /// A cgroup's resource usage from the text of its interface files (`name` → content;

@@ -244,7 +244,7 @@ pub fn kill_and_remove(path: &Path, timeout: std::time::Duration) -> Result<(), 
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    wait_for_events(path, timeout, "its processes did not end after SIGKILL", |events| parse_populated(events) != Some(true))?;
+    wait_for_events(path, timeout, "its processes did not end", |events| parse_populated(events) != Some(true))?;
     remove_tree(path)
 }
 

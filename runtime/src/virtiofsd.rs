@@ -177,11 +177,13 @@ pub struct Virtiofsd {
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd and waits until it listens. It gets SIGKILL when the calling thread's
-    /// process dies (virtiofsd ignores SIGTERM while it waits for the process it serves
-    /// from). That process ends with its connection, i.e. with its VM; one whose VM died
-    /// before it connected is ended by [`Virtiofsd::stop`], or by
-    /// `sandbox::LockedSandbox::kill_leftovers` when the starter itself was SIGKILLed.
+    /// Starts virtiofsd and waits until it listens. It gets SIGKILL when the calling thread
+    /// ends (its parent-death signal; a thread's end counts, so call this from a thread that
+    /// lives as long as the VM), and the process it serves from (with `--sandbox namespace`,
+    /// PID 1 of a pid namespace of its own) then gets virtiofsd's own parent-death signal,
+    /// SIGTERM, for which it has a handler. It ends with its connection, i.e. with its VM;
+    /// one whose VM died before it connected is ended by [`Virtiofsd::stop`], or with its
+    /// starter.
     pub fn spawn(config: &VirtiofsdConfig) -> Result<Virtiofsd, VirtiofsdError> {
         if !config.shared_dir.is_dir() {
             return Err(VirtiofsdError::NotADirectory(config.shared_dir.clone()));
@@ -260,11 +262,9 @@ impl Virtiofsd {
     /// Ends it, and the process it serves from, at once (SIGKILL to its process group);
     /// reaps it and removes its socket.
     ///
-    /// SIGKILL, not SIGTERM first: with `--sandbox namespace` virtiofsd serves from a child
-    /// that is PID 1 of a pid namespace of its own, which ignores SIGTERM (its parent-death
-    /// signal too), so a virtiofsd whose VM never connected would outlive a gentler stop.
-    /// Nothing is lost: virtiofsd holds no data of its own, every write it was given went to
-    /// the host's files when it answered.
+    /// SIGKILL, not SIGTERM first: nothing is lost, virtiofsd holds no data of its own (every
+    /// write it was given went to the host's files when it answered), and SIGKILL cannot be
+    /// ignored, also by a pid namespace's PID 1.
     pub fn stop(&mut self) {
         if !self.has_exited() {
             // Its own process group (`spawn`): the serving child is in it too.
@@ -422,6 +422,58 @@ mod tests {
         }
         fsd.stop();
         assert!(!config.socket.exists());
+    }
+
+    /// A virtiofsd whose starter dies before a VM ever connected ends, with the process it
+    /// serves from (PID 1 of a pid namespace of virtiofsd's own, which ignores the SIGTERM
+    /// virtiofsd leaves it as its parent-death signal), with nobody left to stop them.
+    #[test]
+    fn a_virtiofsd_whose_starter_dies_before_any_connection_ends() {
+        if !root() {
+            eprintln!("virtiofsd's namespace sandbox needs root; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let mut config = VirtiofsdConfig::new(binary(), &shared, dir.path().join("fs.sock"));
+        config.log = Some(dir.path().join("virtiofsd.log"));
+        // The parent-death signal follows the thread that spawned: a thread that starts
+        // virtiofsd, waits for the process it serves from and ends stands for a supervisor
+        // SIGKILLed at that moment (the handle is leaked, so nothing stops it on the way).
+        let pgid = std::thread::spawn(move || {
+            let fsd = Virtiofsd::spawn(&config).unwrap();
+            let pgid = fsd.pid();
+            std::mem::forget(fsd);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !processes_in_group(pgid).iter().any(|&pid| comm(pid) == "virtiofsd" && comm(parent(pid)) == "virtiofsd") {
+                assert!(Instant::now() < deadline, "virtiofsd's sandboxed child never appeared");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            pgid
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Reaped once it ends (it was this process's child): only live processes count.
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pgid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            if processes_in_group(pgid).is_empty() {
+                break;
+            }
+            let left: Vec<(u32, String)> = processes_in_group(pgid).into_iter().map(|pid| (pid, comm(pid))).collect();
+            assert!(Instant::now() < deadline, "virtiofsd outlived its starter: {left:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn comm(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+    }
+
+    fn parent(pid: u32) -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rfind(')').and_then(|i| stat[i + 2..].split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
     }
 
     #[test]

@@ -207,9 +207,10 @@ impl LockedSandbox {
 
     /// SIGKILLs this sandbox's VMM and virtiofsd processes that are still running: those named
     /// `palisade-vmm*` or `virtiofsd` whose command line names a file in this sandbox's
-    /// directory. Their parent-death signals end them when a supervisor dies, all but one:
-    /// the process virtiofsd serves from is PID 1 of a pid namespace of its own and ignores
-    /// it, and it would wait for ever for a VM that died before it connected.
+    /// directory. Their parent-death signals end them when a supervisor dies (for
+    /// virtiofsd: `virtiofsd::tests::a_virtiofsd_whose_starter_dies_before_any_connection_ends`);
+    /// this is the second line, for a process that was past its `fork` but not yet at its
+    /// `prctl` when its parent died.
     pub fn kill_leftovers(&self) {
         let needle = format!("{}/", self.dir.path().display());
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {

@@ -1,5 +1,7 @@
 //! virtio-mmio register sequences (reads and writes of any width at any offset, queue
-//! notifications) against each real device: block, rng and vsock behind the transport.
+//! notifications) against each real device: block, rng and vsock behind the transport. After
+//! every access, the register page the guest reads without trapping must say what a trapped
+//! read answers, word for word.
 #![no_main]
 
 use std::sync::{Arc, Mutex};
@@ -7,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use libfuzzer_sys::fuzz_target;
 use palisade_fuzz::{guest_memory, Input};
 use palisade_vmm::devices::virtio::block::Block;
-use palisade_vmm::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use palisade_vmm::devices::virtio::mmio::{MmioTransport, MMIO_DEVICE_SIZE, QUEUE_NOTIFY_OFFSET};
+use palisade_vmm::devices::virtio::register_page::RegisterPage;
 use palisade_vmm::devices::virtio::rng::Rng;
 use palisade_vmm::devices::virtio::vsock::Vsock;
 use palisade_vmm::devices::virtio::{IrqTrigger, VirtioDevice};
@@ -23,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 8192]).expect("a disk image");
-    let irq = Arc::new(IrqTrigger::new().expect("an eventfd"));
+    let page = Arc::new(RegisterPage::new().expect("a register page"));
+    let irq = Arc::new(IrqTrigger::with_register_page(page.clone()).expect("an eventfd"));
     // The device, and how to serve its queues after a notification (the event loop's job).
     let (device, serve): (Arc<Mutex<dyn VirtioDevice>>, Box<dyn Fn()>) = match which {
         0 => {
@@ -49,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             )
         }
     };
-    let mut transport = MmioTransport::new(mem, device, irq);
+    let mut transport = MmioTransport::with_register_page(mem, device, irq, Some(page.clone()));
     let mut ops = Input::new(&ops);
     while !ops.is_empty() {
         let kind = ops.u8();
@@ -66,5 +70,17 @@ fuzz_target!(|data: &[u8]| {
                 serve();
             }
         }
+        // The registers and the start of the configuration space after every access,
+        // the whole window at the end.
+        assert_page_matches(&mut transport, &page, 0x140);
     }
+    assert_page_matches(&mut transport, &page, MMIO_DEVICE_SIZE);
 });
+
+fn assert_page_matches(transport: &mut MmioTransport, page: &RegisterPage, end: u64) {
+    for at in (0..end).step_by(4) {
+        let mut word = [0u8; 4];
+        transport.read(at, &mut word);
+        assert_eq!(page.load(at), u32::from_le_bytes(word), "the register page differs from a read at {at:#x}");
+    }
+}

@@ -25,6 +25,7 @@ use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::interrupt::VIRTIO_MMIO_INT_VRING;
 use crate::devices::virtio::mmio::{MmioTransport, INTERRUPT_ACK_OFFSET, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::{Net, Tap};
+use crate::devices::virtio::register_page::{RegisterPage, REGISTER_PAGE_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice};
@@ -130,7 +131,12 @@ struct VirtioAttacher<'a> {
     event_loop: &'a mut EventLoop,
     /// (MMIO base, GSI) of each attached device, for the kernel command line.
     slots: Vec<(u64, u32)>,
+    /// KVM maps memory read-only (`KVM_CAP_READONLY_MEM`): each device's registers are
+    /// then read from a page ([`RegisterPage`]) instead of trapped.
+    register_pages: bool,
 }
+
+const _: () = assert!(VIRTIO_MMIO_SIZE == REGISTER_PAGE_SIZE as u64, "a register page is one device's window");
 
 impl VirtioAttacher<'_> {
     fn attach<D>(&mut self, device: D) -> Result<(), VmmError>
@@ -141,7 +147,17 @@ impl VirtioAttacher<'_> {
         let device_err = |reason: String| VmmError::Device { what: format!("virtio-{name}"), reason };
         let (base, gsi) = layout::virtio_slot(self.slots.len()).ok_or(VmmError::TooManyDevices { max: layout::virtio_slot_count() })?;
         let device = Arc::new(Mutex::new(device));
-        let irq = Arc::new(IrqTrigger::new().map_err(|e| device_err(format!("interrupt eventfd: {e}")))?);
+        // The guest reads the registers from a page KVM maps read-only at the window, without
+        // an exit; above all `InterruptStatus`, which the driver reads on every interrupt.
+        let page = match self.register_pages {
+            true => Some(Arc::new(RegisterPage::new().map_err(|e| device_err(format!("register page: {e}")))?)),
+            false => None,
+        };
+        let irq = match &page {
+            Some(page) => IrqTrigger::with_register_page(page.clone()),
+            None => IrqTrigger::new(),
+        };
+        let irq = Arc::new(irq.map_err(|e| device_err(format!("interrupt eventfd: {e}")))?);
         self.vm.register_irqfd(&irq.evt, gsi).map_err(|e| device_err(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
         {
             let dev = device.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,7 +179,15 @@ impl VirtioAttacher<'_> {
         self.vm
             .register_ioevent(&ack_sink, &IoEventAddress::Mmio(base + INTERRUPT_ACK_OFFSET), VIRTIO_MMIO_INT_VRING)
             .map_err(|e| device_err(format!("KVM_IOEVENTFD for InterruptACK at {base:#x}: {e}")))?;
-        let transport = MmioTransport::new(self.mem.clone(), device.clone() as Arc<Mutex<dyn VirtioDevice>>, irq);
+        let transport =
+            MmioTransport::with_register_page(self.mem.clone(), device.clone() as Arc<Mutex<dyn VirtioDevice>>, irq, page.clone());
+        if let Some(page) = &page {
+            let slot = memory::FIRST_REGISTER_PAGE_SLOT + self.slots.len() as u32;
+            // SAFETY: the page lives as long as its transport, which the MMIO bus, and so the
+            // vCPUs, hold until the VM has stopped running.
+            unsafe { memory::register_read_only(self.vm, slot, base, page.host_address(), VIRTIO_MMIO_SIZE) }
+                .map_err(|e| device_err(format!("register page at {base:#x}: {e}")))?;
+        }
         self.mmio.insert(Arc::new(Mutex::new(MmioDevice { transport, _ack_sink: ack_sink })), base, VIRTIO_MMIO_SIZE)?;
         self.event_loop.add(device);
         tracing::debug!(device = name, base = format_args!("{base:#x}"), gsi, "virtio device attached");
@@ -321,7 +345,10 @@ pub fn run_vm_with(config: VmConfig, options: RunOptions) -> Result<VmExit, VmmE
     pio.insert(Arc::new(Mutex::new(serial)), SERIAL_PORT_BASE, SERIAL_PORT_SIZE)?;
     pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT_BASE, I8042_PORT_SIZE)?;
 
-    let mut attacher = VirtioAttacher { vm: &vm, mem: &mem, mmio: &mut mmio, event_loop: &mut event_loop, slots: Vec::new() };
+    let register_pages = vm.check_extension(kvm_ioctls::Cap::ReadonlyMem);
+    tracing::debug!(register_pages, "virtio-mmio registers read from read-only pages");
+    let mut attacher =
+        VirtioAttacher { vm: &vm, mem: &mem, mmio: &mut mmio, event_loop: &mut event_loop, slots: Vec::new(), register_pages };
     attach_virtio_devices(&config, options.vsock_listener, options.fs_streams, options.taps, &mut attacher)?;
     let virtio_slots = attacher.slots;
 

@@ -144,6 +144,29 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryE
     Ok(())
 }
 
+/// The first KVM memory slot of the devices' register pages (guest RAM takes the slots
+/// below: one per region, at most two).
+pub const FIRST_REGISTER_PAGE_SLOT: u32 = 16;
+
+/// Maps `size` bytes of the VMM's memory at `host_addr` into the guest at `guest_addr`,
+/// read-only, as memory slot `slot`: the guest's reads are memory reads, its writes MMIO
+/// exits (or ioeventfds KVM completes), as for an unmapped address.
+///
+/// # Safety
+///
+/// `host_addr..host_addr + size` must stay mapped as long as the VM can run.
+pub unsafe fn register_read_only(vm: &VmFd, slot: u32, guest_addr: u64, host_addr: u64, size: u64) -> Result<(), MemoryError> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: guest_addr,
+        memory_size: size,
+        userspace_addr: host_addr,
+        flags: kvm_bindings::KVM_MEM_READONLY,
+    };
+    // SAFETY: the caller keeps the range mapped while the VM runs (this function's contract).
+    unsafe { vm.set_user_memory_region(region) }.map_err(|source| MemoryError::Register { slot, addr: guest_addr, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

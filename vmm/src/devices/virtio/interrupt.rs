@@ -9,8 +9,15 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use super::register_page::{RegisterPage, REGISTER_PAGE_SIZE};
+
+/// Offset of `InterruptStatus` in a virtio-mmio device's window.
+pub const INTERRUPT_STATUS_OFFSET: u64 = 0x060;
+const _: () = assert!(INTERRUPT_STATUS_OFFSET < REGISTER_PAGE_SIZE as u64);
 
 /// `InterruptStatus` bit: a used buffer was added to a queue.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
@@ -35,9 +42,18 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notifier(&self, kind: InterruptKind) -> Option<&EventFd>;
 }
 
+/// Where the `InterruptStatus` bits are kept.
+enum StatusWord {
+    /// In the VMM only: the guest's reads trap and the transport answers them.
+    Own(AtomicU32),
+    /// In the device's register page, which the guest reads without an exit
+    /// ([`RegisterPage`]); little-endian, as the guest reads it.
+    Page(Arc<RegisterPage>),
+}
+
 /// The interrupt line of one virtio-mmio device.
 pub struct IrqTrigger {
-    pub status: AtomicU32,
+    status: StatusWord,
     pub evt: EventFd,
     /// The eventfd was handed out as a queue notifier: queues are served outside the VMM,
     /// which then does not know when they have used buffers.
@@ -46,7 +62,26 @@ pub struct IrqTrigger {
 
 impl IrqTrigger {
     pub fn new() -> io::Result<Self> {
-        Ok(Self { status: AtomicU32::new(0), evt: EventFd::new(libc::EFD_NONBLOCK)?, direct_queues: AtomicBool::new(false) })
+        Self::with_status(StatusWord::Own(AtomicU32::new(0)))
+    }
+
+    /// An interrupt whose `InterruptStatus` is the word of `page` the guest reads.
+    pub fn with_register_page(page: Arc<RegisterPage>) -> io::Result<Self> {
+        page.store(INTERRUPT_STATUS_OFFSET, 0);
+        Self::with_status(StatusWord::Page(page))
+    }
+
+    fn with_status(status: StatusWord) -> io::Result<Self> {
+        Ok(Self { status, evt: EventFd::new(libc::EFD_NONBLOCK)?, direct_queues: AtomicBool::new(false) })
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        match &self.status {
+            StatusWord::Own(word) => word,
+            StatusWord::Page(page) => {
+                page.word(INTERRUPT_STATUS_OFFSET).unwrap_or_else(|| unreachable!("InterruptStatus is inside the page"))
+            }
+        }
     }
 
     /// Signals "used buffers available" to the guest.
@@ -60,7 +95,8 @@ impl IrqTrigger {
     }
 
     fn raise(&self, bit: u32) -> io::Result<()> {
-        self.status.fetch_or(bit, Ordering::SeqCst);
+        // The bit is in the word before the interrupt is: a driver woken by it reads it.
+        self.word().fetch_or(bit.to_le(), Ordering::SeqCst);
         self.evt.write(1)
     }
 
@@ -69,19 +105,20 @@ impl IrqTrigger {
     /// checks its queues on every interrupt, which costs it a look at each used ring,
     /// instead of missing the backend's interrupts.
     pub fn interrupt_status(&self) -> u32 {
-        let direct = if self.direct_queues.load(Ordering::SeqCst) { VIRTIO_MMIO_INT_VRING } else { 0 };
-        self.status.load(Ordering::SeqCst) | direct
+        u32::from_le(self.word().load(Ordering::SeqCst))
     }
 
-    /// `InterruptACK`: the driver has seen `bits`.
+    /// `InterruptACK`: the driver has seen `bits`. The used-buffer bit of queues served
+    /// outside the VMM stays.
     pub fn acknowledge(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
+        let kept = if self.direct_queues.load(Ordering::SeqCst) { VIRTIO_MMIO_INT_VRING } else { 0 };
+        self.word().fetch_and(!(bits & !kept).to_le(), Ordering::SeqCst);
     }
 
     /// Device reset: nothing pending, and queues are the VMM's again until handed out anew.
     pub fn reset(&self) {
-        self.status.store(0, Ordering::SeqCst);
         self.direct_queues.store(false, Ordering::SeqCst);
+        self.word().store(0, Ordering::SeqCst);
     }
 }
 
@@ -97,6 +134,7 @@ impl VirtioInterrupt for IrqTrigger {
         match kind {
             InterruptKind::Queue(_) => {
                 self.direct_queues.store(true, Ordering::SeqCst);
+                self.word().fetch_or(VIRTIO_MMIO_INT_VRING.to_le(), Ordering::SeqCst);
                 Some(&self.evt)
             }
             // The config bit must be set with the interrupt: only the VMM can.
@@ -131,6 +169,30 @@ mod tests {
         irq.acknowledge(VIRTIO_MMIO_INT_VRING);
         assert_eq!(irq.interrupt_status(), VIRTIO_MMIO_INT_VRING);
         irq.reset();
+        assert_eq!(irq.interrupt_status(), 0);
+    }
+
+    #[test]
+    fn with_a_register_page_the_guest_reads_the_status_there() {
+        let page = Arc::new(RegisterPage::new().unwrap());
+        page.store(INTERRUPT_STATUS_OFFSET, 0xff);
+        let irq = IrqTrigger::with_register_page(page.clone()).unwrap();
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), 0, "a new line has nothing pending");
+        irq.trigger(InterruptKind::Config).unwrap();
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_CONFIG);
+        irq.trigger(InterruptKind::Queue(0)).unwrap();
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        irq.acknowledge(VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_VRING);
+        irq.acknowledge(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), 0);
+        // A backend's writes never pass the VMM: the bit is up in the page from the handover.
+        assert!(irq.notifier(InterruptKind::Queue(0)).is_some());
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_VRING);
+        irq.acknowledge(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_VRING);
+        irq.reset();
+        assert_eq!(page.load(INTERRUPT_STATUS_OFFSET), 0);
         assert_eq!(irq.interrupt_status(), 0);
     }
 }

@@ -1,7 +1,9 @@
 //! The virtio-mmio transport, version 2 ("modern"), per the virtio 1.2 spec §4.2.2.
 //!
 //! One `MmioTransport` sits in front of one device: the vCPU threads forward MMIO accesses in
-//! its 4 KiB window to [`MmioTransport::read`] / [`MmioTransport::write`]. The transport keeps
+//! its 4 KiB window to [`MmioTransport::read`] / [`MmioTransport::write`]. Where KVM maps a
+//! register page ([`RegisterPage`]), the guest's reads never reach the transport: it keeps
+//! the page equal to what [`MmioTransport::read`] would answer. The transport keeps
 //! the register-level state (status, feature selection, queue configuration) and talks to the
 //! device only at the points the [`VirtioDevice`] contract names: feature negotiation,
 //! configuration space, activation and reset. Nothing the driver writes can panic the VMM: bad
@@ -20,6 +22,8 @@ use virtio_queue::{Queue, QueueT};
 use super::device::{GuestMemory, IrqTrigger, VirtioDevice};
 #[cfg(test)]
 use super::interrupt::VirtioInterrupt;
+use super::interrupt::INTERRUPT_STATUS_OFFSET;
+use super::register_page::RegisterPage;
 
 /// Size of one device's MMIO window.
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
@@ -46,7 +50,7 @@ const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
 const REG_QUEUE_NOTIFY: u64 = QUEUE_NOTIFY_OFFSET;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_STATUS: u64 = INTERRUPT_STATUS_OFFSET;
 /// `InterruptACK`, where the driver acknowledges the `InterruptStatus` bits it has seen.
 pub const INTERRUPT_ACK_OFFSET: u64 = 0x064;
 const REG_INTERRUPT_ACK: u64 = INTERRUPT_ACK_OFFSET;
@@ -77,6 +81,9 @@ pub struct MmioTransport {
     queue_sel: u32,
     queues: Vec<Queue>,
     config_generation: u32,
+    /// Where the guest reads the registers without an exit, when KVM maps one
+    /// ([`RegisterPage`]); written anew after every write that reaches the transport.
+    page: Option<Arc<RegisterPage>>,
 }
 
 fn lock<'a>(device: &'a Mutex<dyn VirtioDevice + 'static>) -> MutexGuard<'a, dyn VirtioDevice + 'static> {
@@ -103,13 +110,26 @@ fn new_queue(device: &'static str, index: usize, max: u16) -> Queue {
 }
 
 impl MmioTransport {
+    /// A transport whose registers the guest reads by trapping ([`MmioTransport::read`]).
     pub fn new(mem: GuestMemory, device: Arc<Mutex<dyn VirtioDevice>>, irq: Arc<IrqTrigger>) -> MmioTransport {
+        Self::with_register_page(mem, device, irq, None)
+    }
+
+    /// A transport that keeps `page` equal to its registers, for a guest that reads them
+    /// there; `irq` must keep `InterruptStatus` in the same page
+    /// ([`IrqTrigger::with_register_page`]).
+    pub fn with_register_page(
+        mem: GuestMemory,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        irq: Arc<IrqTrigger>,
+        page: Option<Arc<RegisterPage>>,
+    ) -> MmioTransport {
         let queues = {
             let dev = lock(&device);
             let name = dev.name();
             dev.queue_max_sizes().iter().enumerate().map(|(i, &max)| new_queue(name, i, max)).collect()
         };
-        MmioTransport {
+        let transport = MmioTransport {
             mem,
             device,
             irq,
@@ -120,7 +140,25 @@ impl MmioTransport {
             queue_sel: 0,
             queues,
             config_generation: 0,
+            page,
+        };
+        transport.refresh_page();
+        transport
+    }
+
+    /// Writes every register but `InterruptStatus` (the interrupt's to keep) and the
+    /// configuration space into the register page, as [`MmioTransport::read`] answers them.
+    /// Devices' configuration spaces change only when the driver writes (this runs then).
+    fn refresh_page(&self) {
+        let Some(page) = &self.page else { return };
+        for offset in (0..REG_CONFIG).step_by(4) {
+            if offset != REG_INTERRUPT_STATUS {
+                page.store(offset, self.register_value(offset).unwrap_or(0));
+            }
         }
+        let mut config = [0u8; (MMIO_DEVICE_SIZE - REG_CONFIG) as usize];
+        lock(&self.device).read_config(0, &mut config);
+        page.store_bytes(REG_CONFIG, &config);
     }
 
     /// The device behind this transport.
@@ -171,7 +209,17 @@ impl MmioTransport {
             data.fill(0);
             return;
         };
-        let value = match offset {
+        let value = self.register_value(offset).unwrap_or_else(|| {
+            debug!(device = self.name(), offset, "virtio-mmio: read of unknown or write-only register ignored");
+            0
+        });
+        *out = value.to_le_bytes();
+    }
+
+    /// What a read of the 32-bit register at `offset` answers; `None` for an offset that
+    /// is no readable register.
+    fn register_value(&self, offset: u64) -> Option<u32> {
+        Some(match offset {
             REG_MAGIC_VALUE => MMIO_MAGIC_VALUE,
             REG_VERSION => MMIO_VERSION,
             REG_DEVICE_ID => lock(&self.device).device_type(),
@@ -189,16 +237,18 @@ impl MmioTransport {
             REG_INTERRUPT_STATUS => self.irq.interrupt_status(),
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
-            _ => {
-                debug!(device = self.name(), offset, "virtio-mmio: read of unknown or write-only register ignored");
-                0
-            }
-        };
-        *out = value.to_le_bytes();
+            _ => return None,
+        })
     }
 
-    /// Handles a guest write of `data` at `offset` in the device window.
+    /// Handles a guest write of `data` at `offset` in the device window (and brings the
+    /// register page in line before the vCPU that wrote runs on).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
+        self.apply_write(offset, data);
+        self.refresh_page();
+    }
+
+    fn apply_write(&mut self, offset: u64, data: &[u8]) {
         if offset >= REG_CONFIG {
             if offset.saturating_add(data.len() as u64) > MMIO_DEVICE_SIZE {
                 debug!(device = self.name(), offset, len = data.len(), "virtio-mmio: config write past the window ignored");
@@ -450,7 +500,7 @@ impl MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::device::{ActivateError, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-    use std::sync::atomic::Ordering;
+    use crate::devices::virtio::interrupt::InterruptKind;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
@@ -582,6 +632,69 @@ mod tests {
 
     const NEGOTIATED: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
 
+    /// A harness whose transport keeps a register page, as the builder makes it.
+    fn paged_harness(queue_sizes: &[u16]) -> (Harness, Arc<RegisterPage>) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let dev = Arc::new(Mutex::new(DummyDevice::new(queue_sizes)));
+        let page = Arc::new(RegisterPage::new().unwrap());
+        let irq = Arc::new(IrqTrigger::with_register_page(page.clone()).unwrap());
+        let t = MmioTransport::with_register_page(mem, dev.clone(), irq.clone(), Some(page.clone()));
+        (Harness { t, dev, irq }, page)
+    }
+
+    /// Every word of the window reads the same from the page as through the transport.
+    fn assert_page_matches(h: &mut Harness, page: &RegisterPage, when: &str) {
+        for offset in (0..MMIO_DEVICE_SIZE).step_by(4) {
+            let trapped = h.r32(offset);
+            assert_eq!(page.load(offset), trapped, "{when}: the page differs at {offset:#x}");
+        }
+    }
+
+    #[test]
+    fn the_register_page_always_says_what_a_trapped_read_answers() {
+        let (mut h, page) = paged_harness(&[16, 8]);
+        assert_page_matches(&mut h, &page, "new");
+        assert_eq!(page.load(REG_MAGIC_VALUE), MMIO_MAGIC_VALUE);
+        assert_eq!(page.load(REG_CONFIG), u32::from_le_bytes([1, 2, 3, 4]));
+        h.w32(REG_DEVICE_FEATURES_SEL, 1);
+        assert_page_matches(&mut h, &page, "feature bank 1 selected");
+        assert_eq!(page.load(REG_DEVICE_FEATURES), 1);
+        h.w32(REG_QUEUE_SEL, 1);
+        assert_page_matches(&mut h, &page, "queue 1 selected");
+        assert_eq!(page.load(REG_QUEUE_NUM_MAX), 8);
+        assert_eq!(h.negotiate(VERSION_1), NEGOTIATED);
+        assert_page_matches(&mut h, &page, "negotiated");
+        h.setup_queue(0, 8, 0x1_0000);
+        h.setup_queue(1, 8, 0x2_0000);
+        assert_page_matches(&mut h, &page, "queues set up");
+        h.t.write(REG_CONFIG + 2, &[0xaa]);
+        assert_page_matches(&mut h, &page, "config written");
+        assert_eq!(page.load(REG_CONFIG), u32::from_le_bytes([1, 2, 0xaa, 4]));
+        assert_eq!(h.driver_ok(), NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_page_matches(&mut h, &page, "driver ok");
+        // Interrupts set their bits in the page, from outside the transport.
+        h.irq.trigger(InterruptKind::Queue(0)).unwrap();
+        h.irq.trigger(InterruptKind::Config).unwrap();
+        assert_page_matches(&mut h, &page, "interrupted");
+        assert_eq!(page.load(REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        h.w32(REG_INTERRUPT_ACK, VIRTIO_MMIO_INT_CONFIG);
+        assert_page_matches(&mut h, &page, "acknowledged");
+        assert_eq!(page.load(REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+        h.w32(REG_STATUS, 0);
+        assert_page_matches(&mut h, &page, "reset");
+        assert_eq!(page.load(REG_STATUS), 0);
+        assert_eq!(page.load(REG_INTERRUPT_STATUS), 0);
+        // A refused activation sets NEEDS_RESET and raises the configuration interrupt.
+        h.dev.lock().unwrap().refuse_activation = true;
+        assert_eq!(h.negotiate(VERSION_1), NEGOTIATED);
+        h.setup_queue(0, 8, 0x1_0000);
+        h.setup_queue(1, 8, 0x2_0000);
+        h.driver_ok();
+        assert_page_matches(&mut h, &page, "activation refused");
+        assert_ne!(page.load(REG_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_ne!(page.load(REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
+    }
+
     #[test]
     fn identification_registers() {
         let mut h = harness(&[16]);
@@ -710,7 +823,7 @@ mod tests {
         assert_eq!(status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
         assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
         assert!(!h.dev.lock().unwrap().is_activated());
-        assert_ne!(h.irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_CONFIG, 0);
+        assert_ne!(h.irq.interrupt_status() & VIRTIO_MMIO_INT_CONFIG, 0);
 
         let mut h = harness(&[16, 16]);
         h.negotiate(VERSION_1);

@@ -223,7 +223,6 @@ fn execute(disk: &mut Disk, mem: &GuestMemory, head: u16, request: Request) -> R
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -330,7 +329,7 @@ mod tests {
         let tq = TestQueue::new(&mem);
         let mut f = fixture(&mem, &tq, false);
         read_sector_ok(&mut f, &tq, 3);
-        assert_ne!(f.irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING, 0);
+        assert_ne!(f.irq.interrupt_status() & VIRTIO_MMIO_INT_VRING, 0);
         assert_eq!(f.irq.evt.read().unwrap(), 1);
     }
 

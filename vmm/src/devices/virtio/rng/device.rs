@@ -174,7 +174,6 @@ impl VirtioDevice for Rng {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::devices::virtio::device::{IrqTrigger, VIRTIO_MMIO_INT_VRING};
@@ -215,7 +214,7 @@ mod tests {
         assert!(randomised(&tq, BUF, 256));
         assert!(randomised(&tq, BUF + 0x1000, 256));
         assert_eq!(tq.read(BUF + 256, 16), vec![PATTERN; 16], "nothing past the buffer");
-        assert_ne!(irq.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING, 0);
+        assert_ne!(irq.interrupt_status() & VIRTIO_MMIO_INT_VRING, 0);
         assert_eq!(irq.evt.read().unwrap(), 1);
     }
 

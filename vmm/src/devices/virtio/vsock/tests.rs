@@ -323,7 +323,7 @@ fn host_connect_handshake_and_data_both_ways() {
     let mut buf = [0u8; 10];
     client.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"hello host");
-    assert!(h.irq.status.load(std::sync::atomic::Ordering::SeqCst) & 1 != 0);
+    assert!(h.irq.interrupt_status() & 1 != 0);
 }
 
 /// Linux guests split large tx packets over several descriptors; the spec allows any split,

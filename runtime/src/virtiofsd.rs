@@ -425,8 +425,9 @@ mod tests {
     }
 
     /// A virtiofsd whose starter dies before a VM ever connected ends, with the process it
-    /// serves from (PID 1 of a pid namespace of virtiofsd's own, which ignores the SIGTERM
-    /// virtiofsd leaves it as its parent-death signal), with nobody left to stop them.
+    /// serves from (PID 1 of a pid namespace of virtiofsd's own, which a PID 1 only gets
+    /// signals it handles from: virtiofsd gives it SIGTERM as its parent-death signal, and a
+    /// handler), with nobody left to stop them.
     #[test]
     fn a_virtiofsd_whose_starter_dies_before_any_connection_ends() {
         if !root() {

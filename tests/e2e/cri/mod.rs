@@ -8,7 +8,10 @@ mod exec_stream;
 mod node;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
@@ -54,6 +57,55 @@ struct Pod<'a> {
     containers: RefCell<Vec<String>>,
     /// Its network namespace (CNI's), for the leak check.
     netns: String,
+    /// What its VMs' directories last held, for [`Pod::diagnose`].
+    seen: VmFilesSeen,
+}
+
+/// The files of a VM's directory that explain a failure.
+const VM_FILES: [&str; 6] = ["state.json", "exit.json", "vmm.stderr", "supervisor.log", "virtiofsd.log", "serial.log"];
+
+/// The last contents seen of [`VM_FILES`] in some VMs' directories, read every 0.2 s while it
+/// lives: when a pod's VM ends under a test, containerd deletes the pod's sandbox, and with
+/// it the VM's directory, on its own, at times before the failing test gets to read them.
+struct VmFilesSeen {
+    seen: Arc<Mutex<BTreeMap<PathBuf, String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl VmFilesSeen {
+    fn watch(dirs: Vec<PathBuf>) -> VmFilesSeen {
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for path in dirs.iter().flat_map(|dir| VM_FILES.iter().map(move |file| dir.join(file))) {
+                        if let Ok(text) = std::fs::read_to_string(&path) {
+                            seen.lock().unwrap_or_else(|p| p.into_inner()).insert(path, text);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        VmFilesSeen { seen, stop, thread: Some(thread) }
+    }
+
+    /// `path` as it is now, or as last seen when it is gone.
+    fn read(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok().or_else(|| self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned())
+    }
+}
+
+impl Drop for VmFilesSeen {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl<'a> Pod<'a> {
@@ -102,6 +154,7 @@ impl<'a> Pod<'a> {
                         .map_err(|e| format!("palisade's record of the pod's sandbox {}: {e}", record.display()))?;
                     let vm = record["sandbox"].as_str().ok_or("palisade's record of the pod's sandbox names no VM")?.to_string();
                     let id = response.pod_sandbox_id;
+                    let seen = VmFilesSeen::watch(vec![node.palisade_root().join("@vm").join(&vm)]);
                     let mut pod = Pod {
                         node,
                         containers: RefCell::new(vec![id.clone()]),
@@ -111,6 +164,7 @@ impl<'a> Pod<'a> {
                         cgroup,
                         vms: vec![vm],
                         netns: String::new(),
+                        seen,
                     };
                     pod.netns = pod.netns()?;
                     return Ok(pod);
@@ -280,8 +334,8 @@ impl<'a> Pod<'a> {
         let mut out = String::new();
         for vm in &self.vms {
             let dir = self.node.palisade_root().join("@vm").join(vm);
-            for file in ["state.json", "exit.json", "vmm.stderr", "supervisor.log", "virtiofsd.log", "serial.log"] {
-                let Ok(text) = std::fs::read_to_string(dir.join(file)) else { continue };
+            for file in VM_FILES {
+                let Some(text) = self.seen.read(&dir.join(file)) else { continue };
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = lines[lines.len().saturating_sub(15)..].join("\n");
                 out.push_str(&format!("--- VM {vm}: {file}, last lines:\n{tail}\n"));
@@ -307,7 +361,7 @@ impl<'a> Pod<'a> {
             return None;
         }
         self.vms.iter().find_map(|vm| {
-            let text = std::fs::read_to_string(self.node.palisade_root().join("@vm").join(vm).join("exit.json")).ok()?;
+            let text = self.seen.read(&self.node.palisade_root().join("@vm").join(vm).join("exit.json"))?;
             let record: serde_json::Value = serde_json::from_str(&text).ok()?;
             let message = record["message"].as_str().unwrap_or_default();
             match record["ending"].as_str()? {
